@@ -1,0 +1,20 @@
+"""neo-async: online LLM inference with CPU offloading of KV cache and decode attention."""
+
+from neo_async.outputs import FinishReason, RequestDelta, RequestOutput, TokenLogprob
+from neo_async.sampling_params import SamplingParams
+
+__all__ = ["LLM", "AsyncEngine", "SamplingParams", "RequestOutput", "RequestDelta", "TokenLogprob", "FinishReason"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Heavy imports (torch) only when the engine is actually used.
+    if name == "LLM":
+        from neo_async.llm import LLM
+
+        return LLM
+    if name == "AsyncEngine":
+        from neo_async.async_engine import AsyncEngine
+
+        return AsyncEngine
+    raise AttributeError(name)

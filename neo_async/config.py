@@ -1,0 +1,173 @@
+"""Frozen configuration, grouped by subsystem, loaded from TOML and overridden by CLI flags.
+
+Values measured at run time (pool sizes in blocks, profile tables) live in the engine's
+runtime state, never here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DTYPES = ("bfloat16", "float32")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str | None = None  # GGUF file or HF directory; None = the embedded SmolLM2-135M
+    dtype: str = "bfloat16"
+    max_model_len: int | None = None  # None = the checkpoint's context length
+    served_model_name: str | None = None
+    torch_threads: int | None = None  # None = all cores not given to the host kernel
+
+    def validate(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.max_model_len is not None and self.max_model_len < 16:
+            raise ValueError("max_model_len must be >= 16")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    block_size: int = 16
+    device_kv_tokens: int | None = 32768  # None = sized from free device memory
+    host_kv_tokens: int = 0  # 0 = no host pool (device-only)
+    device_memory_fraction: float = 0.9  # used when device_kv_tokens is None
+
+    def validate(self) -> None:
+        if self.block_size < 1 or self.block_size % 8:
+            raise ValueError("block_size must be a positive multiple of 8")
+        if self.device_kv_tokens is not None and self.device_kv_tokens < self.block_size:
+            raise ValueError("device_kv_tokens must hold at least one block")
+        if self.host_kv_tokens < 0:
+            raise ValueError("host_kv_tokens must be >= 0")
+        if not 0.05 <= self.device_memory_fraction <= 1.0:
+            raise ValueError("device_memory_fraction must be in [0.05, 1]")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 64  # running requests per iteration
+    max_num_batched_tokens: int = 512  # tokens per iteration (prefill chunks + decodes)
+    max_waiting: int = 1024  # queued requests beyond which new ones are refused
+
+    def validate(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError("max_num_seqs must be >= 1")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError("max_num_batched_tokens must be >= max_num_seqs")
+        if self.max_waiting < 1:
+            raise ValueError("max_waiting must be >= 1")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_format: str = "console"  # console | json
+    log_level: str = "info"
+    max_n: int = 16  # largest `n` accepted per request
+    shutdown_grace_s: float = 30.0
+
+    def validate(self) -> None:
+        if self.log_format not in ("console", "json"):
+            raise ValueError("log_format must be console or json")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be in [0, 65535]")
+        if self.max_n < 1:
+            raise ValueError("max_n must be >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+    def validate(self) -> "Config":
+        for group in _groups(self):
+            getattr(self, group).validate()
+        return self
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "Config":
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        groups = {}
+        for name, f in cls.__dataclass_fields__.items():
+            section = data.get(name, {})
+            if not isinstance(section, dict):
+                raise ValueError(f"config section [{name}] must be a table")
+            group_cls = f.default_factory  # type: ignore[misc]
+            known = {g.name for g in dataclasses.fields(group_cls)}
+            unknown = set(section) - known
+            if unknown:
+                raise ValueError(f"unknown keys in [{name}]: {sorted(unknown)}")
+            groups[name] = group_cls(**section)
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown config sections: {sorted(unknown)}")
+        return cls(**groups)
+
+    def override(self, **flat: Any) -> "Config":
+        """Replace fields by their bare names (`device_kv_tokens=...`); None values are skipped."""
+        groups = {name: getattr(self, name) for name in _groups(self)}
+        for key, value in flat.items():
+            if value is None:
+                continue
+            for name, group in groups.items():
+                if key in group.__dataclass_fields__:
+                    groups[name] = dataclasses.replace(group, **{key: value})
+                    break
+            else:
+                raise ValueError(f"unknown config field {key!r}")
+        return Config(**groups)
+
+
+def _groups(config: Config) -> list[str]:
+    return [f.name for f in dataclasses.fields(config)]
+
+
+def add_config_flags(parser: argparse.ArgumentParser, groups: tuple[str, ...] | None = None) -> None:
+    """Add one `--field-name` flag per config field (default None = keep config's value)."""
+    parser.add_argument("--config", type=Path, default=None, help="TOML config file")
+    for gf in dataclasses.fields(Config):
+        if groups is not None and gf.name not in groups:
+            continue
+        group = parser.add_argument_group(gf.name)
+        for f in dataclasses.fields(gf.default_factory):  # type: ignore[arg-type]
+            flag = "--" + f.name.replace("_", "-")
+            kind = _scalar_type(f.type)
+            if kind is bool:
+                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            else:
+                group.add_argument(flag, dest=f.name, type=kind, default=None, help=f"(default: {f.default})")
+
+
+def config_from_args(args: argparse.Namespace, groups: tuple[str, ...] | None = None) -> Config:
+    config = Config.from_toml(args.config) if getattr(args, "config", None) else Config()
+    flat = {}
+    for gf in dataclasses.fields(Config):
+        if groups is not None and gf.name not in groups:
+            continue
+        for f in dataclasses.fields(gf.default_factory):  # type: ignore[arg-type]
+            flat[f.name] = getattr(args, f.name, None)
+    return config.override(**flat).validate()
+
+
+def _scalar_type(annotation: Any) -> type:
+    hint = eval(annotation, vars(typing)) if isinstance(annotation, str) else annotation  # noqa: S307
+    if isinstance(hint, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint

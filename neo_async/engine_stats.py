@@ -1,0 +1,46 @@
+"""Snapshots of engine state, read by metrics and tests (no torch, no asyncio)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """One engine iteration, reported to step listeners after it finishes."""
+
+    iteration_s: float
+    num_seqs: int  # requests that ran this iteration
+    num_batched_tokens: int  # prefill chunk tokens + decode tokens
+    num_prefill_tokens: int
+    num_decode_tokens: int
+    num_preempted: int  # requests preempted (recompute) this iteration
+    num_host_seqs: int = 0  # requests whose KV lives on the host
+    num_swapped_out: int = 0
+    num_swapped_in: int = 0
+    is_pipelined: bool = False
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A point-in-time view of the engine; cumulative counters only grow."""
+
+    num_running: int
+    num_waiting: int
+    num_device_blocks_total: int
+    num_device_blocks_used: int
+    num_host_blocks_total: int
+    num_host_blocks_used: int
+    num_requests_on_host: int
+    num_preemptions_total: int
+    num_prompt_tokens_total: int
+    num_generation_tokens_total: int
+    num_iterations_total: int
+
+    @property
+    def device_kv_usage(self) -> float:
+        return self.num_device_blocks_used / max(1, self.num_device_blocks_total)
+
+    @property
+    def host_kv_usage(self) -> float:
+        return self.num_host_blocks_used / max(1, self.num_host_blocks_total)
