@@ -1,0 +1,58 @@
+"""The Llama-family decoder as two halves per layer, so that an executor can interleave
+sub-batches: `pre` (norm, QKV projection, RoPE) and `post` (output projection, residual,
+norm, MLP). Attention and the KV store between them belong to the executor."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from neo_async.model.rope import apply_rope, rope_table
+from neo_async.model.spec import ModelSpec
+from neo_async.model.weights import LlamaWeights
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x [T, H] normalised in float32, scaled by weight [H] float32, returned in x's dtype."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (xf * weight).to(x.dtype)
+
+
+class LlamaModel:
+    def __init__(self, spec: ModelSpec, weights: LlamaWeights, max_positions: int) -> None:
+        self.spec = spec
+        self.weights = weights
+        self.dtype = weights.embed.dtype
+        self.device = weights.embed.device
+        self.cos, self.sin = rope_table(spec, max_positions, self.device)  # [P, D/2] float32
+
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """token_ids [T] int64 -> hidden [T, hidden]."""
+        return F.embedding(token_ids, self.weights.embed)
+
+    def pre(self, layer: int, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """hidden [T, hidden], positions [T] int64 -> q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, D]."""
+        s, w = self.spec, self.weights.layers[layer]
+        x = rms_norm(hidden, w.attn_norm, s.rms_norm_eps)
+        qkv = F.linear(x, w.qkv)  # [T, q_size + 2 * kv_size]
+        if w.qkv_bias is not None:
+            qkv = (qkv.float() + w.qkv_bias).to(qkv.dtype)
+        q, k, v = qkv.split([s.q_size, s.kv_size, s.kv_size], dim=-1)
+        cos, sin = self.cos[positions], self.sin[positions]  # [T, D/2]
+        q = apply_rope(q.view(-1, s.num_heads, s.head_dim), cos, sin)
+        k = apply_rope(k.view(-1, s.num_kv_heads, s.head_dim), cos, sin)
+        return q, k, v.reshape(-1, s.num_kv_heads, s.head_dim)
+
+    def post(self, layer: int, hidden: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """hidden [T, hidden] (the layer's input), attn_out [T, Hq * D] -> the layer's output [T, hidden]."""
+        s, w = self.spec, self.weights.layers[layer]
+        hidden = hidden + F.linear(attn_out.to(self.dtype), w.o)
+        x = rms_norm(hidden, w.mlp_norm, s.rms_norm_eps)
+        gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
+        return hidden + F.linear(F.silu(gate) * up, w.down)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, hidden] of the tokens that sample -> logits [N, vocab] float32."""
+        x = rms_norm(hidden, self.weights.final_norm, self.spec.rms_norm_eps)
+        return F.linear(x, self.weights.lm_head).float()

@@ -1,0 +1,113 @@
+"""Detokenizes sampled tokens, applies stop conditions, and produces per-request deltas."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from neo_async.model.tokenizer import DecodeStream, Tokenizer
+from neo_async.outputs import FinishReason, RequestDelta, TokenLogprob
+from neo_async.sched.request import Request
+
+
+@dataclass
+class _State:
+    stream: DecodeStream
+    text: str = ""  # decoded output so far (cut at a stop string once one matched)
+    num_sent_chars: int = 0
+    num_sent_tokens: int = 0
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    max_stop_len: int = 0
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer: Tokenizer, eos_token_ids: tuple[int, ...]) -> None:
+        self.tokenizer = tokenizer
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self._states: dict[str, _State] = {}
+
+    def add(self, request: Request) -> None:
+        max_stop = max((len(s) for s in request.params.stop), default=0)
+        self._states[request.request_id] = _State(self.tokenizer.decode_stream(), max_stop_len=max_stop)
+
+    def drop(self, request_id: str) -> None:
+        self._states.pop(request_id, None)
+
+    def text_of(self, request_id: str) -> str:
+        return self._states[request_id].text
+
+    def on_token(self, request: Request, logprob: tuple[float, list[tuple[int, float]]] | None) -> RequestDelta | None:
+        """Account for the request's newest token. Returns a delta (None if nothing to send yet)."""
+        state = self._states[request.request_id]
+        p = request.params
+        token = request.token_ids[-1]
+        if logprob is not None:
+            state.pending_logprobs.append(self._token_logprob(token, logprob))
+        finish: FinishReason | None = None
+        stop_reason: int | str | None = None
+        if token in p.stop_token_ids:
+            finish, stop_reason = FinishReason.STOP, token
+        elif token in self.eos_token_ids and not p.ignore_eos:
+            finish, stop_reason = FinishReason.STOP, None
+        else:
+            new_text = state.stream.step(token)
+            if new_text:
+                state.text += new_text
+                if p.stop:
+                    matched = self._cut_at_stop(state, len(new_text), p.stop, p.include_stop_str_in_output)
+                    if matched is not None:
+                        finish, stop_reason = FinishReason.STOP, matched
+        if finish is None and (request.num_output_tokens >= p.max_tokens or request.num_tokens >= request.max_total_tokens):
+            finish = FinishReason.LENGTH
+        return self._delta(request, state, finish, stop_reason)
+
+    def finish_aborted(self, request: Request) -> RequestDelta:
+        state = self._states.get(request.request_id) or _State(self.tokenizer.decode_stream())
+        delta = self._delta(request, state, FinishReason.ABORT, None)
+        assert delta is not None
+        return delta
+
+    def _cut_at_stop(self, state: _State, num_new_chars: int, stops: tuple[str, ...], include: bool) -> str | None:
+        search_from = max(0, len(state.text) - num_new_chars - state.max_stop_len + 1)
+        best: tuple[int, str] | None = None
+        for stop in stops:
+            index = state.text.find(stop, search_from)
+            if index >= 0 and (best is None or index < best[0]):
+                best = (index, stop)
+        if best is None:
+            return None
+        index, stop = best
+        state.text = state.text[: index + len(stop) if include else index]
+        state.num_sent_chars = min(state.num_sent_chars, len(state.text))
+        return stop
+
+    def _delta(self, request: Request, state: _State, finish: FinishReason | None, stop_reason: int | str | None) -> RequestDelta | None:
+        if finish is None and state.max_stop_len:
+            upto = max(state.num_sent_chars, len(state.text) - state.max_stop_len + 1)  # hold back a possible stop prefix
+        else:
+            upto = len(state.text)
+        new_tokens = request.output_token_ids[state.num_sent_tokens :]
+        text = state.text[state.num_sent_chars : upto]
+        if finish is None and not new_tokens and not text:
+            return None
+        state.num_sent_chars = upto
+        state.num_sent_tokens = request.num_output_tokens
+        logprobs = None
+        if request.params.logprobs is not None:
+            logprobs, state.pending_logprobs = state.pending_logprobs, []
+        if finish is not None:
+            self._states.pop(request.request_id, None)
+        return RequestDelta(
+            request_id=request.request_id,
+            token_ids=new_tokens,
+            text=text,
+            logprobs=logprobs,
+            finish_reason=finish,
+            num_prompt_tokens=request.num_prompt_tokens,
+            num_output_tokens=request.num_output_tokens,
+            stop_reason=stop_reason,
+        )
+
+    def _token_logprob(self, token: int, logprob: tuple[float, list[tuple[int, float]]]) -> TokenLogprob:
+        chosen, top = logprob
+        text = self.tokenizer.decode([token], skip_special_tokens=False)
+        return TokenLogprob(token, text, chosen, tuple((t, self.tokenizer.decode([t], skip_special_tokens=False), lp) for t, lp in top))

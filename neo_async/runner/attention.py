@@ -1,0 +1,97 @@
+"""Paged attention over the device KV pool, in torch (runs on CUDA or on the CPU).
+
+Pool layout, shared with the host pool and rust_cpuattn:
+  k_cache, v_cache: [num_layers, num_blocks, num_kv_heads, block_size, head_dim]
+A token at position p of a request lives in block block_ids[p // block_size], row p % block_size.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    def __init__(
+        self,
+        num_layers: int,
+        num_blocks: int,
+        num_kv_heads: int,
+        block_size: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        shape = (num_layers, num_blocks, num_kv_heads, block_size, head_dim)
+        # NOTE: zeros, not empty: touching every page at start-up keeps first-touch cost out of steps.
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.block_size = block_size
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, block_ids: torch.Tensor, offsets: torch.Tensor) -> None:
+        """k, v [T, Hkv, D] written at (block_ids[t], offsets[t]) for each token t."""
+        self.k[layer][block_ids, :, offsets] = k.to(self.k.dtype)
+        self.v[layer][block_ids, :, offsets] = v.to(self.v.dtype)
+
+    def gather(self, layer: int, block_ids: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `length` tokens of one request: K, V [Hkv, length, D]."""
+        k = self.k[layer][block_ids]  # [W, Hkv, bs, D]
+        v = self.v[layer][block_ids]
+        num_kv_heads, head_dim = k.shape[1], k.shape[3]
+        k = k.transpose(0, 1).reshape(num_kv_heads, -1, head_dim)[:, :length]
+        v = v.transpose(0, 1).reshape(num_kv_heads, -1, head_dim)[:, :length]
+        return k, v
+
+
+def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int, scale: float) -> torch.Tensor:
+    """Causal attention of one request's new tokens.
+
+    q [T, Hq, D] at positions start_pos .. start_pos + T - 1; k, v [Hkv, start_pos + T, D]
+    (cached prefix, then the new tokens). Returns [T, Hq, D] float32.
+    """
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads, ctx = k.shape[0], k.shape[1]
+    group = num_heads // num_kv_heads
+    qf = q.float().view(num_tokens, num_kv_heads, group, head_dim).permute(1, 2, 0, 3)  # [Hkv, G, T, D]
+    qf = qf.reshape(num_kv_heads, group * num_tokens, head_dim)
+    scores = torch.bmm(qf, k.float().transpose(1, 2)) * scale  # [Hkv, G*T, ctx]
+    scores = scores.view(num_kv_heads, group, num_tokens, ctx)
+    q_pos = torch.arange(start_pos, start_pos + num_tokens, device=q.device).view(-1, 1)
+    k_pos = torch.arange(ctx, device=q.device).view(1, -1)
+    scores.masked_fill_(k_pos > q_pos, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).view(num_kv_heads, group * num_tokens, ctx)
+    out = torch.bmm(probs, v.float())  # [Hkv, G*T, D]
+    return out.view(num_kv_heads, group, num_tokens, head_dim).permute(2, 0, 1, 3).reshape(num_tokens, num_heads, head_dim)
+
+
+def decode_attention(
+    cache: KVCache, layer: int, q: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """One new token per request over its cached tokens.
+
+    q [B, Hq, D]; block_tables [B, W] int64 (padded with any valid id); seq_lens [B] int64
+    (the new token included, already stored). Returns [B, Hq, D] float32.
+    """
+    batch, num_heads, head_dim = q.shape
+    width = block_tables.shape[1]
+    k = cache.k[layer][block_tables]  # [B, W, Hkv, bs, D]
+    v = cache.v[layer][block_tables]
+    num_kv_heads, block_size = k.shape[2], k.shape[3]
+    ctx = width * block_size
+    group = num_heads // num_kv_heads
+    k = k.transpose(1, 2).reshape(batch * num_kv_heads, ctx, head_dim).float()
+    v = v.transpose(1, 2).reshape(batch * num_kv_heads, ctx, head_dim).float()
+    qf = q.float().reshape(batch * num_kv_heads, group, head_dim)
+    scores = torch.bmm(qf, k.transpose(1, 2)).mul_(scale)  # [B*Hkv, G, ctx]
+    pad = torch.arange(ctx, device=q.device).view(1, -1) >= seq_lens.view(-1, 1)  # [B, ctx]
+    scores = scores.view(batch, num_kv_heads, group, ctx).masked_fill_(pad.view(batch, 1, 1, ctx), float("-inf"))
+    probs = torch.softmax(scores, dim=-1).view(batch * num_kv_heads, group, ctx)
+    return torch.bmm(probs, v).view(batch, num_heads, head_dim)
+
+
+def pad_block_tables(tables: list[list[int]], device: torch.device) -> torch.Tensor:
+    width = max(len(t) for t in tables)
+    padded = [t + [t[0]] * (width - len(t)) for t in tables]
+    return torch.tensor(padded, dtype=torch.long, device=device)
+
+
+
