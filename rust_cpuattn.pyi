@@ -1,0 +1,54 @@
+"""Paged decode attention on the host CPU (Rust extension module).
+
+Arrays may be torch CPU tensors or numpy arrays; they are read in place (zero-copy) and must
+be C-contiguous. bfloat16 KV pools may also travel as 16-bit integers (numpy has no bf16).
+Every call validates shapes, dtypes and indices and raises ValueError on bad input. The GIL
+is released while the kernel runs: do not resize or write the arrays from another thread
+during a call.
+"""
+
+from typing import Any, TypeAlias
+
+# A torch CPU tensor or a numpy array.
+Array: TypeAlias = Any
+
+def paged_decode_attention(
+    q: Array,
+    k_cache: Array,
+    v_cache: Array,
+    block_table: Array,
+    rows: Array,
+    seq_lens: Array,
+    layer: int,
+    scale: float,
+    out: Array | None = None,
+    k_new: Array | None = None,
+    v_new: Array | None = None,
+) -> Array:
+    """Decode attention of one new token per request over its paged KV cache.
+
+    q: [B, Hq, D] float32. k_cache, v_cache: [L, num_blocks, Hkv, block_size, D], float32,
+    float16 or bfloat16 (same dtype and shape). block_table: [R, W] int32 block ids.
+    rows, seq_lens: [B] int32; request b reads block_table[rows[b]] and attends to its first
+    seq_lens[b] tokens (1 <= seq_lens[b] <= W * block_size; the new token included).
+    Hq must be a multiple of Hkv (grouped-query attention). layer < L.
+    k_new, v_new: [B, Hkv, D] in the cache dtype or float32; when given they are first stored
+    at position seq_lens[b] - 1 of each request (in `layer`).
+    out: [B, Hq, D] float32, written and returned; a new numpy array when None.
+    """
+
+def reference_paged_decode_attention(
+    q: Array,
+    k_cache: Array,
+    v_cache: Array,
+    block_table: Array,
+    rows: Array,
+    seq_lens: Array,
+    layer: int,
+    scale: float,
+    out: Array | None = None,
+    k_new: Array | None = None,
+    v_new: Array | None = None,
+) -> Array:
+    """Same contract as paged_decode_attention, computed by the plain reference kernel
+    (single thread, float64 arithmetic): for tests."""

@@ -1,0 +1,490 @@
+//! Python module `rust_cpuattn`: converts torch CPU tensors / numpy arrays into slices
+//! (zero-copy), validates, releases the GIL for the whole call and calls the core crate.
+//!
+//! Contract with callers: the arrays must not be resized, freed or written by another thread
+//! during a call (the GIL is released while the kernel runs).
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use rust_cpuattn::{self as core, bf16, f16, BlockTable, DecodeArgs, KvSlice, KvSliceMut, Layout};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Elem {
+    F32,
+    F16,
+    Bf16,
+    I32,
+}
+
+impl Elem {
+    fn size(self) -> usize {
+        match self {
+            Elem::F32 | Elem::I32 => 4,
+            Elem::F16 | Elem::Bf16 => 2,
+        }
+    }
+}
+
+/// A validated, C-contiguous, aligned CPU array borrowed from a Python object.
+struct Array {
+    name: &'static str,
+    addr: usize,
+    shape: Vec<usize>,
+    elem: Elem,
+    writable: bool,
+}
+
+fn err(msg: impl Into<String>) -> PyErr {
+    PyValueError::new_err(msg.into())
+}
+
+fn core_err(e: core::Error) -> PyErr {
+    PyValueError::new_err(e.to_string())
+}
+
+fn torch_elem(dtype: &str) -> Option<Elem> {
+    match dtype {
+        "torch.float32" => Some(Elem::F32),
+        "torch.float16" => Some(Elem::F16),
+        // bf16 may travel as 16-bit integers.
+        "torch.bfloat16" | "torch.int16" | "torch.uint16" => Some(Elem::Bf16),
+        "torch.int32" => Some(Elem::I32),
+        _ => None,
+    }
+}
+
+fn numpy_elem(typestr: &str, obj: &Bound<'_, PyAny>) -> PyResult<Option<Elem>> {
+    Ok(match typestr {
+        "<f4" => Some(Elem::F32),
+        "<f2" => Some(Elem::F16),
+        "<u2" | "<i2" => Some(Elem::Bf16),
+        "<i4" => Some(Elem::I32),
+        // ml_dtypes' bfloat16 shows up as raw 2-byte void.
+        "<V2" | "|V2"
+            if obj.getattr("dtype")?.getattr("name")?.extract::<String>()? == "bfloat16" =>
+        {
+            Some(Elem::Bf16)
+        }
+        _ => None,
+    })
+}
+
+/// Reads a torch CPU tensor (via data_ptr/shape/stride) or anything exposing
+/// `__array_interface__` (numpy), without copying.
+fn array(obj: &Bound<'_, PyAny>, name: &'static str) -> PyResult<Array> {
+    let (addr, shape, strides, elem, writable, dtype_name);
+    if obj.hasattr("data_ptr")? && obj.hasattr("stride")? {
+        let device: String = obj.getattr("device")?.getattr("type")?.extract()?;
+        if device != "cpu" {
+            return Err(err(format!(
+                "{name} must be on the CPU, got device {device:?}"
+            )));
+        }
+        if obj.getattr("layout")?.str()?.to_string() != "torch.strided" {
+            return Err(err(format!("{name} must be a dense (strided) tensor")));
+        }
+        if obj.call_method0("is_neg")?.extract::<bool>()?
+            || obj.call_method0("is_conj")?.extract::<bool>()?
+        {
+            return Err(err(format!(
+                "{name} is a lazy negated/conjugated view; call .resolve_neg() first"
+            )));
+        }
+        dtype_name = obj.getattr("dtype")?.str()?.to_string();
+        elem = torch_elem(&dtype_name);
+        shape = obj.getattr("shape")?.extract::<Vec<usize>>()?;
+        strides = obj.call_method0("stride")?.extract::<Vec<isize>>()?;
+        addr = obj.call_method0("data_ptr")?.extract::<usize>()?;
+        writable = true;
+    } else if let Ok(iface) = obj.getattr("__array_interface__") {
+        let iface = iface
+            .cast_into::<PyDict>()
+            .map_err(|_| err(format!("{name}: bad __array_interface__")))?;
+        let get = |key: &str| -> PyResult<Bound<'_, PyAny>> {
+            iface
+                .get_item(key)?
+                .ok_or_else(|| err(format!("{name}: __array_interface__ lacks {key:?}")))
+        };
+        dtype_name = get("typestr")?.extract::<String>()?;
+        elem = numpy_elem(&dtype_name, obj)?;
+        shape = get("shape")?.extract::<Vec<usize>>()?;
+        let (ptr, readonly): (usize, bool) = get("data")?.extract()?;
+        addr = ptr;
+        writable = !readonly;
+        let byte_strides = get("strides")?;
+        strides = if byte_strides.is_none() {
+            contiguous_strides(&shape)
+        } else {
+            let size = elem.map_or(1, Elem::size) as isize;
+            let bytes: Vec<isize> = byte_strides.extract()?;
+            // A stride that is not a whole number of elements can never be contiguous.
+            bytes
+                .iter()
+                .map(|&s| if s % size == 0 { s / size } else { isize::MIN })
+                .collect()
+        };
+    } else {
+        return Err(err(format!(
+            "{name} must be a torch CPU tensor or a numpy array"
+        )));
+    }
+    let elem = elem.ok_or_else(|| err(format!("{name} has unsupported dtype {dtype_name}")))?;
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| err(format!("{name} is too large")))?;
+    let expected = contiguous_strides(&shape);
+    if numel > 0
+        && shape
+            .iter()
+            .zip(strides.iter().zip(&expected))
+            .any(|(&n, (s, e))| n > 1 && s != e)
+    {
+        return Err(err(format!(
+            "{name} must be C-contiguous (shape {shape:?}, strides {strides:?})"
+        )));
+    }
+    if numel > 0 && (addr == 0 || addr % elem.size() != 0) {
+        return Err(err(format!(
+            "{name} data pointer is null or misaligned for {dtype_name}"
+        )));
+    }
+    Ok(Array {
+        name,
+        addr,
+        shape,
+        elem,
+        writable,
+    })
+}
+
+fn contiguous_strides(shape: &[usize]) -> Vec<isize> {
+    let mut strides = vec![1isize; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1].saturating_mul(shape[i + 1] as isize);
+    }
+    strides
+}
+
+impl Array {
+    fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    fn byte_range(&self) -> (usize, usize) {
+        (self.addr, self.addr + self.numel() * self.elem.size())
+    }
+
+    fn overlaps(&self, other: &Array) -> bool {
+        let (a0, a1) = self.byte_range();
+        let (b0, b1) = other.byte_range();
+        a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1
+    }
+
+    fn expect(&self, rank: usize, elems: &[Elem]) -> PyResult<&Self> {
+        if self.shape.len() != rank {
+            return Err(err(format!(
+                "{} must have {rank} dimensions, got shape {:?}",
+                self.name, self.shape
+            )));
+        }
+        if !elems.contains(&self.elem) {
+            return Err(err(format!(
+                "{} must be one of {elems:?}, got {:?}",
+                self.name, self.elem
+            )));
+        }
+        Ok(self)
+    }
+
+    /// SAFETY (callers): the Python object behind `self` is alive for `'a`, and no `&mut`
+    /// view of an overlapping range exists for `'a`.
+    unsafe fn slice<'a, T>(&self, elem: Elem) -> &'a [T] {
+        assert!(self.elem == elem && std::mem::size_of::<T>() == elem.size());
+        if self.numel() == 0 {
+            return &[];
+        }
+        // SAFETY: `array` checked non-null, alignment and contiguity; the buffer holds
+        // `numel` elements of `elem` (its shape came from the same object); lifetime and
+        // aliasing are the caller's contract above.
+        unsafe { std::slice::from_raw_parts(self.addr as *const T, self.numel()) }
+    }
+
+    /// SAFETY (callers): as `slice`, and no other view of an overlapping range exists for `'a`.
+    unsafe fn slice_mut<'a, T>(&self, elem: Elem) -> PyResult<&'a mut [T]> {
+        if !self.writable {
+            return Err(err(format!("{} is read-only", self.name)));
+        }
+        assert!(self.elem == elem && std::mem::size_of::<T>() == elem.size());
+        if self.numel() == 0 {
+            return Ok(&mut []);
+        }
+        // SAFETY: as in `slice`; exclusivity is the caller's contract above.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.addr as *mut T, self.numel()) })
+    }
+
+    /// SAFETY: as `slice`.
+    unsafe fn kv<'a>(&self) -> KvSlice<'a> {
+        // SAFETY: forwarded contract; the element type matches the variant.
+        unsafe {
+            match self.elem {
+                Elem::F32 => KvSlice::F32(self.slice::<f32>(Elem::F32)),
+                Elem::F16 => KvSlice::F16(self.slice::<f16>(Elem::F16)),
+                _ => KvSlice::Bf16(self.slice::<bf16>(Elem::Bf16)),
+            }
+        }
+    }
+
+    /// SAFETY: as `slice_mut`.
+    unsafe fn kv_mut<'a>(&self) -> PyResult<KvSliceMut<'a>> {
+        // SAFETY: forwarded contract; the element type matches the variant.
+        unsafe {
+            Ok(match self.elem {
+                Elem::F32 => KvSliceMut::F32(self.slice_mut::<f32>(Elem::F32)?),
+                Elem::F16 => KvSliceMut::F16(self.slice_mut::<f16>(Elem::F16)?),
+                _ => KvSliceMut::Bf16(self.slice_mut::<bf16>(Elem::Bf16)?),
+            })
+        }
+    }
+}
+
+const KV: &[Elem] = &[Elem::F32, Elem::F16, Elem::Bf16];
+
+#[derive(Clone, Copy)]
+enum Kernel {
+    Fast,
+    Reference,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decode<'py>(
+    py: Python<'py>,
+    kernel: Kernel,
+    q: &Bound<'py, PyAny>,
+    k_cache: &Bound<'py, PyAny>,
+    v_cache: &Bound<'py, PyAny>,
+    block_table: &Bound<'py, PyAny>,
+    rows: &Bound<'py, PyAny>,
+    seq_lens: &Bound<'py, PyAny>,
+    layer: i64,
+    scale: f64,
+    out: Option<Bound<'py, PyAny>>,
+    k_new: Option<&Bound<'py, PyAny>>,
+    v_new: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let qa = array(q, "q")?;
+    qa.expect(3, &[Elem::F32])?;
+    let ka = array(k_cache, "k_cache")?;
+    let va = array(v_cache, "v_cache")?;
+    ka.expect(5, KV)?;
+    va.expect(5, KV)?;
+    if ka.shape != va.shape || ka.elem != va.elem {
+        return Err(err(format!(
+            "k_cache {:?} {:?} and v_cache {:?} {:?} differ",
+            ka.shape, ka.elem, va.shape, va.elem
+        )));
+    }
+    let s = &ka.shape;
+    let layout = Layout::new(s[0], s[1], s[2], s[3], s[4]).map_err(core_err)?;
+    let (num_seqs, num_q_heads, head_dim) = (qa.shape[0], qa.shape[1], qa.shape[2]);
+    if head_dim != layout.head_dim {
+        return Err(err(format!(
+            "q head_dim {head_dim} != cache head_dim {}",
+            layout.head_dim
+        )));
+    }
+    let ta = array(block_table, "block_table")?;
+    ta.expect(2, &[Elem::I32])?;
+    let ra = array(rows, "rows")?;
+    let la = array(seq_lens, "seq_lens")?;
+    for a in [&ra, &la] {
+        a.expect(1, &[Elem::I32])?;
+        if a.shape[0] != num_seqs {
+            return Err(err(format!(
+                "{} has {} entries but q has batch {num_seqs}",
+                a.name, a.shape[0]
+            )));
+        }
+    }
+    if layer < 0 {
+        return Err(err(format!("layer must be non-negative, got {layer}")));
+    }
+    let new = match (k_new, v_new) {
+        (None, None) => None,
+        (Some(k), Some(v)) => {
+            let (kn, vn) = (array(k, "k_new")?, array(v, "v_new")?);
+            for a in [&kn, &vn] {
+                a.expect(3, &[ka.elem, Elem::F32])?;
+                if a.shape != [num_seqs, layout.num_kv_heads, head_dim] {
+                    return Err(err(format!(
+                        "{} has shape {:?}, expected [{num_seqs}, {}, {head_dim}]",
+                        a.name, a.shape, layout.num_kv_heads
+                    )));
+                }
+            }
+            Some((kn, vn))
+        }
+        _ => return Err(err("k_new and v_new must be given together")),
+    };
+    let out = match out {
+        Some(o) => o,
+        None => py
+            .import("numpy")?
+            .call_method1("empty", ((num_seqs, num_q_heads, head_dim), "float32"))?,
+    };
+    let oa = array(&out, "out")?;
+    oa.expect(3, &[Elem::F32])?;
+    if oa.shape != qa.shape {
+        return Err(err(format!(
+            "out has shape {:?}, expected {:?}",
+            oa.shape, qa.shape
+        )));
+    }
+    let mut inputs = vec![&qa, &ka, &va, &ta, &ra, &la];
+    if let Some((kn, vn)) = &new {
+        inputs.extend([kn, vn]);
+    }
+    // Written arrays must not overlap anything else of the call.
+    let mut written = vec![&oa];
+    if new.is_some() {
+        written.extend([&ka, &va]);
+    }
+    for w in &written {
+        for a in inputs.iter().chain(&[&oa]) {
+            if !std::ptr::eq(*w, *a) && w.overlaps(a) {
+                return Err(err(format!("{} overlaps {} in memory", w.name, a.name)));
+            }
+        }
+    }
+    // SAFETY: every object behind these arrays is borrowed by this function until it returns,
+    // and the checks above make each `&mut` view disjoint from every other view.
+    let (qs, table_ids, row_ids, lens, out_s) = unsafe {
+        (
+            qa.slice::<f32>(Elem::F32),
+            ta.slice::<i32>(Elem::I32),
+            ra.slice::<i32>(Elem::I32),
+            la.slice::<i32>(Elem::I32),
+            oa.slice_mut::<f32>(Elem::F32)?,
+        )
+    };
+    // SAFETY: as above; the caches are viewed mutably only when a store is requested.
+    let (kv, new_s) = unsafe {
+        match &new {
+            None => ((Err(ka.kv()), Err(va.kv())), None),
+            Some((kn, vn)) => (
+                (Ok(ka.kv_mut()?), Ok(va.kv_mut()?)),
+                Some((kn.kv(), vn.kv())),
+            ),
+        }
+    };
+    let table = BlockTable {
+        block_ids: table_ids,
+        width: ta.shape[1],
+        rows: row_ids,
+        seq_lens: lens,
+    };
+    let args = DecodeArgs {
+        q: qs,
+        num_q_heads,
+        table,
+        layer: layer as usize,
+        scale: scale as f32,
+    };
+    py.detach(move || -> core::Result<()> {
+        let (k, v) = match (kv, new_s) {
+            ((Ok(mut k), Ok(mut v)), Some((kn, vn))) => {
+                core::store_new_rows(&layout, &table, args.layer, &mut k, &mut v, kn, vn)?;
+                (k.into_slice(), v.into_slice())
+            }
+            ((Err(k), Err(v)), _) => (k, v),
+            _ => unreachable!("caches are viewed mutably exactly when new rows are given"),
+        };
+        match kernel {
+            Kernel::Fast => core::paged_decode_attention(&args, &layout, k, v, out_s),
+            Kernel::Reference => {
+                core::paged_decode_attention_reference(&args, &layout, k, v, out_s)
+            }
+        }
+    })
+    .map_err(core_err)?;
+    Ok(out)
+}
+
+/// Paged decode attention (the fast kernel); see rust_cpuattn.pyi.
+#[pyfunction]
+#[pyo3(signature = (q, k_cache, v_cache, block_table, rows, seq_lens, layer, scale, out=None, k_new=None, v_new=None))]
+#[allow(clippy::too_many_arguments)]
+fn paged_decode_attention<'py>(
+    py: Python<'py>,
+    q: &Bound<'py, PyAny>,
+    k_cache: &Bound<'py, PyAny>,
+    v_cache: &Bound<'py, PyAny>,
+    block_table: &Bound<'py, PyAny>,
+    rows: &Bound<'py, PyAny>,
+    seq_lens: &Bound<'py, PyAny>,
+    layer: i64,
+    scale: f64,
+    out: Option<Bound<'py, PyAny>>,
+    k_new: Option<Bound<'py, PyAny>>,
+    v_new: Option<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    decode(
+        py,
+        Kernel::Fast,
+        q,
+        k_cache,
+        v_cache,
+        block_table,
+        rows,
+        seq_lens,
+        layer,
+        scale,
+        out,
+        k_new.as_ref(),
+        v_new.as_ref(),
+    )
+}
+
+/// The plain reference kernel, same signature (for tests).
+#[pyfunction]
+#[pyo3(signature = (q, k_cache, v_cache, block_table, rows, seq_lens, layer, scale, out=None, k_new=None, v_new=None))]
+#[allow(clippy::too_many_arguments)]
+fn reference_paged_decode_attention<'py>(
+    py: Python<'py>,
+    q: &Bound<'py, PyAny>,
+    k_cache: &Bound<'py, PyAny>,
+    v_cache: &Bound<'py, PyAny>,
+    block_table: &Bound<'py, PyAny>,
+    rows: &Bound<'py, PyAny>,
+    seq_lens: &Bound<'py, PyAny>,
+    layer: i64,
+    scale: f64,
+    out: Option<Bound<'py, PyAny>>,
+    k_new: Option<Bound<'py, PyAny>>,
+    v_new: Option<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    decode(
+        py,
+        Kernel::Reference,
+        q,
+        k_cache,
+        v_cache,
+        block_table,
+        rows,
+        seq_lens,
+        layer,
+        scale,
+        out,
+        k_new.as_ref(),
+        v_new.as_ref(),
+    )
+}
+
+#[pymodule]
+#[pyo3(name = "rust_cpuattn")]
+fn rust_cpuattn_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(paged_decode_attention, m)?)?;
+    m.add_function(wrap_pyfunction!(reference_paged_decode_attention, m)?)?;
+    Ok(())
+}

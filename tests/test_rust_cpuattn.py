@@ -1,0 +1,256 @@
+"""rust_cpuattn: both kernels against a float64 numpy reference, zero-copy inputs (numpy and
+torch), the fused K/V store, and validation of bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import rust_cpuattn
+
+KERNELS = {
+    "fast": rust_cpuattn.paged_decode_attention,
+    "reference": rust_cpuattn.reference_paged_decode_attention,
+}
+DTYPES = ["float32", "float16", "bfloat16"]
+# Output error bound vs float64 for inputs in [-1, 1] (f32 arithmetic in the kernels).
+ATOL = 5e-5
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even; NaN stays NaN."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(x), np.uint16(0x7FC0), rounded)
+
+
+def bf16_to_f32(u: np.ndarray) -> np.ndarray:
+    return (u.astype(np.uint32) << 16).view(np.float32)
+
+
+def stored(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Values as the pool stores them (bf16 travels as uint16)."""
+    if dtype == "float32":
+        return x.astype(np.float32)
+    if dtype == "float16":
+        return x.astype(np.float16)
+    return bf16_bits(x)
+
+
+def widened(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Stored values back to float64, exactly."""
+    if dtype == "bfloat16":
+        return bf16_to_f32(x).astype(np.float64)
+    return x.astype(np.float64)
+
+
+def to_torch(x: np.ndarray, dtype: str | None = None) -> torch.Tensor:
+    t = torch.from_numpy(x)
+    if dtype == "bfloat16":
+        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    return t
+
+
+def make_problem(seq_lens, hq, hkv, d, bs, dtype, seed=0, num_layers=3, extra_blocks=5, q_scale=1.0):
+    """Pools `[L, N, Hkv, bs, D]` with NaN in every row no request reads, a shuffled block
+    table (one spare row, -1 padding), permuted rows, ragged lengths."""
+    rng = np.random.default_rng(seed)
+    used = [-(-n // bs) for n in seq_lens]
+    num_blocks = sum(used) + extra_blocks
+    width = max(used, default=1) + 1
+    layer = num_layers - 1
+    k = np.full((num_layers, num_blocks, hkv, bs, d), np.nan, np.float32)
+    v = np.full_like(k, np.nan)
+    ids = rng.permutation(num_blocks)
+    row_ids = rng.permutation(len(seq_lens) + 1)
+    table = np.full((len(seq_lens) + 1, width), -1, np.int32)
+    nxt = 0
+    for b, n in enumerate(seq_lens):
+        for j in range(used[b]):
+            blk = ids[nxt]
+            nxt += 1
+            table[row_ids[b], j] = blk
+            valid = min(bs, n - j * bs)
+            k[layer, blk, :, :valid] = rng.uniform(-1, 1, (hkv, valid, d))
+            v[layer, blk, :, :valid] = rng.uniform(-1, 1, (hkv, valid, d))
+    q = (rng.uniform(-1, 1, (len(seq_lens), hq, d)) * q_scale).astype(np.float32)
+    return dict(
+        q=q,
+        k_cache=stored(k, dtype),
+        v_cache=stored(v, dtype),
+        block_table=table,
+        rows=row_ids[: len(seq_lens)].astype(np.int32),
+        seq_lens=np.asarray(seq_lens, np.int32),
+        layer=layer,
+        scale=float(1.0 / np.sqrt(d)),
+        dtype=dtype,
+    )
+
+
+def reference_f64(p) -> np.ndarray:
+    """Gather each request's K/V through the block table, softmax and PV in float64."""
+    q = p["q"].astype(np.float64)
+    num_seqs, hq, d = q.shape
+    k = widened(p["k_cache"], p["dtype"])[p["layer"]]  # [N, Hkv, bs, D]
+    v = widened(p["v_cache"], p["dtype"])[p["layer"]]
+    hkv, bs = k.shape[1], k.shape[2]
+    g = hq // hkv
+    out = np.zeros((num_seqs, hq, d))
+    for b in range(num_seqs):
+        n = int(p["seq_lens"][b])
+        ids = p["block_table"][p["rows"][b], : -(-n // bs)]
+        kb = k[ids].transpose(1, 0, 2, 3).reshape(hkv, -1, d)[:, :n]  # [Hkv, n, D]
+        vb = v[ids].transpose(1, 0, 2, 3).reshape(hkv, -1, d)[:, :n]
+        for h in range(hq):
+            s = kb[h // g] @ q[b, h] * p["scale"]
+            w = np.exp(s - s.max())
+            out[b, h] = (w / w.sum()) @ vb[h // g]
+    return out
+
+
+def call(kernel, p, container="numpy", **kw):
+    args = [p[name] for name in ("q", "k_cache", "v_cache", "block_table", "rows", "seq_lens")]
+    if container == "torch":
+        args = [to_torch(a, p["dtype"] if i in (1, 2) else None) for i, a in enumerate(args)]
+        kw = {key: (to_torch(val, p["dtype"] if val.dtype != np.float32 else None) if isinstance(val, np.ndarray) else val) for key, val in kw.items()}
+    return KERNELS[kernel](*args, p["layer"], p["scale"], **kw)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("container", ["numpy", "torch"])
+@pytest.mark.parametrize("heads", [(4, 4), (8, 4), (9, 3), (8, 2), (16, 2)])
+def test_matches_float64(kernel, dtype, container, heads):
+    p = make_problem([1, 15, 16, 17, 70], heads[0], heads[1], 64, 16, dtype, seed=sum(heads))
+    out = call(kernel, p, container)
+    assert isinstance(out, np.ndarray) and out.shape == p["q"].shape and out.dtype == np.float32
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, reference_f64(p), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("d,bs", [(128, 32), (80, 8), (96, 16), (256, 16)])
+def test_head_dims_and_block_sizes(kernel, d, bs):
+    p = make_problem([3, 33, 64, 100], 8, 2, d, bs, "bfloat16", seed=d + bs)
+    np.testing.assert_allclose(call(kernel, p), reference_f64(p), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("container", ["numpy", "torch"])
+def test_out_is_written_in_place(container):
+    p = make_problem([5, 40], 8, 2, 64, 16, "float16", seed=3)
+    out = np.full(p["q"].shape, np.nan, np.float32)
+    out_arg = out if container == "numpy" else torch.from_numpy(out)
+    got = call("fast", p, container, out=out_arg)
+    assert got is out_arg
+    np.testing.assert_allclose(out, reference_f64(p), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("new_dtype", ["same", "float32"])
+@pytest.mark.parametrize("container", ["numpy", "torch"])
+def test_store_new_rows(kernel, dtype, new_dtype, container):
+    p = make_problem([1, 16, 17, 40], 6, 2, 64, 16, dtype, seed=11)
+    rng = np.random.default_rng(5)
+    shape = (4, 2, 64)
+    k_new32 = rng.uniform(-1, 1, shape).astype(np.float32)
+    v_new32 = rng.uniform(-1, 1, shape).astype(np.float32)
+    k_new = k_new32 if new_dtype == "float32" else stored(k_new32, dtype)
+    v_new = v_new32 if new_dtype == "float32" else stored(v_new32, dtype)
+    k_before, v_before = p["k_cache"].copy(), p["v_cache"].copy()
+    out = call(kernel, p, container, k_new=k_new, v_new=v_new)
+    # The pools were written in place (zero-copy); exactly one row per (request, KV head).
+    expect_k, expect_v = k_before.copy(), v_before.copy()
+    bs = expect_k.shape[3]
+    for b, n in enumerate(p["seq_lens"]):
+        blk = p["block_table"][p["rows"][b], (n - 1) // bs]
+        expect_k[p["layer"], blk, :, (n - 1) % bs] = stored(k_new32[b], dtype)
+        expect_v[p["layer"], blk, :, (n - 1) % bs] = stored(v_new32[b], dtype)
+    np.testing.assert_array_equal(p["k_cache"].view(np.uint8), expect_k.view(np.uint8))
+    np.testing.assert_array_equal(p["v_cache"].view(np.uint8), expect_v.view(np.uint8))
+    np.testing.assert_allclose(out, reference_f64(p), atol=ATOL, rtol=0)
+
+
+def test_empty_batch():
+    p = make_problem([], 4, 2, 64, 16, "float32")
+    p["block_table"] = np.zeros((1, 1), np.int32)
+    out = call("fast", p)
+    assert out.shape == (0, 4, 64)
+
+
+def test_bf16_as_torch_bfloat16_and_int16_agree():
+    p = make_problem([20, 7], 4, 2, 64, 16, "bfloat16", seed=2)
+    a = call("fast", p, "torch")
+    args = [torch.from_numpy(p[n]) for n in ("q", "block_table", "rows", "seq_lens")]
+    b = rust_cpuattn.paged_decode_attention(
+        args[0], torch.from_numpy(p["k_cache"].view(np.int16)), torch.from_numpy(p["v_cache"].view(np.int16)),
+        *args[1:], p["layer"], p["scale"])
+    np.testing.assert_array_equal(a, b)
+
+
+def _mutations():
+    """(name, function(problem dict) -> kwargs overrides) that must raise ValueError."""
+    def put(**kw):
+        return lambda p: kw
+
+    def table_with(value):
+        def f(p):
+            t = p["block_table"].copy()
+            t[p["rows"][1], 0] = value
+            return {"block_table": t}
+        return f
+
+    def non_contiguous_cache(p):
+        k = np.ascontiguousarray(np.swapaxes(p["k_cache"], 3, 4))
+        return {"k_cache": np.swapaxes(k, 3, 4)}
+
+    return [
+        ("q float64", lambda p: {"q": p["q"].astype(np.float64)}),
+        ("q rank 2", lambda p: {"q": p["q"].reshape(p["q"].shape[0], -1)}),
+        ("q head_dim", lambda p: {"q": np.zeros(p["q"].shape[:2] + (32,), np.float32)}),
+        ("q heads not a multiple", lambda p: {"q": np.zeros((2, 3, 64), np.float32), "out": None}),
+        ("q batch", lambda p: {"q": p["q"][:1].copy()}),
+        ("cache int32", lambda p: {"k_cache": p["k_cache"].view(np.int32), "v_cache": p["v_cache"].view(np.int32)}),
+        ("cache dtype mismatch", lambda p: {"v_cache": p["v_cache"].astype(np.float16)}),
+        ("cache shape mismatch", lambda p: {"v_cache": p["v_cache"][:, :-1].copy()}),
+        ("cache rank", lambda p: {"k_cache": p["k_cache"][0], "v_cache": p["v_cache"][0]}),
+        ("cache not contiguous", non_contiguous_cache),
+        ("table int64", lambda p: {"block_table": p["block_table"].astype(np.int64)}),
+        ("block id too large", table_with(10_000)),
+        ("block id negative", table_with(-1)),
+        ("row out of range", lambda p: {"rows": np.array([0, 99], np.int32)}),
+        ("row negative", lambda p: {"rows": np.array([0, -1], np.int32)}),
+        ("seq_len zero", lambda p: {"seq_lens": np.array([5, 0], np.int32)}),
+        ("seq_len too long", lambda p: {"seq_lens": np.array([5, 10_000], np.int32)}),
+        ("seq_lens count", lambda p: {"seq_lens": np.array([5], np.int32)}),
+        ("layer too large", put(layer=3)),
+        ("layer negative", put(layer=-1)),
+        ("scale nan", put(scale=float("nan"))),
+        ("out shape", lambda p: {"out": np.zeros((2, 4, 32), np.float32)}),
+        ("out dtype", lambda p: {"out": np.zeros(p["q"].shape, np.float64)}),
+        ("out read-only", lambda p: {"out": np.zeros(p["q"].shape, np.float32)[None][0].copy().view()}),
+        ("out aliases q", lambda p: {"out": p["q"]}),
+        ("k_new alone", lambda p: {"k_new": np.zeros((2, 2, 64), np.float32)}),
+        ("k_new shape", lambda p: {"k_new": np.zeros((2, 1, 64), np.float32), "v_new": np.zeros((2, 1, 64), np.float32)}),
+        ("k_new dtype", lambda p: {"k_new": np.zeros((2, 2, 64), np.float16), "v_new": np.zeros((2, 2, 64), np.float16)}),
+        ("store into shared pool", lambda p: {"v_cache": p["k_cache"], "k_new": np.zeros((2, 2, 64), np.float32), "v_new": np.zeros((2, 2, 64), np.float32)}),
+        ("not an array", put(q=[[[0.0] * 64] * 4] * 2)),
+        ("q on meta device", lambda p: {"q": torch.empty(p["q"].shape, device="meta")}),
+        ("torch non-contiguous q", lambda p: {"q": torch.from_numpy(p["q"]).transpose(0, 1).contiguous().transpose(0, 1)}),
+    ]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("name,mutate", _mutations(), ids=[m[0] for m in _mutations()])
+def test_bad_inputs_raise(kernel, name, mutate):
+    p = make_problem([5, 20], 4, 2, 64, 16, "bfloat16", seed=1)
+    call(kernel, p)  # the unmutated call is valid
+    kw = dict(q=p["q"], k_cache=p["k_cache"], v_cache=p["v_cache"], block_table=p["block_table"],
+              rows=p["rows"], seq_lens=p["seq_lens"], layer=p["layer"], scale=p["scale"])
+    over = mutate(p)
+    if name == "out read-only":
+        over["out"].setflags(write=False)
+    kw.update(over)
+    with pytest.raises(ValueError):
+        KERNELS[kernel](**kw)
