@@ -20,6 +20,7 @@ class Executor:
         self.cache = cache
         self.sampler = sampler
         self.device = model.device
+        self.keep_logits = False  # when set, outputs carry each sampling row's raw logits (tests)
 
     @torch.inference_mode()
     def execute(self, plan: Plan) -> ExecuteOutput:
@@ -56,8 +57,10 @@ class Executor:
         last_rows = torch.tensor([batch.last_row[i] for i, _ in sampling], device=self.device)
         logits = model.logits(hidden[last_rows])  # [N, vocab] float32
         rows = [SampleRow(c.params, c.prompt_token_ids, c.output_token_ids) for _, c in sampling]
-        result = self.sampler(logits, rows)
         output = ExecuteOutput()
+        if self.keep_logits:
+            output.logits = {c.request_id: logits[j].clone() for j, (_, c) in enumerate(sampling)}
+        result = self.sampler(logits, rows)
         for (_, chunk), token, lp in zip(sampling, result.token_ids, result.logprobs):
             output.sampled_token_ids[chunk.request_id] = token
             if lp is not None:

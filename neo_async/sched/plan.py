@@ -58,4 +58,5 @@ class ExecuteOutput:
     """What the executor returns: one sampled token per sampling chunk."""
 
     sampled_token_ids: dict[str, int] = field(default_factory=dict)
-    logprobs: dict[str, object] = field(default_factory=dict)  # request id -> TokenLogprob
+    logprobs: dict[str, object] = field(default_factory=dict)  # request id -> (logprob, top list)
+    logits: dict[str, object] | None = None  # request id -> raw logits [vocab], only when asked
