@@ -1,0 +1,114 @@
+"""The aiohttp application: a pure factory, routes, and the engine's lifecycle.
+
+Lifecycle (driven by aiohttp's runner):
+- startup: the engine context builds the engine from config when none was given (in a
+  thread: loading takes seconds), starts its loop, and attaches the metrics;
+- shutdown (`runner.cleanup()`): listening stops first; then `_drain` refuses new requests,
+  lets those in flight finish within `server.shutdown_grace_s`, and aborts the rest;
+- cleanup: the engine loop is stopped, if this app started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from neo_async.config import Config
+from neo_async.server.errors import error_middleware
+from neo_async.server.metrics import CONTENT_TYPE, ServerMetrics
+from neo_async.server.openai_schema import ModelCard, ModelList
+from neo_async.server.routes_chat import create_chat_completion
+from neo_async.server.routes_completions import create_completion
+from neo_async.server.state import STATE, AppState
+
+if TYPE_CHECKING:
+    from neo_async.async_engine import AsyncEngine
+
+log = structlog.get_logger("neo_async.server")
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+ABORT_FLUSH_S = 5.0  # after the grace period: time for aborted handlers to send their last bytes
+
+
+def create_app(config: Config | None = None, engine: AsyncEngine | None = None) -> web.Application:
+    """A new app serving `engine` (built from `config` at startup when None). No side effects."""
+    config = config or Config()
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app[STATE] = AppState(config=config, engine=engine)
+    app.cleanup_ctx.append(_engine_context)
+    app.on_shutdown.append(_drain)
+    app.router.add_post("/v1/completions", create_completion)
+    app.router.add_post("/v1/chat/completions", create_chat_completion)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def _engine_context(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    if state.engine is None:
+        from neo_async.async_engine import AsyncEngine  # torch and the model load only when serving
+
+        state.engine = await asyncio.to_thread(AsyncEngine.from_config, state.config)
+    engine = state.engine
+    started_here = not engine.is_running
+    if started_here:
+        await engine.start()
+    state.metrics = ServerMetrics(engine.model_name, engine.stats)
+    engine.add_step_listener(state.metrics.on_step)
+    log.info("engine_ready", model=engine.model_name, max_model_len=engine.max_model_len)
+    try:
+        yield
+    finally:
+        if started_here:
+            await engine.stop()
+            log.info("engine_stopped")
+
+
+async def _drain(app: web.Application) -> None:
+    state = app[STATE]
+    state.is_draining = True
+    grace_s = state.config.server.shutdown_grace_s
+    log.info("draining", num_in_flight=len(state.in_flight), grace_s=grace_s)
+    if await state.wait_idle(grace_s):
+        return
+    num_aborted = await state.abort_all()
+    log.warning("shutdown_grace_expired", num_aborted=num_aborted)
+    await state.wait_idle(ABORT_FLUSH_S)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    engine = request.app[STATE].engine
+    assert engine is not None
+    card = ModelCard(
+        id=engine.model_name,
+        object="model",
+        created=int(time.time()),
+        owned_by="neo-async",
+        root=engine.model_name,
+        max_model_len=engine.max_model_len,
+    )
+    return web.Response(body=msgspec.json.encode(ModelList(object="list", data=[card])), content_type="application/json")
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 while requests are accepted; 503 while draining or once the engine loop died."""
+    state = request.app[STATE]
+    if state.is_draining:
+        return web.json_response({"status": "draining"}, status=503)
+    if state.engine is None or not state.engine.is_running:
+        return web.json_response({"status": "engine_not_running"}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    assert state.metrics is not None
+    return web.Response(body=state.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
