@@ -34,11 +34,25 @@ class HFTokenizer:
         return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
 
+class ModelTokenizer:
+    """neo_async's tokenizer; encode adds no BOS (a prompt's own tokens, as for HFTokenizer)."""
+
+    def __init__(self, tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self.vocab_size: int = tokenizer.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(list(ids))
+
+
 def load_tokenizer(path: str | Path | None) -> Tokenizer:
     if path is None or str(path).endswith(".gguf"):
         from neo_async.model.tokenizer import load_tokenizer as load_model_tokenizer
 
-        return load_model_tokenizer(None if path is None else str(path))
+        return ModelTokenizer(load_model_tokenizer(None if path is None else str(path)))
     from tokenizers import Tokenizer as RustTokenizer
 
     file = Path(path)
