@@ -1,7 +1,8 @@
 """The load-latency curve (the paper's Figure 6c style): latency against request rate.
 
-Three panels: TPOT (p50 solid, p99 dashed), E2E latency (p50, p99) and mean E2E latency per
-output token; one colour per system, so two sweeps compare on one figure.
+Three panels: mean E2E latency per output token (the paper's measure), TPOT (p50 solid,
+p99 dashed) and E2E latency (p50, p99); one colour per system, so sweeps compare on one
+figure.
 matplotlib is imported here only, and only when a plot is drawn.
 """
 
@@ -13,9 +14,9 @@ from pathlib import Path
 from loadgen.sweep import rate_value
 
 PANELS = (
+    ("mean E2E latency / output token (ms)", (("mean_e2el_per_token_ms", "-", "mean"),)),
     ("TPOT (ms)", (("median_tpot_ms", "-", "p50"), ("p99_tpot_ms", "--", "p99"))),
     ("E2E latency (s)", (("median_e2el_ms", "-", "p50"), ("p99_e2el_ms", "--", "p99"))),
-    ("mean E2E latency / output token (ms)", (("mean_e2el_per_token_ms", "-", "mean"),)),
 )
 
 
