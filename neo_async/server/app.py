@@ -63,7 +63,7 @@ async def _engine_context(app: web.Application) -> AsyncIterator[None]:
         await engine.start()
     state.metrics = ServerMetrics(engine.model_name, engine.stats)
     engine.add_step_listener(state.metrics.on_step)
-    log.info("engine_ready", model=engine.model_name, max_model_len=engine.max_model_len)
+    log.info("engine_attached", model=engine.model_name, max_model_len=engine.max_model_len)
     try:
         yield
     finally:

@@ -70,7 +70,7 @@ def prepare(body: bytes, state: AppState, request_id: str) -> Prepared:
         text = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
     except Exception as exc:  # a template may reject a conversation (e.g. roles out of order)
         raise invalid_value(f"the chat template rejected the messages: {exc}", "messages") from None
-    ids = list(engine.tokenizer.encode(text))
+    ids = list(engine.tokenizer.encode(text, add_special_tokens=False))  # the template holds any BOS itself
     check_token_ids(ids, engine.tokenizer.vocab_size, "messages")
     if req.max_completion_tokens is not None:
         requested, param = req.max_completion_tokens, "max_completion_tokens"

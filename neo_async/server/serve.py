@@ -98,5 +98,7 @@ async def serve(config: Config) -> int:
     log.info("server_started", host=host, port=port, model=engine.model_name if engine else None)
     await stop.wait()
     await runner.cleanup()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
     log.info("server_stopped")
     return 0
