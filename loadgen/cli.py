@@ -27,7 +27,7 @@ import structlog
 
 from loadgen import arrivals, client, report, runner, sweep
 from loadgen.datasets import DATASET_NAMES, NEEDS_TOKENIZER, DatasetOptions, load_dataset
-from loadgen.metrics import DEFAULT_PERCENTILES, summarize
+from loadgen.metrics import summarize
 from loadgen.progress import Progress
 from loadgen.prompts import PROMPT_FORMATS, PromptBuilder
 from loadgen.slo import parse_slos
@@ -41,19 +41,27 @@ class UsageError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="neo-loadgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="neo-loadgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     server = p.add_argument_group("server")
     server.add_argument("--base-url", default=None, help="e.g. http://127.0.0.1:8000 (default: from --host/--port)")
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=8000)
     server.add_argument("--endpoint", default="/v1/completions", help="/v1/completions or /v1/chat/completions")
     server.add_argument("--model", default=None, help="model name sent (default: the first of GET /v1/models)")
-    server.add_argument("--ready-timeout", type=float, default=0.0, help="wait up to S seconds for the server to answer")
+    server.add_argument(
+        "--ready-timeout", type=float, default=0.0, help="wait up to S seconds for the server to answer"
+    )
     server.add_argument("--request-timeout", type=float, default=6 * 3600.0, help="per request, seconds")
 
     prompts = p.add_argument_group("prompts")
-    prompts.add_argument("--tokenizer", default=None, help="tokenizer.json, HF directory or GGUF (default: the server's embedded model)")
-    prompts.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="text", help="ids: token-id lists (completions only)")
+    prompts.add_argument(
+        "--tokenizer", default=None, help="tokenizer.json, HF directory or GGUF (default: the server's embedded model)"
+    )
+    prompts.add_argument(
+        "--prompt-format", choices=PROMPT_FORMATS, default="text", help="ids: token-id lists (completions only)"
+    )
     prompts.add_argument("--vocab-size", type=int, default=None, help="with --prompt-format ids and no tokenizer")
 
     data = p.add_argument_group("workload")
@@ -100,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = p.add_argument_group("sweeps and plots")
     sw.add_argument("--request-rates", default=None, help="comma-separated rates: one run each, then a plot")
-    sw.add_argument("--compare", nargs="+", default=None, metavar="SWEEP.json", help="plot saved sweeps together, run nothing")
+    sw.add_argument(
+        "--compare", nargs="+", default=None, metavar="SWEEP.json", help="plot saved sweeps together, run nothing"
+    )
     sw.add_argument("--plot-path", default=None, help="PNG path for sweep or --compare plots")
     return p
 
@@ -172,7 +182,7 @@ def settings_of(args: argparse.Namespace, model_id: str, label: str, base_url: s
         "date": datetime.now().strftime("%Y%m%d-%H%M%S"),
         "label": label,
         "model_id": model_id,
-        "tokenizer_id": args.tokenizer or "(server default)",
+        "tokenizer_id": args.tokenizer or "(embedded model)",
         "base_url": base_url,
         "endpoint": args.endpoint,
         "dataset_name": args.dataset_name,
@@ -193,7 +203,9 @@ async def resolve_model(session, config: client.ClientConfig) -> str:
     try:
         models = await client.fetch_models(session, config)
     except Exception as e:  # any failure here means the server is not usable
-        raise UsageError(f"cannot list models at {config.base_url}/v1/models ({type(e).__name__}: {e}); pass --model") from None
+        raise UsageError(
+            f"cannot list models at {config.base_url}/v1/models ({type(e).__name__}: {e}); pass --model"
+        ) from None
     if not models:
         raise UsageError(f"{config.base_url}/v1/models lists no model; pass --model")
     return models[0]
@@ -226,8 +238,13 @@ async def run_all(args: argparse.Namespace) -> int:
     log.info("workload_ready", num_requests=len(specs), dataset=args.dataset_name)
 
     config = client.ClientConfig(
-        base_url=base_url, endpoint=args.endpoint, model=args.model or "", ignore_eos=args.ignore_eos,
-        temperature=args.temperature, request_timeout_s=args.request_timeout, extra_body=extra_body,
+        base_url=base_url,
+        endpoint=args.endpoint,
+        model=args.model or "",
+        ignore_eos=args.ignore_eos,
+        temperature=args.temperature,
+        request_timeout_s=args.request_timeout,
+        extra_body=extra_body,
     )
     results = []
     async with client.new_session(config) as session:
@@ -237,7 +254,11 @@ async def run_all(args: argparse.Namespace) -> int:
         started = datetime.now()
         for rate in rates:
             offsets = send_offsets(args, specs, rate)
-            progress = Progress(len(specs), is_enabled=not args.is_progress_off, label="trace" if args.use_trace_timestamps else f"rate {report.rate_label(rate)}")
+            progress = Progress(
+                len(specs),
+                is_enabled=not args.is_progress_off,
+                label="trace" if args.use_trace_timestamps else f"rate {report.rate_label(rate)}",
+            )
             options = runner.RunOptions(args.max_concurrency, args.duration)
             outcome = await runner.run(session, config, specs, prompts, offsets, options, progress, count_tokens)
             result = settings_of(args, config.model, label, base_url, rate)
@@ -247,12 +268,18 @@ async def run_all(args: argparse.Namespace) -> int:
                 if args.save_detailed:
                     result.update(report.detailed_arrays(outcome.records))
                 stem = (label, result["request_rate"], args.max_concurrency, config.model, started)
-                paths = report.save(result, outcome.records, args.result_dir, result_filename(args, stem, len(rates) > 1, rate))
+                paths = report.save(
+                    result, outcome.records, args.result_dir, result_filename(args, stem, len(rates) > 1, rate)
+                )
                 print(f"saved {paths[0]} and {paths[1]}", flush=True)
             results.append(result)
     if args.request_rates:
         document = sweep.sweep_document(label, config.model, results)
-        stem = Path(args.result_filename).stem if args.result_filename else report.default_stem(label, "sweep", args.max_concurrency, config.model, started)
+        stem = (
+            Path(args.result_filename).stem
+            if args.result_filename
+            else report.default_stem(label, "sweep", args.max_concurrency, config.model, started)
+        )
         sweep_path = sweep.save_sweep(document, Path(args.result_dir) / f"{stem}-sweep.json")
         print(sweep.format_sweep_table(document))
         plot_path = plot_or_skip([document], args.plot_path or sweep_path.with_suffix(".png"))

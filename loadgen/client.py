@@ -73,7 +73,9 @@ def new_session(config: ClientConfig) -> aiohttp.ClientSession:
     )
 
 
-async def send(session: aiohttp.ClientSession, config: ClientConfig, prompt: Prompt, record: RequestRecord, run_start: float) -> None:
+async def send(
+    session: aiohttp.ClientSession, config: ClientConfig, prompt: Prompt, record: RequestRecord, run_start: float
+) -> None:
     """Send one streaming request and fill `record` in place; never raises for a failed request."""
     payload = build_payload(config, prompt.prompt, record.output_len)
     text_parts: list[str] = []
@@ -144,7 +146,7 @@ async def wait_until_ready(base_url: str, timeout_s: float, path: str = "/v1/mod
                 async with session.get(url) as response:
                     if response.status == 200:
                         return True
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            except (TimeoutError, aiohttp.ClientError, OSError):
                 pass
             if time.monotonic() >= deadline:
                 return False

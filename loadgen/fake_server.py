@@ -93,7 +93,11 @@ class FakeServer:
         if (body.get("stream_options") or {}).get("include_usage"):
             prompt = body.get("prompt", "")
             num_prompt = len(prompt) if isinstance(prompt, list) else len(str(prompt).split())
-            usage = {"prompt_tokens": num_prompt, "completion_tokens": num_tokens, "total_tokens": num_prompt + num_tokens}
+            usage = {
+                "prompt_tokens": num_prompt,
+                "completion_tokens": num_tokens,
+                "total_tokens": num_prompt + num_tokens,
+            }
             await event({"id": "fake", "object": "chunk", "model": MODEL_ID, "choices": [], "usage": usage})
         if reply.is_done_sent:
             await event("[DONE]")

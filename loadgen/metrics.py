@@ -31,7 +31,7 @@ def tpot_s(record: RequestRecord) -> float | None:
 
 def itls_s(record: RequestRecord) -> list[float]:
     times = record.chunk_times_s
-    return [b - a for a, b in zip(times, times[1:])]
+    return [b - a for a, b in zip(times[:-1], times[1:], strict=True)]
 
 
 def e2el_per_token_s(record: RequestRecord) -> float | None:

@@ -36,7 +36,7 @@ def plot_load_latency(documents: list[dict], path: str | Path, title: str | None
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, document in enumerate(documents):
         colour = colours[index % len(colours)]
-        for axis, (ylabel, series) in zip(axes, PANELS):
+        for axis, (ylabel, series) in zip(axes, PANELS, strict=True):
             for key, style, stat in series:
                 xs, ys = finite_points(document, key)
                 if "e2el_ms" in key:

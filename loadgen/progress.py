@@ -13,7 +13,9 @@ BAR_WIDTH = 24
 
 
 class Progress:
-    def __init__(self, total: int, stream: TextIO | None = None, is_enabled: bool = True, label: str = "neo-loadgen") -> None:
+    def __init__(
+        self, total: int, stream: TextIO | None = None, is_enabled: bool = True, label: str = "neo-loadgen"
+    ) -> None:
         self.total = total
         self.stream = stream if stream is not None else sys.stderr
         self.is_enabled = is_enabled

@@ -7,7 +7,7 @@ import math
 from datetime import datetime
 from pathlib import Path
 
-from loadgen.metrics import LATENCY_METRICS, percentile_key
+from loadgen.metrics import LATENCY_METRICS, itls_s, percentile_key
 from loadgen.records import RequestRecord, write_jsonl
 
 TITLES = {
@@ -31,7 +31,9 @@ def json_rate(request_rate: float | str) -> float | str:
     return "inf" if isinstance(request_rate, float) and math.isinf(request_rate) else request_rate
 
 
-def default_stem(label: str, request_rate: float | str, max_concurrency: int | None, model_id: str, now: datetime) -> str:
+def default_stem(
+    label: str, request_rate: float | str, max_concurrency: int | None, model_id: str, now: datetime
+) -> str:
     """`{label}-{rate}qps[-concurrency{n}]-{model}-{YYYYmmdd-HHMMSS}`, as vLLM names results."""
     rate = rate_label(request_rate)
     parts = [label, rate if rate == "trace" else f"{rate}qps"]
@@ -48,7 +50,7 @@ def detailed_arrays(records: list[RequestRecord]) -> dict:
         "input_lens": [r.prompt_len for r in done],
         "output_lens": [r.num_output_tokens for r in done],
         "ttfts": [r.ttft_s or 0.0 for r in done],
-        "itls": [[b - a for a, b in zip(r.chunk_times_s, r.chunk_times_s[1:])] for r in done],
+        "itls": [itls_s(r) for r in done],
         "generated_texts": [r.generated_text for r in done],
         "errors": [r.error for r in records if r.error],
     }

@@ -61,10 +61,11 @@ async def run(
     specs: list[RequestSpec],
     prompts: list[Prompt],
     offsets: np.ndarray,
-    options: RunOptions = RunOptions(),
+    options: RunOptions | None = None,
     progress: Progress | None = None,
     count_tokens: Callable[[str], int] | None = None,
 ) -> RunResult:
+    options = options or RunOptions()
     options.validate()
     records = new_records(specs, prompts, offsets)
     semaphore = asyncio.Semaphore(options.max_concurrency) if options.max_concurrency else None

@@ -44,13 +44,16 @@ def check_result(result: dict) -> list[str]:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             problems.append(f"{key} missing or not a number >= 0")
     if core.completed + core.failed + core.num_unsent != core.num_prompts:
-        problems.append(f"completed {core.completed} + failed {core.failed} + unsent {core.num_unsent} != {core.num_prompts} prompts")
+        counts = f"completed {core.completed} + failed {core.failed} + unsent {core.num_unsent}"
+        problems.append(f"{counts} != {core.num_prompts} prompts")
     if core.num_sent + core.num_unsent != core.num_prompts:
         problems.append("num_sent + num_unsent != num_prompts")
     if core.duration <= 0:
         problems.append("duration must be > 0")
     if "goodput_slos_ms" in result:
-        if not isinstance(result.get("goodput"), (int, float)) or result.get("request_goodput") != result.get("goodput"):
+        if not isinstance(result.get("goodput"), (int, float)) or result.get("request_goodput") != result.get(
+            "goodput"
+        ):
             problems.append("SLOs given but no goodput")
         elif result.get("num_good", -1) > core.completed:
             problems.append("more good requests than completed")

@@ -32,11 +32,30 @@ def only(directory: Path, pattern: str) -> Path:
 def test_trace_replay_writes_a_valid_result(served, tmp_path, capsys):
     fake, url = served
     argv = [
-        "--base-url", url, "--tokenizer", TOKENIZER, "--dataset-name", "azure",
-        "--dataset-path", str(FIXTURES / "azure_small.csv"), "--use-trace-timestamps",
-        "--trace-time-scale", "0.02", "--max-input-len", "64", "--max-output-len", "4",
-        "--ignore-eos", "--goodput", "ttft:1000", "--save-result", "--result-dir", str(tmp_path),
-        "--label", "neo", "--disable-tqdm",
+        "--base-url",
+        url,
+        "--tokenizer",
+        TOKENIZER,
+        "--dataset-name",
+        "azure",
+        "--dataset-path",
+        str(FIXTURES / "azure_small.csv"),
+        "--use-trace-timestamps",
+        "--trace-time-scale",
+        "0.02",
+        "--max-input-len",
+        "64",
+        "--max-output-len",
+        "4",
+        "--ignore-eos",
+        "--goodput",
+        "ttft:1000",
+        "--save-result",
+        "--result-dir",
+        str(tmp_path),
+        "--label",
+        "neo",
+        "--disable-tqdm",
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -59,14 +78,35 @@ def test_sweep_draws_the_curve(served, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     fake, url = served
     argv = [
-        "--base-url", url, "--prompt-format", "ids", "--vocab-size", "500", "--dataset-name", "lengths",
-        "--dataset-path", str(FIXTURES / "lengths_small.json"), "--fixed-output-len", "2",
-        "--request-rates", "20,40", "--result-dir", str(tmp_path), "--result-filename", "neo.json",
-        "--save-result", "--disable-tqdm",
+        "--base-url",
+        url,
+        "--prompt-format",
+        "ids",
+        "--vocab-size",
+        "500",
+        "--dataset-name",
+        "lengths",
+        "--dataset-path",
+        str(FIXTURES / "lengths_small.json"),
+        "--fixed-output-len",
+        "2",
+        "--request-rates",
+        "20,40",
+        "--result-dir",
+        str(tmp_path),
+        "--result-filename",
+        "neo.json",
+        "--save-result",
+        "--disable-tqdm",
     ]
     assert main(argv) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "neo-20qps.json", "neo-20qps.jsonl", "neo-40qps.json", "neo-40qps.jsonl", "neo-sweep.json", "neo-sweep.png",
+        "neo-20qps.json",
+        "neo-20qps.jsonl",
+        "neo-40qps.json",
+        "neo-40qps.jsonl",
+        "neo-sweep.json",
+        "neo-sweep.png",
     ]
     document = json.loads((tmp_path / "neo-sweep.json").read_text())
     assert [run["request_rate"] for run in document["runs"]] == [20.0, 40.0]
@@ -77,17 +117,47 @@ def test_sweep_draws_the_curve(served, tmp_path, capsys):
     assert "sweep: openai" in out
 
     compare_png = tmp_path / "cmp.png"
-    assert main(["--compare", str(tmp_path / "neo-sweep.json"), str(tmp_path / "neo-20qps.json"), "--plot-path", str(compare_png)]) == 0
+    assert (
+        main(
+            [
+                "--compare",
+                str(tmp_path / "neo-sweep.json"),
+                str(tmp_path / "neo-20qps.json"),
+                "--plot-path",
+                str(compare_png),
+            ]
+        )
+        == 0
+    )
     assert compare_png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_concurrency_and_chat(served, tmp_path):
     fake, url = served
     argv = [
-        "--base-url", url, "--endpoint", "/v1/chat/completions", "--tokenizer", TOKENIZER,
-        "--dataset-name", "synthetic", "--num-prompts", "6", "--input-len", "20", "--output-len", "5",
-        "--max-concurrency", "2", "--save-result", "--result-dir", str(tmp_path), "--disable-tqdm",
-        "--metadata", "system=fake", "--save-detailed",
+        "--base-url",
+        url,
+        "--endpoint",
+        "/v1/chat/completions",
+        "--tokenizer",
+        TOKENIZER,
+        "--dataset-name",
+        "synthetic",
+        "--num-prompts",
+        "6",
+        "--input-len",
+        "20",
+        "--output-len",
+        "5",
+        "--max-concurrency",
+        "2",
+        "--save-result",
+        "--result-dir",
+        str(tmp_path),
+        "--disable-tqdm",
+        "--metadata",
+        "system=fake",
+        "--save-detailed",
     ]
     assert main(argv) == 0
     result = json.loads(only(tmp_path, "openai-chat-infqps-concurrency2-*.json").read_text())
@@ -112,7 +182,16 @@ def test_usage_errors(argv, message, capsys):
 
 
 def test_unreachable_server_is_reported(unused_tcp_port, capsys):
-    argv = ["--base-url", f"http://127.0.0.1:{unused_tcp_port}", "--prompt-format", "ids", "--vocab-size", "500", "--num-prompts", "2"]
+    argv = [
+        "--base-url",
+        f"http://127.0.0.1:{unused_tcp_port}",
+        "--prompt-format",
+        "ids",
+        "--vocab-size",
+        "500",
+        "--num-prompts",
+        "2",
+    ]
     assert main(argv) == 2
     assert "pass --model" in capsys.readouterr().err
     assert main([*argv, "--model", "m", "--disable-tqdm"]) == 1  # every request failed, each with its error
@@ -124,8 +203,27 @@ def test_neo_async_bench_serve_dispatches(served, tmp_path):
     from neo_async.cli import main as neo_main
 
     _, url = served
-    argv = ["bench", "serve", "--base-url", url, "--prompt-format", "ids", "--vocab-size", "500",
-            "--num-prompts", "2", "--input-len", "5", "--output-len", "2", "--disable-tqdm",
-            "--save-result", "--result-dir", str(tmp_path), "--result-filename", "r.json"]
+    argv = [
+        "bench",
+        "serve",
+        "--base-url",
+        url,
+        "--prompt-format",
+        "ids",
+        "--vocab-size",
+        "500",
+        "--num-prompts",
+        "2",
+        "--input-len",
+        "5",
+        "--output-len",
+        "2",
+        "--disable-tqdm",
+        "--save-result",
+        "--result-dir",
+        str(tmp_path),
+        "--result-filename",
+        "r.json",
+    ]
     assert neo_main(argv) == 0
     assert json.loads((tmp_path / "r.json").read_text())["completed"] == 2

@@ -93,8 +93,14 @@ def test_payloads():
     config = ClientConfig(base_url="http://h", model="m", ignore_eos=True, extra_body={"top_k": 5})
     body = build_payload(config, [1, 2, 3], 7)
     assert body == {
-        "model": "m", "max_tokens": 7, "temperature": 0.0, "stream": True,
-        "stream_options": {"include_usage": True}, "prompt": [1, 2, 3], "ignore_eos": True, "top_k": 5,
+        "model": "m",
+        "max_tokens": 7,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "prompt": [1, 2, 3],
+        "ignore_eos": True,
+        "top_k": 5,
     }
     chat = ClientConfig(base_url="http://h/", endpoint="/v1/chat/completions", model="m")
     body = build_payload(chat, "hi", 3)

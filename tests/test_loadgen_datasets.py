@@ -166,7 +166,9 @@ def test_sharegpt_filters_short_turns(count_tokens):
     assert specs[0].prompt_text == "what is the model cache"
     fixed = load_dataset("sharegpt", FIXTURES / "sharegpt_small.json", DatasetOptions(fixed_output_len=2), count_tokens)
     assert lens(fixed) == [(5, 2), (11, 2), (7, 2)]
-    capped = load_dataset("sharegpt", FIXTURES / "sharegpt_small.json", DatasetOptions(max_input_len=6, max_output_len=4), count_tokens)
+    capped = load_dataset(
+        "sharegpt", FIXTURES / "sharegpt_small.json", DatasetOptions(max_input_len=6, max_output_len=4), count_tokens
+    )
     assert lens(capped) == [(5, 4)]
 
 

@@ -52,8 +52,18 @@ def server(tmp_path_factory):
     port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     command = [
-        sys.executable, "-m", "neo_async", "serve", "--port", str(port), "--torch-threads", "1",
-        "--device-kv-tokens", "4096", "--log-level", "warning",
+        sys.executable,
+        "-m",
+        "neo_async",
+        "serve",
+        "--port",
+        str(port),
+        "--torch-threads",
+        "1",
+        "--device-kv-tokens",
+        "4096",
+        "--log-level",
+        "warning",
     ]
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1])
@@ -74,11 +84,30 @@ def server(tmp_path_factory):
 
 def test_azure_replay_accounts_for_every_request(server, tmp_path):
     argv = [
-        "--base-url", server, "--dataset-name", "azure", "--dataset-path", str(azure_trace()),
-        "--num-prompts", str(NUM_REQUESTS), "--use-trace-timestamps", "--trace-time-scale", "0.2",
-        "--max-input-len", "128", "--max-output-len", str(OUTPUT_LEN), "--ignore-eos",
-        "--goodput", "e2el:600000", "--save-result", "--result-dir", str(tmp_path),
-        "--result-filename", "azure.json", "--disable-tqdm",
+        "--base-url",
+        server,
+        "--dataset-name",
+        "azure",
+        "--dataset-path",
+        str(azure_trace()),
+        "--num-prompts",
+        str(NUM_REQUESTS),
+        "--use-trace-timestamps",
+        "--trace-time-scale",
+        "0.2",
+        "--max-input-len",
+        "128",
+        "--max-output-len",
+        str(OUTPUT_LEN),
+        "--ignore-eos",
+        "--goodput",
+        "e2el:600000",
+        "--save-result",
+        "--result-dir",
+        str(tmp_path),
+        "--result-filename",
+        "azure.json",
+        "--disable-tqdm",
     ]
     assert main(argv) == 0
     result = json.loads((tmp_path / "azure.json").read_text())
@@ -100,18 +129,51 @@ def test_azure_replay_accounts_for_every_request(server, tmp_path):
 
 def test_chat_and_id_prompts(server, tmp_path):
     chat = [
-        "--base-url", server, "--endpoint", "/v1/chat/completions", "--dataset-name", "synthetic",
-        "--num-prompts", "3", "--input-len", "24", "--output-len", "4", "--ignore-eos",
-        "--max-concurrency", "2", "--save-result", "--result-dir", str(tmp_path),
-        "--result-filename", "chat.json", "--disable-tqdm",
+        "--base-url",
+        server,
+        "--endpoint",
+        "/v1/chat/completions",
+        "--dataset-name",
+        "synthetic",
+        "--num-prompts",
+        "3",
+        "--input-len",
+        "24",
+        "--output-len",
+        "4",
+        "--ignore-eos",
+        "--max-concurrency",
+        "2",
+        "--save-result",
+        "--result-dir",
+        str(tmp_path),
+        "--result-filename",
+        "chat.json",
+        "--disable-tqdm",
     ]
     assert main(chat) == 0
     result = json.loads((tmp_path / "chat.json").read_text())
     assert check_result(result) == [] and result["completed"] == 3 and result["total_output_tokens"] == 12
     ids = [
-        "--base-url", server, "--prompt-format", "ids", "--dataset-name", "synthetic", "--num-prompts", "3",
-        "--input-len", "30", "--output-len", "3", "--ignore-eos", "--save-result", "--result-dir", str(tmp_path),
-        "--result-filename", "ids.json", "--disable-tqdm",
+        "--base-url",
+        server,
+        "--prompt-format",
+        "ids",
+        "--dataset-name",
+        "synthetic",
+        "--num-prompts",
+        "3",
+        "--input-len",
+        "30",
+        "--output-len",
+        "3",
+        "--ignore-eos",
+        "--save-result",
+        "--result-dir",
+        str(tmp_path),
+        "--result-filename",
+        "ids.json",
+        "--disable-tqdm",
     ]
     assert main(ids) == 0
     records = read_jsonl(tmp_path / "ids.jsonl")

@@ -11,9 +11,17 @@ from loadgen.slo import meets_slos, parse_slos
 
 def done(request_id, ttft, chunks, e2el, num_tokens, prompt_len=10):
     return RequestRecord(
-        request_id=request_id, prompt_len=prompt_len, output_len=num_tokens, scheduled_s=0.0,
-        is_sent=True, success=True, sent_s=0.0, ttft_s=ttft, e2el_s=e2el,
-        chunk_times_s=chunks, num_output_tokens=num_tokens,
+        request_id=request_id,
+        prompt_len=prompt_len,
+        output_len=num_tokens,
+        scheduled_s=0.0,
+        is_sent=True,
+        success=True,
+        sent_s=0.0,
+        ttft_s=ttft,
+        e2el_s=e2el,
+        chunk_times_s=chunks,
+        num_output_tokens=num_tokens,
     )
 
 

@@ -18,16 +18,30 @@ PERCENTILES = (50.0, 90.0, 99.0)
 
 def record(i, success=True):
     return RequestRecord(
-        request_id=i, prompt_len=10, output_len=3, scheduled_s=0.0, is_sent=True, success=success,
-        error="" if success else "HTTP 500: x", ttft_s=0.1 if success else None,
-        e2el_s=0.3 if success else None, chunk_times_s=[0.1, 0.2, 0.3] if success else [],
-        num_output_tokens=3 if success else 0, generated_text=" a b c" if success else "",
+        request_id=i,
+        prompt_len=10,
+        output_len=3,
+        scheduled_s=0.0,
+        is_sent=True,
+        success=success,
+        error="" if success else "HTTP 500: x",
+        ttft_s=0.1 if success else None,
+        e2el_s=0.3 if success else None,
+        chunk_times_s=[0.1, 0.2, 0.3] if success else [],
+        num_output_tokens=3 if success else 0,
+        generated_text=" a b c" if success else "",
     )
 
 
 def result_of(records, rate=2.0, **extra):
-    settings = {"date": "20260101-000000", "label": "neo", "model_id": "m", "endpoint": "/v1/completions",
-                "dataset_name": "synthetic", "request_rate": report.json_rate(rate)}
+    settings = {
+        "date": "20260101-000000",
+        "label": "neo",
+        "model_id": "m",
+        "endpoint": "/v1/completions",
+        "dataset_name": "synthetic",
+        "request_rate": report.json_rate(rate),
+    }
     return {**settings, **summarize(records, 1.5, PERCENTILES), **extra}
 
 
@@ -74,7 +88,7 @@ def test_table_lists_every_metric():
 
 def sweep_doc(label, latencies):
     results = [result_of([record(0)], rate=rate) for rate in latencies]
-    for result, (rate, e2el) in zip(results, latencies.items()):
+    for result, e2el in zip(results, latencies.values(), strict=True):
         result["median_e2el_ms"] = e2el
     return sweep.sweep_document(label, "m", results)
 

@@ -18,7 +18,7 @@ from loadgen.workload import RequestSpec
 TOL = 0.06
 
 
-async def run_fake(aiohttp_server, plan, offsets, options=RunOptions(), output_lens=None, progress=None):
+async def run_fake(aiohttp_server, plan, offsets, options=None, output_lens=None, progress=None):
     fake = FakeServer(plan)
     server = await aiohttp_server(fake.app())
     config = ClientConfig(base_url=str(server.make_url("")), model="fake-model")
@@ -26,7 +26,9 @@ async def run_fake(aiohttp_server, plan, offsets, options=RunOptions(), output_l
     specs = [RequestSpec(3, (output_lens or [2] * n)[i]) for i in range(n)]
     prompts = [Prompt(f"p{i}", 3) for i in range(n)]
     async with client.new_session(config) as session:
-        result = await runner.run(session, config, specs, prompts, np.asarray(offsets, dtype=float), options, progress)
+        result = await runner.run(
+            session, config, specs, prompts, np.asarray(offsets, dtype=float), options or RunOptions(), progress
+        )
     return fake, result
 
 
@@ -66,7 +68,9 @@ async def test_no_cap_sends_everything_at_once(aiohttp_server):
 
 async def test_duration_limit_keeps_unsent_requests(aiohttp_server):
     offsets = [0.0, 0.1, 0.5, 0.6]
-    fake, result = await run_fake(aiohttp_server, lambda b: Reply(ttft_s=0.3), offsets, RunOptions(duration_limit_s=0.35))
+    fake, result = await run_fake(
+        aiohttp_server, lambda b: Reply(ttft_s=0.3), offsets, RunOptions(duration_limit_s=0.35)
+    )
     records = result.records
     assert [r.is_sent for r in records] == [True, True, False, False]
     assert [r.success for r in records] == [True, True, False, False]
@@ -99,7 +103,14 @@ async def test_failures_are_counted_with_their_error(aiohttp_server):
     assert list(summary["errors"].values()) == [2] and next(iter(summary["errors"])).startswith("HTTP 500")
     assert progress.num_done == 4 and progress.num_failed == 2
     assert "4/4" in progress_lines[-1] and "2 failed" in progress_lines[-1]
-    result_file = {"date": "d", "model_id": "m", "endpoint": "/v1/completions", "dataset_name": "x", "request_rate": "inf", **summary}
+    result_file = {
+        "date": "d",
+        "model_id": "m",
+        "endpoint": "/v1/completions",
+        "dataset_name": "x",
+        "request_rate": "inf",
+        **summary,
+    }
     assert check_result(result_file) == []
 
 

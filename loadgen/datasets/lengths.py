@@ -24,7 +24,9 @@ def read_lengths(path: str | Path) -> list[RequestSpec]:
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path}: row {i} is not {{prompt: int, max_tokens: int}}: {row!r}") from e
         timestamp = row.get("timestamp")
-        specs.append(RequestSpec(max(1, prompt_len), max(1, output_len), None if timestamp is None else float(timestamp)))
+        specs.append(
+            RequestSpec(max(1, prompt_len), max(1, output_len), None if timestamp is None else float(timestamp))
+        )
     return specs
 
 

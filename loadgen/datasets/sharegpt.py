@@ -30,7 +30,9 @@ def read_sharegpt(path: str | Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def load(path: str | Path, options: DatasetOptions, count_tokens: Callable[[str], int] | None = None) -> list[RequestSpec]:
+def load(
+    path: str | Path, options: DatasetOptions, count_tokens: Callable[[str], int] | None = None
+) -> list[RequestSpec]:
     if count_tokens is None:
         raise ValueError("sharegpt needs a tokenizer to measure its prompts")
     wanted = options.num_prompts if options.num_prompts is not None else float("inf")

@@ -22,4 +22,4 @@ def load(path, options: DatasetOptions, count_tokens=None) -> list[RequestSpec]:
     rng = np.random.default_rng(options.seed)
     input_lens = uniform_lengths(options.input_len, options.range_ratio, n, rng)
     output_lens = uniform_lengths(options.output_len, options.range_ratio, n, rng)
-    return [capped(RequestSpec(int(i), int(o)), options) for i, o in zip(input_lens, output_lens)]
+    return [capped(RequestSpec(int(i), int(o)), options) for i, o in zip(input_lens, output_lens, strict=True)]
