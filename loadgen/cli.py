@@ -276,11 +276,11 @@ async def run_all(args: argparse.Namespace) -> int:
     if args.request_rates:
         document = sweep.sweep_document(label, config.model, results)
         stem = (
-            Path(args.result_filename).stem
+            f"{Path(args.result_filename).stem}-sweep"
             if args.result_filename
             else report.default_stem(label, "sweep", args.max_concurrency, config.model, started)
         )
-        sweep_path = sweep.save_sweep(document, Path(args.result_dir) / f"{stem}-sweep.json")
+        sweep_path = sweep.save_sweep(document, Path(args.result_dir) / f"{stem}.json")
         print(sweep.format_sweep_table(document))
         plot_path = plot_or_skip([document], args.plot_path or sweep_path.with_suffix(".png"))
         print(f"saved {sweep_path}" + (f" and {plot_path}" if plot_path else ""), flush=True)

@@ -36,7 +36,7 @@ def default_stem(
 ) -> str:
     """`{label}-{rate}qps[-concurrency{n}]-{model}-{YYYYmmdd-HHMMSS}`, as vLLM names results."""
     rate = rate_label(request_rate)
-    parts = [label, rate if rate == "trace" else f"{rate}qps"]
+    parts = [label, rate if isinstance(request_rate, str) and rate != "inf" else f"{rate}qps"]
     if max_concurrency is not None:
         parts.append(f"concurrency{max_concurrency}")
     parts += [Path(model_id).name or "model", now.strftime("%Y%m%d-%H%M%S")]

@@ -70,6 +70,7 @@ def test_default_names():
     assert report.default_stem("neo", 2.0, None, "/models/smol.gguf", now) == "neo-2qps-smol.gguf-20260102-030405"
     assert report.default_stem("neo", math.inf, 8, "m", now) == "neo-infqps-concurrency8-m-20260102-030405"
     assert report.default_stem("neo", "trace", None, "m", now) == "neo-trace-m-20260102-030405"
+    assert report.default_stem("neo", "sweep", 4, "m", now) == "neo-sweep-concurrency4-m-20260102-030405"
     assert report.json_rate(math.inf) == "inf" and report.json_rate(0.5) == 0.5
 
 
