@@ -129,11 +129,15 @@ def percentiles_of(text: str) -> tuple[float, ...]:
     return tuple(sorted(wanted))
 
 
-def configure_logging(is_verbose: bool) -> None:
+def configure_logging(is_verbose: bool) -> dict:
+    """Logs to stderr (looked up per log line); returns the configuration it replaced."""
+    previous = structlog.get_config()
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if is_verbose else logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=lambda *args: structlog.PrintLogger(sys.stderr),
+        cache_logger_on_first_use=False,
     )
+    return previous
 
 
 def dataset_options(args: argparse.Namespace) -> DatasetOptions:
@@ -308,7 +312,7 @@ def compare(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    configure_logging(args.verbose)
+    previous_logging = configure_logging(args.verbose)
     try:
         if args.compare:
             return compare(args)
@@ -318,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        structlog.configure(**previous_logging)  # main() may run inside another program
 
 
 if __name__ == "__main__":

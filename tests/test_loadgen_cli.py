@@ -227,3 +227,11 @@ def test_neo_async_bench_serve_dispatches(served, tmp_path):
     ]
     assert neo_main(argv) == 0
     assert json.loads((tmp_path / "r.json").read_text())["completed"] == 2
+
+
+def test_logging_configuration_is_restored(capsys):
+    import structlog
+
+    before = structlog.get_config()
+    assert main(["--base-url", "http://127.0.0.1:9", "--dataset-name", "azure"]) == 2
+    assert structlog.get_config() == before
