@@ -57,7 +57,7 @@ def write_random_checkpoint(path: Path, arch: str, seed: int) -> torch.nn.Module
         **kwargs,
     )
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).eval()
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     with torch.no_grad():  # norms and biases away from their trivial init, so they are exercised
         for name, p in model.named_parameters():
             if "norm" in name:
