@@ -52,3 +52,19 @@ def reference_paged_decode_attention(
 ) -> Array:
     """Same contract as paged_decode_attention, computed by the plain reference kernel
     (single thread, float64 arithmetic): for tests."""
+
+def set_num_threads(num_threads: int) -> None:
+    """Sets the size of the kernel's thread pool (1 = run on the calling thread). The pool is
+    separate from torch's threads; default: RUST_CPUATTN_NUM_THREADS or the CPU count."""
+
+def get_num_threads() -> int:
+    """The number of kernel threads calls use."""
+
+def isa() -> str:
+    """The SIMD path in use: "avx512bf16", "avx512", "avx2" or "scalar". The environment
+    variable RUST_CPUATTN_ISA forces one (ValueError here and on every call if this CPU lacks
+    it). "avx512bf16" uses bf16 dot products only for bf16 caches with bf16-exact q, and is
+    otherwise the "avx512" path."""
+
+def supported_isas() -> list[str]:
+    """Every SIMD path this CPU supports, best first."""

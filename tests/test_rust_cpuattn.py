@@ -3,6 +3,11 @@ torch), the fused K/V store, and validation of bad inputs."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -52,9 +57,10 @@ def to_torch(x: np.ndarray, dtype: str | None = None) -> torch.Tensor:
     return t
 
 
-def make_problem(seq_lens, hq, hkv, d, bs, dtype, seed=0, num_layers=3, extra_blocks=5, q_scale=1.0):
+def make_problem(seq_lens, hq, hkv, d, bs, dtype, seed=0, num_layers=3, extra_blocks=5, q_scale=1.0, bf16_q=False):
     """Pools `[L, N, Hkv, bs, D]` with NaN in every row no request reads, a shuffled block
-    table (one spare row, -1 padding), permuted rows, ragged lengths."""
+    table (one spare row, -1 padding), permuted rows, ragged lengths. `bf16_q` rounds q to
+    bf16-representable values (what a bf16 model produces)."""
     rng = np.random.default_rng(seed)
     used = [-(-n // bs) for n in seq_lens]
     num_blocks = sum(used) + extra_blocks
@@ -75,6 +81,8 @@ def make_problem(seq_lens, hq, hkv, d, bs, dtype, seed=0, num_layers=3, extra_bl
             k[layer, blk, :, :valid] = rng.uniform(-1, 1, (hkv, valid, d))
             v[layer, blk, :, :valid] = rng.uniform(-1, 1, (hkv, valid, d))
     q = (rng.uniform(-1, 1, (len(seq_lens), hq, d)) * q_scale).astype(np.float32)
+    if bf16_q:
+        q = bf16_to_f32(bf16_bits(q))
     return dict(
         q=q,
         k_cache=stored(k, dtype),
@@ -121,8 +129,9 @@ def call(kernel, p, container="numpy", **kw):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("container", ["numpy", "torch"])
 @pytest.mark.parametrize("heads", [(4, 4), (8, 4), (9, 3), (8, 2), (16, 2)])
-def test_matches_float64(kernel, dtype, container, heads):
-    p = make_problem([1, 15, 16, 17, 70], heads[0], heads[1], 64, 16, dtype, seed=sum(heads))
+@pytest.mark.parametrize("bf16_q", [False, True], ids=["f32q", "bf16q"])
+def test_matches_float64(kernel, dtype, container, heads, bf16_q):
+    p = make_problem([1, 15, 16, 17, 70], heads[0], heads[1], 64, 16, dtype, seed=sum(heads), bf16_q=bf16_q)
     out = call(kernel, p, container)
     assert isinstance(out, np.ndarray) and out.shape == p["q"].shape and out.dtype == np.float32
     assert np.isfinite(out).all()
@@ -131,8 +140,9 @@ def test_matches_float64(kernel, dtype, container, heads):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("d,bs", [(128, 32), (80, 8), (96, 16), (256, 16)])
-def test_head_dims_and_block_sizes(kernel, d, bs):
-    p = make_problem([3, 33, 64, 100], 8, 2, d, bs, "bfloat16", seed=d + bs)
+@pytest.mark.parametrize("bf16_q", [False, True], ids=["f32q", "bf16q"])
+def test_head_dims_and_block_sizes(kernel, d, bs, bf16_q):
+    p = make_problem([3, 33, 64, 100], 8, 2, d, bs, "bfloat16", seed=d + bs, bf16_q=bf16_q)
     np.testing.assert_allclose(call(kernel, p), reference_f64(p), atol=ATOL, rtol=0)
 
 
@@ -254,3 +264,61 @@ def test_bad_inputs_raise(kernel, name, mutate):
     kw.update(over)
     with pytest.raises(ValueError):
         KERNELS[kernel](**kw)
+
+
+@pytest.fixture
+def restore_threads():
+    before = rust_cpuattn.get_num_threads()
+    yield
+    rust_cpuattn.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_thread_counts_agree_and_repeat_bitwise(dtype, restore_threads):
+    p = make_problem([1, 15, 16, 17, 255, 256, 257, 1000, 4097], 8, 2, 64, 16, dtype, seed=4, bf16_q=True)
+    want = reference_f64(p)
+    for n in (1, 2, 3, 7):
+        rust_cpuattn.set_num_threads(n)
+        assert rust_cpuattn.get_num_threads() == n
+        a, b = call("fast", p), call("fast", p)
+        np.testing.assert_array_equal(a, b)  # bitwise repeatable for a thread count
+        np.testing.assert_allclose(a, want, atol=ATOL, rtol=0)
+
+
+def test_set_num_threads_rejects_bad_values():
+    for bad in (0, -3):
+        with pytest.raises(ValueError):
+            rust_cpuattn.set_num_threads(bad)
+
+
+def test_isa_matches_environment():
+    forced = os.environ.get("RUST_CPUATTN_ISA")
+    assert rust_cpuattn.isa() == (forced or rust_cpuattn.supported_isas()[0])
+    assert rust_cpuattn.supported_isas()[-1] == "scalar"
+
+
+def _run_forced(isa: str, code: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, RUST_CPUATTN_ISA=isa)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("isa", rust_cpuattn.supported_isas())
+def test_every_isa_path(isa):
+    """Runs this file's kernel tests in a child process with the path forced."""
+    env = dict(os.environ, RUST_CPUATTN_ISA=isa)
+    selection = "matches_float64 and fast or head_dims and fast or store_new_rows and fast or thread_counts or isa_matches"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
+        env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout
+
+
+def test_unknown_or_unsupported_isa_raises():
+    proc = _run_forced("bogus", "import rust_cpuattn\ntry:\n    rust_cpuattn.isa()\nexcept ValueError as e:\n    print('ValueError', e)")
+    assert "ValueError" in proc.stdout, proc.stderr
+    missing = [i for i in ("avx512bf16", "avx512", "avx2") if i not in rust_cpuattn.supported_isas()]
+    for isa in missing:
+        proc = _run_forced(isa, "import rust_cpuattn\ntry:\n    rust_cpuattn.isa()\nexcept ValueError as e:\n    print('ValueError', e)")
+        assert "ValueError" in proc.stdout, proc.stderr

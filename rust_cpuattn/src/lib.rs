@@ -4,24 +4,34 @@
 //! Pools are `[num_layers, num_blocks, num_kv_heads, block_size, head_dim]` (see [`Layout`]).
 //!
 //! - [`paged_decode_attention_reference`]: the plain reference kernel (the oracle).
+//! - [`paged_decode_attention`]: the fast kernel (SIMD path chosen at run time, the crate's
+//!   thread pool); [`paged_decode_attention_with`] takes an explicit [`KernelConfig`].
 //! - [`store_new_rows`]: writes the new token's K/V rows before attention.
 
 mod error;
 
 pub mod dtype;
+pub mod isa;
+mod kernel;
 pub mod layout;
+pub mod partition;
 pub mod reference;
 pub mod store;
+pub mod threads;
 
 pub use dtype::{KvDtype, KvElem, KvSlice, KvSliceMut};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
+pub use isa::Isa;
+pub use kernel::{paged_decode_attention_with, KernelConfig};
 pub use layout::{BlockTable, DecodeArgs, Layout};
 pub use reference::paged_decode_attention_reference;
 pub use store::store_new_rows;
 
-/// Paged decode attention: the public entry point (see [`paged_decode_attention_reference`]
-/// for the contract).
+/// Paged decode attention with the fast kernel on the crate's thread pool
+/// ([`threads::set_num_threads`]) and the selected ISA ([`Isa::selected`]). Same contract
+/// and results (to f32 rounding) as [`paged_decode_attention_reference`]; bitwise repeatable
+/// for a given thread count and ISA.
 pub fn paged_decode_attention(
     args: &DecodeArgs<'_>,
     layout: &Layout,
@@ -29,5 +39,11 @@ pub fn paged_decode_attention(
     v_cache: KvSlice<'_>,
     out: &mut [f32],
 ) -> Result<()> {
-    paged_decode_attention_reference(args, layout, k_cache, v_cache, out)
+    let pool = threads::pool()?;
+    let config = KernelConfig {
+        isa: Some(Isa::selected()?),
+        pool: pool.as_deref(),
+        max_item_blocks: None,
+    };
+    paged_decode_attention_with(args, layout, k_cache, v_cache, out, &config)
 }

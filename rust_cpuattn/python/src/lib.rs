@@ -481,10 +481,42 @@ fn reference_paged_decode_attention<'py>(
     )
 }
 
+/// Sets the number of kernel threads (the pool is rebuilt only when the number changes).
+#[pyfunction]
+fn set_num_threads(num_threads: i64) -> PyResult<()> {
+    let n = usize::try_from(num_threads)
+        .map_err(|_| err(format!("num_threads must be >= 1, got {num_threads}")))?;
+    core::threads::set_num_threads(n).map_err(core_err)
+}
+
+#[pyfunction]
+fn get_num_threads() -> usize {
+    core::threads::num_threads()
+}
+
+/// The SIMD path calls use (RUST_CPUATTN_ISA or the best the CPU has).
+#[pyfunction]
+fn isa() -> PyResult<&'static str> {
+    core::Isa::selected().map(core::Isa::name).map_err(core_err)
+}
+
+/// Every SIMD path this CPU supports, best first.
+#[pyfunction]
+fn supported_isas() -> Vec<&'static str> {
+    core::Isa::supported()
+        .into_iter()
+        .map(core::Isa::name)
+        .collect()
+}
+
 #[pymodule]
 #[pyo3(name = "rust_cpuattn")]
 fn rust_cpuattn_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(paged_decode_attention, m)?)?;
     m.add_function(wrap_pyfunction!(reference_paged_decode_attention, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(isa, m)?)?;
+    m.add_function(wrap_pyfunction!(supported_isas, m)?)?;
     Ok(())
 }

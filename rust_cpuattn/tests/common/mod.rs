@@ -103,6 +103,8 @@ pub struct Spec {
     pub extra_blocks: usize,
     /// Multiplies q (large values give extreme logits).
     pub q_scale: f32,
+    /// Rounds q to bf16-representable values (as a bf16 model produces).
+    pub q_bf16_exact: bool,
 }
 
 impl Spec {
@@ -124,6 +126,7 @@ impl Spec {
             num_layers: 2,
             extra_blocks: 3,
             q_scale: 1.0,
+            q_bf16_exact: false,
         }
     }
 }
@@ -181,6 +184,13 @@ impl Problem {
         let v = Pool::from_f32(spec.dtype, &make(&mut rng));
         let q = (0..num_seqs * spec.num_q_heads * spec.head_dim)
             .map(|_| rng.unit() * spec.q_scale)
+            .map(|x| {
+                if spec.q_bf16_exact {
+                    bf16::from_f32(x).to_f32()
+                } else {
+                    x
+                }
+            })
             .collect();
         Problem {
             layout,
