@@ -12,7 +12,14 @@ from urllib.parse import urlparse
 import aiohttp
 import pytest
 
-from tests.server_fixtures import ServerProcess, http, metric, metrics, sse_events, wait_until
+from tests.server_fixtures import (
+    ServerProcess,
+    http,
+    metric,
+    metrics,
+    sse_events,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -6,7 +6,13 @@ import pytest
 
 from neo_async.server.errors import APIError
 from neo_async.server.openai_schema import ChatCompletionRequest, CompletionRequest
-from neo_async.server.params import check_n, check_token_ids, fan_out, resolve_max_tokens, sampling_params
+from neo_async.server.params import (
+    check_n,
+    check_token_ids,
+    fan_out,
+    resolve_max_tokens,
+    sampling_params,
+)
 
 
 def test_max_tokens_default_is_capped_by_the_context_left():

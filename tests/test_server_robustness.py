@@ -11,7 +11,14 @@ import random
 import aiohttp
 import pytest
 
-from tests.server_fixtures import ServerProcess, http, metric, metrics, sse_events, wait_until
+from tests.server_fixtures import (
+    ServerProcess,
+    http,
+    metric,
+    metrics,
+    sse_events,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

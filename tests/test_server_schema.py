@@ -10,9 +10,9 @@ import pytest
 from neo_async.server import sse
 from neo_async.server.errors import APIError
 from neo_async.server.openai_schema import (
+    ChatChunkChoice,
     ChatCompletionChunk,
     ChatCompletionRequest,
-    ChatChunkChoice,
     ChatDelta,
     Completion,
     CompletionChoice,

@@ -54,7 +54,9 @@ def create_app(config: Config | None = None, engine: AsyncEngine | None = None) 
 async def _engine_context(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     if state.engine is None:
-        from neo_async.async_engine import AsyncEngine  # torch and the model load only when serving
+        from neo_async.async_engine import (
+            AsyncEngine,  # torch and the model load only when serving
+        )
 
         state.engine = await asyncio.to_thread(AsyncEngine.from_config, state.config)
     engine = state.engine

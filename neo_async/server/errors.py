@@ -58,7 +58,7 @@ class APIError(Exception):
         status: int,
         message: str,
         *,
-        type: str = INVALID_REQUEST,  # noqa: A002 - the wire name
+        type: str = INVALID_REQUEST,  # the wire name (shadows the builtin here only)
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,

@@ -10,7 +10,12 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from neo_async.sampling_params import SamplingParams
-from neo_async.server.errors import APIError, context_exceeded, from_engine_error, invalid_value
+from neo_async.server.errors import (
+    APIError,
+    context_exceeded,
+    from_engine_error,
+    invalid_value,
+)
 from neo_async.server.openai_schema import GenerationRequest
 
 if TYPE_CHECKING:

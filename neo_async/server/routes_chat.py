@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+
 import msgspec
 from aiohttp import web
 
@@ -25,7 +26,14 @@ from neo_async.server.openai_schema import (
     decode_request,
     make_decoder,
 )
-from neo_async.server.params import check_model, check_n, check_token_ids, fan_out, resolve_max_tokens, sampling_params
+from neo_async.server.params import (
+    check_model,
+    check_n,
+    check_token_ids,
+    fan_out,
+    resolve_max_tokens,
+    sampling_params,
+)
 from neo_async.server.serving import Prepared, finish_reason_text, handle_generation
 from neo_async.server.state import STATE, AppState
 

@@ -22,11 +22,17 @@ from typing import Protocol
 import structlog
 from aiohttp import web
 
-from neo_async.errors import EngineDeadError
+from neo_async.errors import EngineDeadError, EngineOverloadedError
 from neo_async.outputs import FinishReason, RequestDelta
 from neo_async.sampling_params import SamplingParams
 from neo_async.server import sse
-from neo_async.server.errors import SERVER_ERROR, APIError, from_engine_error, internal_error, shutting_down
+from neo_async.server.errors import (
+    SERVER_ERROR,
+    APIError,
+    from_engine_error,
+    internal_error,
+    shutting_down,
+)
 from neo_async.server.generation import Choice, Generation
 from neo_async.server.openai_schema import Usage
 from neo_async.server.params import PARAM_NAMES
@@ -35,6 +41,9 @@ from neo_async.server.state import AppState
 log = structlog.get_logger("neo_async.server")
 
 STATUS_CLIENT_GONE = 499  # logged only: the client closed the connection first
+# What an engine iterator may raise after submission (e.g. the loop died, or the queue
+# filled up between `generate()` and the loop taking the request in).
+ENGINE_STREAM_ERRORS = (EngineDeadError, EngineOverloadedError, ValueError)
 
 
 class Formatter(Protocol):
@@ -112,15 +121,18 @@ async def handle_generation(request: web.Request, state: AppState, prepare: Prep
         status = STATUS_CLIENT_GONE
         raise
     finally:
-        if generation is not None:
-            await generation.close()
-            state.untrack(generation)
-            record.update(
-                num_output_tokens=generation.num_output_tokens,
-                finish_reasons=[c.finish_reason.value if c.finish_reason else None for c in generation.choices],
-                ttft_s=_round(generation.first_token_s),
-            )
-        log.info("request_finished", status=status, e2e_s=_round(time.monotonic() - arrival), **record)
+        try:
+            if generation is not None:
+                await generation.close()
+        finally:
+            if generation is not None:
+                state.untrack(generation)
+                record.update(
+                    num_output_tokens=generation.num_output_tokens,
+                    finish_reasons=[c.finish_reason.value if c.finish_reason else None for c in generation.choices],
+                    ttft_s=_round(generation.first_token_s),
+                )
+            log.info("request_finished", status=status, e2e_s=_round(time.monotonic() - arrival), **record)
 
 
 def _round(seconds: float | None) -> float | None:
@@ -152,7 +164,7 @@ async def _collect(state: AppState, generation: Generation, prepared: Prepared) 
         async with aclosing(generation.stream()) as deltas:
             async for _ in deltas:
                 pass
-    except EngineDeadError as exc:
+    except ENGINE_STREAM_ERRORS as exc:
         raise _map_engine_error(exc) from None
     err = _abort_error(state, generation)
     if err is not None:
@@ -179,7 +191,7 @@ async def _stream(request: web.Request, state: AppState, generation: Generation,
             await response.write(sse.event(formatter.usage_chunk(_usage(generation, prepared))))
     except ConnectionError:  # the client went away; close() aborts the rest
         return response, STATUS_CLIENT_GONE
-    except EngineDeadError as exc:
+    except ENGINE_STREAM_ERRORS as exc:
         err = _map_engine_error(exc)
     except Exception as exc:  # a bug after the start: report it in-band, keep serving
         log.exception("stream_failed", request_id=generation.request_id, error=repr(exc))
