@@ -68,3 +68,8 @@ def isa() -> str:
 
 def supported_isas() -> list[str]:
     """Every SIMD path this CPU supports, best first."""
+
+def read_bandwidth(buffer: Array) -> float:
+    """Reads the whole (contiguous, 8-byte aligned) array once with the kernel's threads and
+    returns bytes per second: the machine's read bandwidth at the kernel's thread count, when
+    the array is several times the last-level cache."""

@@ -8,6 +8,7 @@
 //!   thread pool); [`paged_decode_attention_with`] takes an explicit [`KernelConfig`].
 //! - [`store_new_rows`]: writes the new token's K/V rows before attention.
 
+pub mod bandwidth;
 mod error;
 
 pub mod dtype;

@@ -4,9 +4,12 @@
 //! Contract with callers: the arrays must not be resized, freed or written by another thread
 //! during a call (the GIL is released while the kernel runs).
 
+use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::PyValueError;
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyType};
 use rust_cpuattn::{self as core, bf16, f16, BlockTable, DecodeArgs, KvSlice, KvSliceMut, Layout};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -33,6 +36,8 @@ struct Array {
     shape: Vec<usize>,
     elem: Elem,
     writable: bool,
+    /// Keeps a numpy buffer export alive (released on drop, with the GIL held).
+    _buffer: Option<PyUntypedBuffer>,
 }
 
 fn err(msg: impl Into<String>) -> PyErr {
@@ -70,34 +75,93 @@ fn numpy_elem(typestr: &str, obj: &Bound<'_, PyAny>) -> PyResult<Option<Elem>> {
     })
 }
 
-/// Reads a torch CPU tensor (via data_ptr/shape/stride) or anything exposing
-/// `__array_interface__` (numpy), without copying.
+/// Torch dtypes we accept, looked up once (compared by identity afterwards).
+fn torch_dtypes(py: Python<'_>) -> PyResult<&'static [(Py<PyAny>, Elem)]> {
+    static DTYPES: PyOnceLock<Vec<(Py<PyAny>, Elem)>> = PyOnceLock::new();
+    DTYPES
+        .get_or_try_init(py, || {
+            let torch = py.import("torch")?;
+            [
+                "float32", "float16", "bfloat16", "int16", "uint16", "int32", "strided",
+            ]
+            .iter()
+            .map(|name| {
+                let elem = torch_elem(&format!("torch.{name}")).unwrap_or(Elem::I32);
+                Ok((torch.getattr(*name)?.unbind(), elem))
+            })
+            .collect()
+        })
+        .map(|v| v.as_slice())
+}
+
+/// Reads a numpy array (buffer protocol, else `__array_interface__`) or a torch CPU tensor
+/// (data_ptr/shape/stride) without copying.
 fn array(obj: &Bound<'_, PyAny>, name: &'static str) -> PyResult<Array> {
+    static NDARRAY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let py = obj.py();
     let (addr, shape, strides, elem, writable, dtype_name);
-    if obj.hasattr("data_ptr")? && obj.hasattr("stride")? {
-        let device: String = obj.getattr("device")?.getattr("type")?.extract()?;
-        if device != "cpu" {
+    let mut buffer = None;
+    let is_ndarray = obj.get_type().is(NDARRAY.import(py, "numpy", "ndarray")?);
+    let buf = if is_ndarray {
+        PyUntypedBuffer::get(obj).ok()
+    } else {
+        None
+    };
+    if let Some(buf) = buf {
+        let format = buf
+            .format()
+            .to_string_lossy()
+            .trim_start_matches(['<', '=', '@'])
+            .to_string();
+        elem = match (format.as_str(), buf.item_size()) {
+            ("f", 4) => Some(Elem::F32),
+            ("e", 2) => Some(Elem::F16),
+            ("H" | "h", 2) => Some(Elem::Bf16),
+            ("i" | "l", 4) => Some(Elem::I32),
+            _ => None,
+        };
+        dtype_name = format!("buffer format {format:?}");
+        shape = buf.shape().to_vec();
+        let size = buf.item_size() as isize;
+        strides = buf
+            .strides()
+            .iter()
+            .map(|&s| if s % size == 0 { s / size } else { isize::MIN })
+            .collect();
+        addr = buf.buf_ptr() as usize;
+        writable = !buf.readonly();
+        buffer = Some(buf);
+    } else if !is_ndarray && obj.hasattr(intern!(py, "data_ptr"))? {
+        if !obj.getattr(intern!(py, "is_cpu"))?.extract::<bool>()? {
+            let device = obj.getattr(intern!(py, "device"))?.str()?.to_string();
             return Err(err(format!(
                 "{name} must be on the CPU, got device {device:?}"
             )));
         }
-        if obj.getattr("layout")?.str()?.to_string() != "torch.strided" {
+        let known = torch_dtypes(py)?;
+        if !obj.getattr(intern!(py, "layout"))?.is(&known[6].0) {
             return Err(err(format!("{name} must be a dense (strided) tensor")));
         }
-        if obj.call_method0("is_neg")?.extract::<bool>()?
-            || obj.call_method0("is_conj")?.extract::<bool>()?
-        {
+        if obj.call_method0(intern!(py, "is_neg"))?.extract::<bool>()? {
             return Err(err(format!(
-                "{name} is a lazy negated/conjugated view; call .resolve_neg() first"
+                "{name} is a lazy negated view; call .resolve_neg() first"
             )));
         }
-        dtype_name = obj.getattr("dtype")?.str()?.to_string();
-        elem = torch_elem(&dtype_name);
-        shape = obj.getattr("shape")?.extract::<Vec<usize>>()?;
-        strides = obj.call_method0("stride")?.extract::<Vec<isize>>()?;
-        addr = obj.call_method0("data_ptr")?.extract::<usize>()?;
+        let dtype = obj.getattr(intern!(py, "dtype"))?;
+        elem = known[..6]
+            .iter()
+            .find(|(d, _)| dtype.is(d))
+            .map(|(_, e)| *e);
+        dtype_name = dtype.str()?.to_string();
+        shape = obj.getattr(intern!(py, "shape"))?.extract::<Vec<usize>>()?;
+        strides = obj
+            .call_method0(intern!(py, "stride"))?
+            .extract::<Vec<isize>>()?;
+        addr = obj
+            .call_method0(intern!(py, "data_ptr"))?
+            .extract::<usize>()?;
         writable = true;
-    } else if let Ok(iface) = obj.getattr("__array_interface__") {
+    } else if let Ok(iface) = obj.getattr(intern!(py, "__array_interface__")) {
         let iface = iface
             .cast_into::<PyDict>()
             .map_err(|_| err(format!("{name}: bad __array_interface__")))?;
@@ -156,6 +220,7 @@ fn array(obj: &Bound<'_, PyAny>, name: &'static str) -> PyResult<Array> {
         shape,
         elem,
         writable,
+        _buffer: buffer,
     })
 }
 
@@ -329,9 +394,15 @@ fn decode<'py>(
     };
     let out = match out {
         Some(o) => o,
-        None => py
-            .import("numpy")?
-            .call_method1("empty", ((num_seqs, num_q_heads, head_dim), "float32"))?,
+        None => {
+            static EMPTY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+            let empty = EMPTY.get_or_try_init(py, || {
+                py.import("numpy")?.getattr("empty").map(Bound::unbind)
+            })?;
+            empty
+                .bind(py)
+                .call1(((num_seqs, num_q_heads, head_dim), "float32"))?
+        }
     };
     let oa = array(&out, "out")?;
     oa.expect(3, &[Elem::F32])?;
@@ -509,6 +580,24 @@ fn supported_isas() -> Vec<&'static str> {
         .collect()
 }
 
+/// Reads a whole array once with the kernel's threads; returns bytes per second.
+#[pyfunction]
+fn read_bandwidth(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<f64> {
+    let a = array(buffer, "buffer")?;
+    let words = a.numel() * a.elem.size() / 8;
+    if a.addr % 8 != 0 || words == 0 {
+        return Err(err(
+            "buffer must be 8-byte aligned and hold at least 8 bytes",
+        ));
+    }
+    // SAFETY: `array` checked the object is a live, contiguous CPU buffer of at least
+    // `words * 8` bytes (8-byte aligned, checked above); it is only read, and `buffer` is
+    // borrowed until this function returns.
+    let words: &[u64] = unsafe { std::slice::from_raw_parts(a.addr as *const u64, words) };
+    let pool = core::threads::pool().map_err(core_err)?;
+    Ok(py.detach(|| core::bandwidth::read_bandwidth(words, pool.as_deref()).0))
+}
+
 #[pymodule]
 #[pyo3(name = "rust_cpuattn")]
 fn rust_cpuattn_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -518,5 +607,6 @@ fn rust_cpuattn_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(isa, m)?)?;
     m.add_function(wrap_pyfunction!(supported_isas, m)?)?;
+    m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
     Ok(())
 }
