@@ -170,6 +170,10 @@ class Generation:
             await asyncio.shield(task)
         if self._pumps:
             await asyncio.gather(*self._pumps, return_exceptions=True)
+        for iterator in self._iterators:  # release the engine's generators now, not at GC
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
 _BACKGROUND: set[asyncio.Future[None]] = set()  # abort tasks still running after their handler was cancelled

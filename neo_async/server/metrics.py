@@ -147,7 +147,7 @@ class ServerMetrics:
         for reason in ("stop", "length", "abort"):
             self.success.labels(model_name, reason)
         self.rejected = Counter(
-            "neo:requests_rejected", "HTTP requests refused before generation, by error code.", ["model_name", "code"], registry=reg
+            "neo:requests_rejected", "Generation requests answered with an error status (no output sent), by error code.", ["model_name", "code"], registry=reg
         )
 
     # ------------------------------------------------------------------ engine side

@@ -111,7 +111,7 @@ async def handle_generation(request: web.Request, state: AppState, prepare: Prep
     except APIError as err:
         status = err.status
         record["error"] = err.code
-        if (generation is None or not generation.choices) and state.metrics is not None:
+        if state.metrics is not None:
             state.metrics.on_rejected(err.code)
         raise
     except web.HTTPException as exc:
