@@ -73,3 +73,22 @@ def read_bandwidth(buffer: Array) -> float:
     """Reads the whole (contiguous, 8-byte aligned) array once with the kernel's threads and
     returns bytes per second: the machine's read bandwidth at the kernel's thread count, when
     the array is several times the last-level cache."""
+
+def copy_blocks(
+    src_k: Array,
+    src_v: Array,
+    dst_k: Array,
+    dst_v: Array,
+    src_block_ids: Array | list[int],
+    dst_block_ids: Array | list[int],
+    layers: tuple[int, int] | None = None,
+) -> int:
+    """Copies block src_block_ids[i] of the source pools to block dst_block_ids[i] of the
+    destination pools, in every layer (or layers start..stop), for K and V.
+
+    Pools: [L, num_blocks, Hkv, block_size, D], same dtype and shape except num_blocks
+    (e.g. a device pool and a host pool). Ids: int32/int64 arrays or int sequences, same
+    length; destination ids distinct. Pairs are coalesced into runs of consecutive blocks
+    (one memcpy per layer and run) and copied on the kernel's threads with the GIL released.
+    Returns the number of runs per layer. Raises ValueError on bad input.
+    """

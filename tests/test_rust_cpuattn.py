@@ -322,3 +322,61 @@ def test_unknown_or_unsupported_isa_raises():
     for isa in missing:
         proc = _run_forced(isa, "import rust_cpuattn\ntry:\n    rust_cpuattn.isa()\nexcept ValueError as e:\n    print('ValueError', e)")
         assert "ValueError" in proc.stdout, proc.stderr
+
+
+def _pools(num_blocks, dtype, seed, layers=4, hkv=2, bs=16, d=64):
+    rng = np.random.default_rng(seed)
+    return [stored(rng.uniform(-1, 1, (layers, num_blocks, hkv, bs, d)).astype(np.float32), dtype) for _ in range(2)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("container", ["numpy", "torch"])
+@pytest.mark.parametrize("layers", [None, (1, 3), (2, 2)])
+def test_copy_blocks(dtype, container, layers, restore_threads):
+    src_k, src_v = _pools(30, dtype, 1)
+    dst_k, dst_v = _pools(20, dtype, 2)
+    src_ids = np.array([7, 8, 9, 10, 0, 29, 3], np.int32)  # 7..10 -> 4..7 coalesce
+    dst_ids = np.array([4, 5, 6, 7, 19, 0, 11], np.int32)
+    want_k, want_v = dst_k.copy(), dst_v.copy()
+    lo, hi = layers or (0, 4)
+    want_k[lo:hi, dst_ids] = src_k[lo:hi, src_ids]
+    want_v[lo:hi, dst_ids] = src_v[lo:hi, src_ids]
+    args = [src_k, src_v, dst_k, dst_v]
+    if container == "torch":
+        args = [to_torch(a, dtype) for a in args]
+    rust_cpuattn.set_num_threads(2)
+    runs = rust_cpuattn.copy_blocks(*args, src_ids if container == "numpy" else torch.from_numpy(src_ids).long(), list(dst_ids), layers=layers)
+    assert runs == 4
+    np.testing.assert_array_equal(dst_k.view(np.uint8), want_k.view(np.uint8))
+    np.testing.assert_array_equal(dst_v.view(np.uint8), want_v.view(np.uint8))
+
+
+def _copy_mutations():
+    return [
+        ("dtype mismatch", lambda a: a.update(dst_k=a["dst_k"].astype(np.float32), dst_v=a["dst_v"].astype(np.float32))),
+        ("block shape mismatch", lambda a: a.update(dst_k=a["dst_k"][:, :, :1].copy(), dst_v=a["dst_v"][:, :, :1].copy())),
+        ("layers mismatch", lambda a: a.update(dst_k=a["dst_k"][:2].copy(), dst_v=a["dst_v"][:2].copy())),
+        ("k/v shapes differ", lambda a: a.update(src_v=a["src_v"][:, :10].copy())),
+        ("src id too large", lambda a: a.update(src_block_ids=[30])),
+        ("dst id too large", lambda a: a.update(dst_block_ids=[20])),
+        ("negative id", lambda a: a.update(src_block_ids=[-1])),
+        ("length mismatch", lambda a: a.update(src_block_ids=[1, 2])),
+        ("duplicate dst", lambda a: a.update(src_block_ids=[1, 2], dst_block_ids=[3, 3])),
+        ("ids float", lambda a: a.update(src_block_ids=np.array([1.0], np.float32))),
+        ("layers out of range", lambda a: a.update(layers=(0, 5))),
+        ("layers reversed", lambda a: a.update(layers=(3, 1))),
+        ("dst is src", lambda a: a.update(dst_k=a["src_k"], dst_v=a["src_v"])),
+        ("dst k is dst v", lambda a: a.update(dst_v=a["dst_k"])),
+        ("dst read-only", lambda a: a["dst_k"].setflags(write=False)),
+        ("not contiguous", lambda a: a.update(src_k=np.swapaxes(a["src_k"], 3, 4))),
+    ]
+
+
+@pytest.mark.parametrize("name,mutate", _copy_mutations(), ids=[m[0] for m in _copy_mutations()])
+def test_copy_blocks_bad_inputs_raise(name, mutate):
+    src_k, src_v = _pools(30, "bfloat16", 1)
+    dst_k, dst_v = _pools(20, "bfloat16", 2)
+    a = dict(src_k=src_k, src_v=src_v, dst_k=dst_k, dst_v=dst_v, src_block_ids=[1], dst_block_ids=[2])
+    mutate(a)
+    with pytest.raises(ValueError):
+        rust_cpuattn.copy_blocks(**a)

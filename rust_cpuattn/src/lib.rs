@@ -7,8 +7,10 @@
 //! - [`paged_decode_attention`]: the fast kernel (SIMD path chosen at run time, the crate's
 //!   thread pool); [`paged_decode_attention_with`] takes an explicit [`KernelConfig`].
 //! - [`store_new_rows`]: writes the new token's K/V rows before attention.
+//! - [`copy::copy_blocks`]: copies (layer, block) slabs between pools (swaps).
 
 pub mod bandwidth;
+pub mod copy;
 mod error;
 
 pub mod dtype;

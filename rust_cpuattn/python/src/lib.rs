@@ -18,11 +18,13 @@ enum Elem {
     F16,
     Bf16,
     I32,
+    I64,
 }
 
 impl Elem {
     fn size(self) -> usize {
         match self {
+            Elem::I64 => 8,
             Elem::F32 | Elem::I32 => 4,
             Elem::F16 | Elem::Bf16 => 2,
         }
@@ -55,6 +57,7 @@ fn torch_elem(dtype: &str) -> Option<Elem> {
         // bf16 may travel as 16-bit integers.
         "torch.bfloat16" | "torch.int16" | "torch.uint16" => Some(Elem::Bf16),
         "torch.int32" => Some(Elem::I32),
+        "torch.int64" => Some(Elem::I64),
         _ => None,
     }
 }
@@ -65,6 +68,7 @@ fn numpy_elem(typestr: &str, obj: &Bound<'_, PyAny>) -> PyResult<Option<Elem>> {
         "<f2" => Some(Elem::F16),
         "<u2" | "<i2" => Some(Elem::Bf16),
         "<i4" => Some(Elem::I32),
+        "<i8" => Some(Elem::I64),
         // ml_dtypes' bfloat16 shows up as raw 2-byte void.
         "<V2" | "|V2"
             if obj.getattr("dtype")?.getattr("name")?.extract::<String>()? == "bfloat16" =>
@@ -82,7 +86,7 @@ fn torch_dtypes(py: Python<'_>) -> PyResult<&'static [(Py<PyAny>, Elem)]> {
         .get_or_try_init(py, || {
             let torch = py.import("torch")?;
             [
-                "float32", "float16", "bfloat16", "int16", "uint16", "int32", "strided",
+                "float32", "float16", "bfloat16", "int16", "uint16", "int32", "strided", "int64",
             ]
             .iter()
             .map(|name| {
@@ -118,6 +122,7 @@ fn array(obj: &Bound<'_, PyAny>, name: &'static str) -> PyResult<Array> {
             ("e", 2) => Some(Elem::F16),
             ("H" | "h", 2) => Some(Elem::Bf16),
             ("i" | "l", 4) => Some(Elem::I32),
+            ("q" | "l", 8) => Some(Elem::I64),
             _ => None,
         };
         dtype_name = format!("buffer format {format:?}");
@@ -150,6 +155,7 @@ fn array(obj: &Bound<'_, PyAny>, name: &'static str) -> PyResult<Array> {
         let dtype = obj.getattr(intern!(py, "dtype"))?;
         elem = known[..6]
             .iter()
+            .chain(&known[7..])
             .find(|(d, _)| dtype.is(d))
             .map(|(_, e)| *e);
         dtype_name = dtype.str()?.to_string();
@@ -598,6 +604,112 @@ fn read_bandwidth(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<f64> {
     Ok(py.detach(|| core::bandwidth::read_bandwidth(words, pool.as_deref()).0))
 }
 
+/// Block ids as i64: an int32/int64 array or tensor, or a sequence of ints.
+fn block_ids(obj: &Bound<'_, PyAny>, name: &'static str) -> PyResult<Vec<i64>> {
+    if let Ok(a) = array(obj, name) {
+        a.expect(1, &[Elem::I32, Elem::I64])?;
+        // SAFETY: a live, contiguous, aligned rank-1 array of the checked element type,
+        // borrowed for this function; copied out at once.
+        return Ok(unsafe {
+            match a.elem {
+                Elem::I32 => a
+                    .slice::<i32>(Elem::I32)
+                    .iter()
+                    .map(|&x| x as i64)
+                    .collect(),
+                _ => a.slice::<i64>(Elem::I64).to_vec(),
+            }
+        });
+    }
+    obj.extract::<Vec<i64>>().map_err(|_| {
+        err(format!(
+            "{name} must be an int32/int64 array or a sequence of ints"
+        ))
+    })
+}
+
+/// Copies (layer, block) slabs from the source pools to the destination pools.
+#[pyfunction]
+#[pyo3(signature = (src_k, src_v, dst_k, dst_v, src_block_ids, dst_block_ids, layers=None))]
+#[allow(clippy::too_many_arguments)]
+fn copy_blocks(
+    py: Python<'_>,
+    src_k: &Bound<'_, PyAny>,
+    src_v: &Bound<'_, PyAny>,
+    dst_k: &Bound<'_, PyAny>,
+    dst_v: &Bound<'_, PyAny>,
+    src_block_ids: &Bound<'_, PyAny>,
+    dst_block_ids: &Bound<'_, PyAny>,
+    layers: Option<(i64, i64)>,
+) -> PyResult<usize> {
+    let (sk, sv) = (array(src_k, "src_k")?, array(src_v, "src_v")?);
+    let (dk, dv) = (array(dst_k, "dst_k")?, array(dst_v, "dst_v")?);
+    for a in [&sk, &sv, &dk, &dv] {
+        a.expect(5, KV)?;
+    }
+    if sk.shape != sv.shape
+        || dk.shape != dv.shape
+        || sk.elem != sv.elem
+        || dk.elem != dv.elem
+        || sk.elem != dk.elem
+    {
+        return Err(err(format!(
+            "pools differ: src_k {:?} {:?}, src_v {:?} {:?}, dst_k {:?} {:?}, dst_v {:?} {:?}",
+            sk.shape, sk.elem, sv.shape, sv.elem, dk.shape, dk.elem, dv.shape, dv.elem
+        )));
+    }
+    let layout = |s: &[usize]| Layout::new(s[0], s[1], s[2], s[3], s[4]).map_err(core_err);
+    let (src_layout, dst_layout) = (layout(&sk.shape)?, layout(&dk.shape)?);
+    let (src_ids, dst_ids) = (
+        block_ids(src_block_ids, "src_block_ids")?,
+        block_ids(dst_block_ids, "dst_block_ids")?,
+    );
+    let layers = match layers {
+        None => 0..src_layout.num_layers,
+        Some((a, b)) if 0 <= a && a <= b => a as usize..b as usize,
+        Some(r) => {
+            return Err(err(format!(
+                "layers must be (start, stop) with 0 <= start <= stop, got {r:?}"
+            )))
+        }
+    };
+    for (w, others) in [(&dk, [&dv, &sk, &sv]), (&dv, [&dk, &sk, &sv])] {
+        if let Some(o) = others.iter().find(|o| w.overlaps(o)) {
+            return Err(err(format!("{} overlaps {} in memory", w.name, o.name)));
+        }
+    }
+    let plan = core::copy::BlockCopy {
+        src_block_ids: &src_ids,
+        dst_block_ids: &dst_ids,
+        layers,
+    };
+    core::copy::plan_runs(&src_layout, &dst_layout, &plan).map_err(core_err)?;
+    // SAFETY: the four objects are borrowed until this function returns; the destinations
+    // are disjoint from each other and from the sources (checked above).
+    let (sk_s, sv_s, mut dk_s, mut dv_s) =
+        unsafe { (sk.kv(), sv.kv(), dk.kv_mut()?, dv.kv_mut()?) };
+    let pool = core::threads::pool().map_err(core_err)?;
+    py.detach(|| -> core::Result<usize> {
+        core::copy::copy_blocks(
+            &src_layout,
+            &dst_layout,
+            sk_s,
+            &mut dk_s,
+            &plan,
+            pool.as_deref(),
+        )?;
+        core::copy::copy_blocks(
+            &src_layout,
+            &dst_layout,
+            sv_s,
+            &mut dv_s,
+            &plan,
+            pool.as_deref(),
+        )
+    })
+    .map_err(core_err)
+}
+
 #[pymodule]
 #[pyo3(name = "rust_cpuattn")]
 fn rust_cpuattn_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -608,5 +720,6 @@ fn rust_cpuattn_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(isa, m)?)?;
     m.add_function(wrap_pyfunction!(supported_isas, m)?)?;
     m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
+    m.add_function(wrap_pyfunction!(copy_blocks, m)?)?;
     Ok(())
 }
