@@ -35,7 +35,7 @@ class LlamaModel:
         """hidden [T, hidden], positions [T] int64 -> q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, D]."""
         s, w = self.spec, self.weights.layers[layer]
         x = rms_norm(hidden, w.attn_norm, s.rms_norm_eps)
-        qkv = F.linear(x, w.qkv)  # [T, q_size + 2 * kv_size]
+        qkv = w.qkv(x)  # [T, q_size + 2 * kv_size]
         if w.qkv_bias is not None:
             qkv = (qkv.float() + w.qkv_bias).to(qkv.dtype)
         q, k, v = qkv.split([s.q_size, s.kv_size, s.kv_size], dim=-1)
@@ -47,12 +47,12 @@ class LlamaModel:
     def post(self, layer: int, hidden: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
         """hidden [T, hidden] (the layer's input), attn_out [T, Hq * D] -> the layer's output [T, hidden]."""
         s, w = self.spec, self.weights.layers[layer]
-        hidden = hidden + F.linear(attn_out.to(self.dtype), w.o)
+        hidden = hidden + w.o(attn_out.to(self.dtype))
         x = rms_norm(hidden, w.mlp_norm, s.rms_norm_eps)
-        gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
-        return hidden + F.linear(F.silu(gate) * up, w.down)
+        gate, up = w.gate_up(x).chunk(2, dim=-1)
+        return hidden + w.down(F.silu(gate) * up)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] of the tokens that sample -> logits [N, vocab] float32."""
         x = rms_norm(hidden, self.weights.final_norm, self.spec.rms_norm_eps)
-        return F.linear(x, self.weights.lm_head).float()
+        return self.weights.lm_head(x).float()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from neo_async.model.linear import Linear
 from neo_async.model.spec import ModelSpec
 
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
@@ -27,12 +28,12 @@ _BIAS_PARTS = ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_pr
 @dataclass
 class LayerWeights:
     attn_norm: torch.Tensor  # [hidden] float32
-    qkv: torch.Tensor  # [q_size + 2 * kv_size, hidden]
-    qkv_bias: torch.Tensor | None  # [q_size + 2 * kv_size]
-    o: torch.Tensor  # [hidden, q_size]
+    qkv: Linear  # [q_size + 2 * kv_size, hidden]
+    qkv_bias: torch.Tensor | None  # [q_size + 2 * kv_size] float32
+    o: Linear  # [hidden, q_size]
     mlp_norm: torch.Tensor  # [hidden] float32
-    gate_up: torch.Tensor  # [2 * intermediate, hidden]
-    down: torch.Tensor  # [hidden, intermediate]
+    gate_up: Linear  # [2 * intermediate, hidden]
+    down: Linear  # [hidden, intermediate]
 
 
 @dataclass
@@ -40,7 +41,7 @@ class LlamaWeights:
     embed: torch.Tensor  # [vocab, hidden]
     layers: list[LayerWeights]
     final_norm: torch.Tensor  # [hidden] float32
-    lm_head: torch.Tensor  # [vocab, hidden]; the same tensor as embed when tied
+    lm_head: Linear  # [vocab, hidden]; built from embed when tied
 
     @staticmethod
     def builder(spec: ModelSpec, dtype: torch.dtype, device: torch.device) -> "WeightsBuilder":
@@ -93,12 +94,12 @@ class WeightsBuilder:
             layers.append(
                 LayerWeights(
                     attn_norm=parts["input_layernorm.weight"],
-                    qkv=qkv,
+                    qkv=Linear(qkv),
                     qkv_bias=bias,
-                    o=parts["self_attn.o_proj.weight"],
+                    o=Linear(parts["self_attn.o_proj.weight"]),
                     mlp_norm=parts["post_attention_layernorm.weight"],
-                    gate_up=torch.cat([parts["mlp.gate_proj.weight"], parts["mlp.up_proj.weight"]]),
-                    down=parts["mlp.down_proj.weight"],
+                    gate_up=Linear(torch.cat([parts["mlp.gate_proj.weight"], parts["mlp.up_proj.weight"]])),
+                    down=Linear(parts["mlp.down_proj.weight"]),
                 )
             )
             parts.clear()
@@ -110,4 +111,4 @@ class WeightsBuilder:
             if not spec.tie_word_embeddings:
                 raise ValueError("checkpoint lacks lm_head.weight and embeddings are not tied")
             lm_head = embed
-        return LlamaWeights(embed=embed, layers=layers, final_norm=self.globals["model.norm.weight"], lm_head=lm_head)
+        return LlamaWeights(embed=embed, layers=layers, final_norm=self.globals["model.norm.weight"], lm_head=Linear(lm_head))
