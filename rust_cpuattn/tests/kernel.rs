@@ -42,7 +42,16 @@ fn every_isa_dtype_group_and_head_dim() {
     let mut seed = 100;
     for isa in Isa::supported() {
         for dtype in DTYPES {
-            for (hq, hkv) in [(4, 4), (8, 4), (9, 3), (8, 2), (16, 2)] {
+            for (hq, hkv) in [
+                (4, 4),
+                (8, 4),
+                (9, 3),
+                (8, 2),
+                (16, 2),
+                (5, 1),
+                (7, 1),
+                (6, 1),
+            ] {
                 for (d, bs) in [(64, 16), (128, 32), (80, 16), (96, 8), (256, 16), (72, 8)] {
                     for q_bf16_exact in [false, true] {
                         seed += 1;

@@ -89,10 +89,12 @@ unsafe fn body<T: Wide8, const D: usize>(
     debug_assert!(dots.len() >= g * LANES * LANES && p.len() >= g * LANES && alpha.len() >= g);
     let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     let scale = _mm256_set1_ps(job.scale);
+    let range = blocks.clone();
     for j in blocks {
         let block = seq.block_ids[j] as usize;
         let n_blk = (seq.len - j * bs).min(bs);
         for h in 0..job.layout.num_kv_heads {
+            job.prefetch_ahead(job.k, seq, &range, j, h);
             let kt = job.tile(job.k, block, h, n_blk);
             let vt = job.tile(job.v, block, h, n_blk);
             let mut r0 = 0;
@@ -149,6 +151,9 @@ unsafe fn body<T: Wide8, const D: usize>(
                     l[hq] = l[hq] * a + sum;
                     m[hq] = m_new;
                     alpha[gi] = a;
+                }
+                if r0 == 0 {
+                    job.prefetch_ahead(job.v, seq, &range, j, h);
                 }
                 let vptr: *const f32 = if is_f32 {
                     vrows.as_ptr().cast()

@@ -25,6 +25,33 @@ pub(crate) trait Wide16: KvElem {
     unsafe fn load16(p: *const Self) -> __m512;
 }
 
+/// 64 consecutive elements of a V row as 4 f32 vectors, in the accumulator order: natural,
+/// or for bf16 (even, odd) halves of each 32-element chunk (see `widen_bf16_evenodd`).
+///
+/// # Safety
+/// `p[0..64]` must be readable and the CPU must have AVX-512F.
+#[inline(always)]
+unsafe fn load64<T: Wide16>(p: *const T) -> [__m512; 4] {
+    if T::DTYPE == KvDtype::Bf16 {
+        let hi = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+        let x0 = _mm512_loadu_si512(p.cast());
+        let x1 = _mm512_loadu_si512(p.add(32).cast());
+        [
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(x0)),
+            _mm512_castsi512_ps(_mm512_and_si512(x0, hi)),
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(x1)),
+            _mm512_castsi512_ps(_mm512_and_si512(x1, hi)),
+        ]
+    } else {
+        [
+            T::load16(p),
+            T::load16(p.add(16)),
+            T::load16(p.add(32)),
+            T::load16(p.add(48)),
+        ]
+    }
+}
+
 impl Wide16 for f32 {
     #[inline(always)]
     unsafe fn load16(p: *const Self) -> __m512 {
@@ -90,6 +117,10 @@ pub(crate) unsafe fn attend_bf16dot<T: Wide16>(
 }
 
 /// `D` = head_dim for the fast paths, 0 = read it at run time.
+///
+/// Per chunk of up to 16 rows, in phases whose iterations over the G heads are independent
+/// (so the out-of-order core overlaps them): dot products, one score vector per head, the
+/// online-softmax update, then the weighted V rows.
 #[inline(always)]
 unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
     job: &Job<'_, T>,
@@ -98,10 +129,8 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
     st: &mut State,
 ) {
     let d = if D == 0 { job.layout.head_dim } else { D };
-    let nc = d / LANES;
     let bs = job.layout.block_size;
     let g = job.group;
-    let num_q_heads = job.num_q_heads;
     let is_f32 = T::DTYPE == KvDtype::F32;
     let State {
         q,
@@ -121,138 +150,431 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
     let scale = _mm512_set1_ps(job.scale);
     debug_assert!(kf.len() >= CHUNK_ROWS * d && vf.len() >= CHUNK_ROWS * d);
     debug_assert!(dots.len() >= g * LANES * LANES && p.len() >= g * LANES && alpha.len() >= g);
-    debug_assert!(q.len() == num_q_heads * d && acc.len() == num_q_heads * d);
+    debug_assert!(q.len() == job.num_q_heads * d && acc.len() == job.num_q_heads * d);
+    let dots = dots.as_mut_ptr();
+    let p = p.as_mut_ptr();
+    // bf16 V rows widen fastest as (even, odd) element halves of each 32-element chunk; the
+    // accumulators then hold that order and are put back in order at the end.
+    let evenodd = T::DTYPE == KvDtype::Bf16 && d % 32 == 0;
+    let range = blocks.clone();
     for j in blocks {
         let block = seq.block_ids[j] as usize;
         let n_blk = (seq.len - j * bs).min(bs);
         for h in 0..job.layout.num_kv_heads {
+            job.prefetch_ahead(job.k, seq, &range, j, h);
             let kt = job.tile(job.k, block, h, n_blk);
             let vt = job.tile(job.v, block, h, n_blk);
+            let q_h = q.as_ptr().add(h * g * d);
             let mut r0 = 0;
             while r0 < n_blk {
                 let n = (n_blk - r0).min(LANES);
                 let krows = &kt[r0 * d..(r0 + n) * d];
                 let vrows = &vt[r0 * d..(r0 + n) * d];
-                // K rows as f32: in place for f32 pools, else widened into `kf`.
-                let kptr: *const f32 = if use_dot {
-                    std::ptr::null()
-                } else if is_f32 {
+                // K rows as f32 for the f32 path: in place for f32 pools, else widened (not
+                // read at all on the bf16 dot-product path).
+                let kptr: *const f32 = if use_dot || is_f32 {
                     krows.as_ptr().cast()
                 } else {
                     widen(krows, kf);
                     kf.as_ptr()
                 };
-                for gi in 0..g {
-                    let hq = h * g + gi;
-                    let dg = dots.as_mut_ptr().add(gi * LANES * LANES);
+                let full = D != 0 && n == LANES;
+                if !full {
+                    // Tail chunk or generic head_dim: per-row partial dot vectors in memory.
                     if use_dot {
-                        let qb = q_bf16.as_ptr().add(hq * d);
-                        let rows = krows.as_ptr().cast::<u16>();
-                        for t in 0..n {
-                            let row = rows.add(t * d);
-                            let mut a = _mm512_setzero_ps();
-                            for c in 0..d / 32 {
-                                let kv = as_bh(_mm512_loadu_si512(row.add(32 * c).cast()));
-                                a = _mm512_dpbf16_ps(
-                                    a,
-                                    as_bh(_mm512_loadu_si512(qb.add(32 * c).cast())),
-                                    kv,
-                                );
-                            }
-                            _mm512_storeu_ps(dg.add(t * LANES), a);
-                        }
+                        let qb = q_bf16.as_ptr().add(h * g * d);
+                        row_dots_bf16(krows.as_ptr().cast(), n, d, qb, g, dots);
                     } else {
-                        let qh = q.as_ptr().add(hq * d);
-                        let mut qr = [_mm512_setzero_ps(); 8];
-                        if D != 0 {
-                            for (c, r) in qr.iter_mut().enumerate().take(nc) {
-                                *r = _mm512_loadu_ps(qh.add(c * LANES));
-                            }
-                        }
-                        for t in 0..n {
-                            let row = kptr.add(t * d);
-                            let mut a = _mm512_setzero_ps();
-                            for c in 0..nc {
-                                let qv = if D != 0 {
-                                    qr[c]
-                                } else {
-                                    _mm512_loadu_ps(qh.add(c * LANES))
-                                };
-                                a = _mm512_fmadd_ps(qv, _mm512_loadu_ps(row.add(c * LANES)), a);
-                            }
-                            _mm512_storeu_ps(dg.add(t * LANES), a);
-                        }
+                        row_dots_f32(kptr, n, d, q_h, g, dots);
                     }
-                    for t in n..LANES {
-                        _mm512_storeu_ps(dg.add(t * LANES), _mm512_setzero_ps());
-                    }
-                    // Online softmax over this chunk's scores.
-                    let valid: __mmask16 = if n == LANES { 0xFFFF } else { (1u16 << n) - 1 };
+                }
+                // Scores and online softmax, one independent step per head.
+                let valid: __mmask16 = if n == LANES { 0xFFFF } else { (1u16 << n) - 1 };
+                for gi in 0..g {
+                    let raw = if !full {
+                        let dg = dots.add(gi * LANES * LANES);
+                        for t in n..LANES {
+                            _mm512_storeu_ps(dg.add(t * LANES), _mm512_setzero_ps());
+                        }
+                        hsum16(dg)
+                    } else if use_dot {
+                        scores_bf16::<D>(
+                            krows.as_ptr().cast(),
+                            q_bf16.as_ptr().add((h * g + gi) * D),
+                        )
+                    } else {
+                        scores_f32::<D>(kptr, q_h.add(gi * D))
+                    };
                     let s = _mm512_mask_blend_ps(
                         valid,
                         _mm512_set1_ps(f32::NEG_INFINITY),
-                        _mm512_mul_ps(hsum16(dg), scale),
+                        _mm512_mul_ps(raw, scale),
                     );
+                    let hq = h * g + gi;
                     let m_old = m[hq];
                     let m_new = m_old.max(_mm512_reduce_max_ps(s));
                     let pv =
                         _mm512_maskz_mov_ps(valid, exp16(_mm512_sub_ps(s, _mm512_set1_ps(m_new))));
-                    let a = if m_old == f32::NEG_INFINITY {
-                        0.0
-                    } else if m_old == m_new {
+                    _mm512_storeu_ps(p.add(gi * LANES), pv);
+                    // exp(-inf) = 0 on the first chunk; the scalar is off the vector chains.
+                    let a = if m_old == m_new {
                         1.0
                     } else {
-                        (m_old - m_new).exp()
+                        exp_scalar(m_old - m_new)
                     };
                     l[hq] = l[hq] * a + _mm512_reduce_add_ps(pv);
                     m[hq] = m_new;
                     alpha[gi] = a;
-                    _mm512_storeu_ps(p.as_mut_ptr().add(gi * LANES), pv);
                 }
-                // acc = acc * alpha + sum_t p[t] * V[t], per head of the group.
-                let vptr: *const f32 = if is_f32 {
-                    vrows.as_ptr().cast()
-                } else {
-                    widen(vrows, vf);
-                    vf.as_ptr()
-                };
-                for gi in 0..g {
-                    let a_ptr = acc.as_mut_ptr().add((h * g + gi) * d);
-                    let av = _mm512_set1_ps(alpha[gi]);
-                    let pg = p.as_ptr().add(gi * LANES);
-                    if D != 0 {
-                        let mut ar = [_mm512_setzero_ps(); 8];
-                        for (c, r) in ar.iter_mut().enumerate().take(nc) {
-                            *r = _mm512_mul_ps(_mm512_loadu_ps(a_ptr.add(c * LANES)), av);
+                if r0 == 0 {
+                    job.prefetch_ahead(job.v, seq, &range, j, h);
+                }
+                // acc = acc * alpha + sum_t p[t] * V[t], for each head of the group.
+                let acc_h = acc.as_mut_ptr().add(h * g * d);
+                if D != 0 && D % 64 == 0 {
+                    let v = vrows.as_ptr();
+                    let mut g0 = 0;
+                    while g0 < g {
+                        let (pg, ag, accg) =
+                            (p.add(g0 * LANES), alpha.as_ptr().add(g0), acc_h.add(g0 * D));
+                        match g - g0 {
+                            1 => accumulate_rows::<T, D, 1>(v, n, pg, ag, accg),
+                            2 => accumulate_rows::<T, D, 2>(v, n, pg, ag, accg),
+                            3 => accumulate_rows::<T, D, 3>(v, n, pg, ag, accg),
+                            _ => accumulate_rows::<T, D, 4>(v, n, pg, ag, accg),
                         }
-                        for t in 0..n {
-                            let w = _mm512_set1_ps(*pg.add(t));
-                            let row = vptr.add(t * d);
-                            for (c, r) in ar.iter_mut().enumerate().take(nc) {
-                                *r = _mm512_fmadd_ps(w, _mm512_loadu_ps(row.add(c * LANES)), *r);
-                            }
-                        }
-                        for (c, r) in ar.iter().enumerate().take(nc) {
-                            _mm512_storeu_ps(a_ptr.add(c * LANES), *r);
-                        }
-                    } else {
-                        for c in 0..nc {
-                            let mut r = _mm512_mul_ps(_mm512_loadu_ps(a_ptr.add(c * LANES)), av);
-                            for t in 0..n {
-                                r = _mm512_fmadd_ps(
-                                    _mm512_set1_ps(*pg.add(t)),
-                                    _mm512_loadu_ps(vptr.add(t * d + c * LANES)),
-                                    r,
-                                );
-                            }
-                            _mm512_storeu_ps(a_ptr.add(c * LANES), r);
-                        }
+                        g0 += 4;
                     }
+                } else {
+                    let vptr: *const f32 = if is_f32 {
+                        vrows.as_ptr().cast()
+                    } else if evenodd {
+                        widen_bf16_evenodd(vrows.as_ptr().cast(), vrows.len(), vf);
+                        vf.as_ptr()
+                    } else {
+                        widen(vrows, vf);
+                        vf.as_ptr()
+                    };
+                    accumulate(vptr, n, d, p, alpha.as_ptr(), g, acc_h);
                 }
                 r0 += n;
             }
         }
     }
+    if evenodd {
+        unpermute_evenodd(acc);
+    }
+}
+
+/// Widens bf16 rows (`len` a multiple of 32) into `dst` as, per 32-element chunk, the 16
+/// even elements then the 16 odd ones.
+#[inline(always)]
+unsafe fn widen_bf16_evenodd(rows: *const u16, len: usize, dst: &mut [f32]) {
+    assert!(dst.len() >= len && len % 32 == 0);
+    let out = dst.as_mut_ptr();
+    let hi = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+    for i in (0..len).step_by(32) {
+        let x = _mm512_loadu_si512(rows.add(i).cast());
+        _mm512_storeu_ps(out.add(i), _mm512_castsi512_ps(_mm512_slli_epi32::<16>(x)));
+        _mm512_storeu_ps(
+            out.add(i + 16),
+            _mm512_castsi512_ps(_mm512_and_si512(x, hi)),
+        );
+    }
+}
+
+/// Inverse of the (even, odd) chunk order of `widen_bf16_evenodd`, in place.
+#[inline(always)]
+unsafe fn unpermute_evenodd(acc: &mut [f32]) {
+    assert!(acc.len() % 32 == 0);
+    let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    let a = acc.as_mut_ptr();
+    for i in (0..acc.len()).step_by(32) {
+        let (even, odd) = (_mm512_loadu_ps(a.add(i)), _mm512_loadu_ps(a.add(i + 16)));
+        _mm512_storeu_ps(a.add(i), _mm512_permutex2var_ps(even, lo, odd));
+        _mm512_storeu_ps(a.add(i + 16), _mm512_permutex2var_ps(even, hi, odd));
+    }
+}
+
+/// Expands `$e` for `$t` = 0..16 into an array, without closures (which would not inherit
+/// the caller's target features) and with constant indices (so it stays in registers).
+macro_rules! each16 {
+    ($t:ident => $e:expr) => {
+        [
+            {
+                let $t = 0;
+                $e
+            },
+            {
+                let $t = 1;
+                $e
+            },
+            {
+                let $t = 2;
+                $e
+            },
+            {
+                let $t = 3;
+                $e
+            },
+            {
+                let $t = 4;
+                $e
+            },
+            {
+                let $t = 5;
+                $e
+            },
+            {
+                let $t = 6;
+                $e
+            },
+            {
+                let $t = 7;
+                $e
+            },
+            {
+                let $t = 8;
+                $e
+            },
+            {
+                let $t = 9;
+                $e
+            },
+            {
+                let $t = 10;
+                $e
+            },
+            {
+                let $t = 11;
+                $e
+            },
+            {
+                let $t = 12;
+                $e
+            },
+            {
+                let $t = 13;
+                $e
+            },
+            {
+                let $t = 14;
+                $e
+            },
+            {
+                let $t = 15;
+                $e
+            },
+        ]
+    };
+}
+
+/// Raw scores (before scale) of 16 bf16 rows against one bf16 query, lane t = row t, all in
+/// registers.
+#[inline(always)]
+unsafe fn scores_bf16<const D: usize>(rows: *const u16, qb: *const u16) -> __m512 {
+    let nc = D / 32;
+    let q0 = _mm512_loadu_si512(qb.cast());
+    let q1 = _mm512_loadu_si512(qb.add(32).cast());
+    let q2 = if nc > 2 {
+        _mm512_loadu_si512(qb.add(64).cast())
+    } else {
+        q0
+    };
+    let q3 = if nc > 2 {
+        _mm512_loadu_si512(qb.add(96).cast())
+    } else {
+        q0
+    };
+    let a = each16!(t => {
+        let row = rows.add(t * D);
+        let mut a = _mm512_dpbf16_ps(_mm512_setzero_ps(), as_bh(q0), as_bh(_mm512_loadu_si512(row.cast())));
+        a = _mm512_dpbf16_ps(a, as_bh(q1), as_bh(_mm512_loadu_si512(row.add(32).cast())));
+        if nc > 2 {
+            a = _mm512_dpbf16_ps(a, as_bh(q2), as_bh(_mm512_loadu_si512(row.add(64).cast())));
+            a = _mm512_dpbf16_ps(a, as_bh(q3), as_bh(_mm512_loadu_si512(row.add(96).cast())));
+        }
+        a
+    });
+    hsum16_regs(&a)
+}
+
+/// Raw scores of 16 f32 rows against one query, lane t = row t, in registers.
+#[inline(always)]
+unsafe fn scores_f32<const D: usize>(rows: *const f32, q: *const f32) -> __m512 {
+    let nc = D / LANES;
+    let a = each16!(t => {
+        let row = rows.add(t * D);
+        let mut a0 = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(row));
+        let mut a1 = _mm512_mul_ps(_mm512_loadu_ps(q.add(LANES)), _mm512_loadu_ps(row.add(LANES)));
+        let mut c = 2;
+        while c < nc {
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(c * LANES)), _mm512_loadu_ps(row.add(c * LANES)), a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q.add((c + 1) * LANES)), _mm512_loadu_ps(row.add((c + 1) * LANES)), a1);
+            c += 2;
+        }
+        _mm512_add_ps(a0, a1)
+    });
+    hsum16_regs(&a)
+}
+
+/// Lane t of the result is the sum of `v[t]` (the tree of `hsum16`, on registers).
+#[inline(always)]
+unsafe fn hsum16_regs(v: &[__m512; 16]) -> __m512 {
+    const PERM: [usize; 16] = [0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15];
+    // No closures here: they would not inherit the caller's target features.
+    let mut w = [_mm512_setzero_ps(); 8];
+    for i in 0..8 {
+        let (x, y) = (v[PERM[i]], v[PERM[i + 8]]);
+        w[i] = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x44>(x, y),
+            _mm512_shuffle_f32x4::<0xEE>(x, y),
+        );
+    }
+    let mut x = [_mm512_setzero_ps(); 4];
+    for i in 0..4 {
+        x[i] = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(w[i], w[i + 4]),
+            _mm512_shuffle_f32x4::<0xDD>(w[i], w[i + 4]),
+        );
+    }
+    let mut y = [_mm512_setzero_ps(); 2];
+    for i in 0..2 {
+        y[i] = _mm512_add_ps(
+            _mm512_shuffle_ps::<0x44>(x[i], x[i + 2]),
+            _mm512_shuffle_ps::<0xEE>(x[i], x[i + 2]),
+        );
+    }
+    _mm512_add_ps(
+        _mm512_shuffle_ps::<0x88>(y[0], y[1]),
+        _mm512_shuffle_ps::<0xDD>(y[0], y[1]),
+    )
+}
+
+/// `dots[gi][t] = q[gi] (bf16) * K[t]` lane-wise partial sums (bf16 pairs), t < n (tail
+/// chunks and generic head_dim; full chunks of the fast paths use `scores_bf16`).
+#[inline(always)]
+unsafe fn row_dots_bf16(
+    rows: *const u16,
+    n: usize,
+    d: usize,
+    qb: *const u16,
+    g: usize,
+    dots: *mut f32,
+) {
+    for gi in 0..g {
+        let qg = qb.add(gi * d);
+        for t in 0..n {
+            let row = rows.add(t * d);
+            let mut a = _mm512_setzero_ps();
+            for c in 0..d / 32 {
+                let k = as_bh(_mm512_loadu_si512(row.add(32 * c).cast()));
+                a = _mm512_dpbf16_ps(a, as_bh(_mm512_loadu_si512(qg.add(32 * c).cast())), k);
+            }
+            _mm512_storeu_ps(dots.add((gi * LANES + t) * LANES), a);
+        }
+    }
+}
+
+/// `dots[gi][t] = q[gi] * K[t]` lane-wise partial sums (f32 rows), t < n (tail chunks and
+/// generic head_dim).
+#[inline(always)]
+unsafe fn row_dots_f32(
+    rows: *const f32,
+    n: usize,
+    d: usize,
+    q: *const f32,
+    g: usize,
+    dots: *mut f32,
+) {
+    for gi in 0..g {
+        let qg = q.add(gi * d);
+        for t in 0..n {
+            let row = rows.add(t * d);
+            let mut a = _mm512_setzero_ps();
+            for c in 0..d / LANES {
+                a = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(qg.add(c * LANES)),
+                    _mm512_loadu_ps(row.add(c * LANES)),
+                    a,
+                );
+            }
+            _mm512_storeu_ps(dots.add((gi * LANES + t) * LANES), a);
+        }
+    }
+}
+
+/// For each head gi of the group: `acc[gi] = acc[gi] * alpha[gi] + sum_{t<n} p[gi][t] * V[t]`
+/// with V rows already f32 (generic head_dim path).
+#[inline(always)]
+unsafe fn accumulate(
+    v: *const f32,
+    n: usize,
+    d: usize,
+    p: *const f32,
+    alpha: *const f32,
+    g: usize,
+    acc: *mut f32,
+) {
+    for gi in 0..g {
+        let a_ptr = acc.add(gi * d);
+        let pg = p.add(gi * LANES);
+        let av = _mm512_set1_ps(*alpha.add(gi));
+        for c in 0..d / LANES {
+            let mut r = _mm512_mul_ps(_mm512_loadu_ps(a_ptr.add(c * LANES)), av);
+            for t in 0..n {
+                r = _mm512_fmadd_ps(
+                    _mm512_set1_ps(*pg.add(t)),
+                    _mm512_loadu_ps(v.add(t * d + c * LANES)),
+                    r,
+                );
+            }
+            _mm512_storeu_ps(a_ptr.add(c * LANES), r);
+        }
+    }
+}
+
+/// For heads `0..NG` (NG <= 4) of a group: `acc[gi] = acc[gi] * alpha[gi] +
+/// sum_{t<n} p[gi][t] * V[t]`, with V rows widened once in registers and shared by the heads;
+/// `D / 64` slices of 64 columns keep `4 * NG` accumulators in registers.
+#[inline(always)]
+unsafe fn accumulate_rows<T: Wide16, const D: usize, const NG: usize>(
+    v: *const T,
+    n: usize,
+    p: *const f32,
+    alpha: *const f32,
+    acc: *mut f32,
+) {
+    for s in 0..D / 64 {
+        let mut a = [[_mm512_setzero_ps(); 4]; NG];
+        for (gi, a) in a.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*alpha.add(gi));
+            for (c, a) in a.iter_mut().enumerate() {
+                *a = _mm512_mul_ps(_mm512_loadu_ps(acc.add(gi * D + s * 64 + c * LANES)), av);
+            }
+        }
+        for t in 0..n {
+            let r = load64(v.add(t * D + s * 64));
+            for (gi, a) in a.iter_mut().enumerate() {
+                let w = _mm512_set1_ps(*p.add(gi * LANES + t));
+                for (c, a) in a.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(w, r[c], *a);
+                }
+            }
+        }
+        for (gi, a) in a.iter().enumerate() {
+            for (c, a) in a.iter().enumerate() {
+                _mm512_storeu_ps(acc.add(gi * D + s * 64 + c * LANES), *a);
+            }
+        }
+    }
+}
+
+/// exp of one f32 through the vector routine (same rounding as the lanes).
+#[inline(always)]
+unsafe fn exp_scalar(x: f32) -> f32 {
+    _mm512_cvtss_f32(exp16(_mm512_set1_ps(x)))
 }
 
 #[inline(always)]
@@ -277,10 +599,12 @@ pub(crate) unsafe fn hsum16(v: *const f32) -> __m512 {
     // The tree below leaves the sum of input slot PERM[t] in lane t (PERM is an involution),
     // so slot s is fed vector PERM[s].
     const PERM: [usize; 16] = [0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15];
-    let a = |slot: usize| _mm512_loadu_ps(v.add(LANES * PERM[slot]));
     let mut w = [_mm512_setzero_ps(); 8];
     for (i, w) in w.iter_mut().enumerate() {
-        let (x, y) = (a(i), a(i + 8));
+        let (x, y) = (
+            _mm512_loadu_ps(v.add(LANES * PERM[i])),
+            _mm512_loadu_ps(v.add(LANES * PERM[i + 8])),
+        );
         *w = _mm512_add_ps(
             _mm512_shuffle_f32x4::<0x44>(x, y),
             _mm512_shuffle_f32x4::<0xEE>(x, y),

@@ -57,6 +57,55 @@ impl<'a, T> Job<'a, T> {
     }
 }
 
+/// Blocks ahead of the current one whose tiles are prefetched (into L2) while it is
+/// processed. Blocks sit at random addresses; keeping a few of them in flight at once is what
+/// lets DRAM stream (one block at a time reaches about a third of the sequential bandwidth).
+pub(crate) const PREFETCH_BLOCKS: usize = 2;
+
+impl<'a, T> Job<'a, T> {
+    /// Prefetches the tile of (`block`, `kv_head`) of `pool` (K or V) into L2.
+    #[inline(always)]
+    pub fn prefetch_tile(&self, pool: &[T], block: usize, kv_head: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+            let start = self.layout.row_offset(self.layer, block, kv_head, 0);
+            let bytes = self.layout.tile_len() * std::mem::size_of::<T>();
+            let base = pool[start..].as_ptr().cast::<i8>();
+            for off in (0..bytes).step_by(64) {
+                // SAFETY: a prefetch is a hint that never faults; the address stays inside
+                // the tile (validated block id), so `wrapping_add` never wraps.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(off)) };
+            }
+        }
+    }
+
+    /// Prefetch for an item processing blocks `blocks` of `seq`, from `pool` (K before the
+    /// scores, V before the accumulation, so the requests are spread out): call with the block
+    /// index and KV head being started; the first call also covers the item's first blocks.
+    #[inline(always)]
+    pub fn prefetch_ahead(
+        &self,
+        pool: &[T],
+        seq: &Seq<'_>,
+        blocks: &std::ops::Range<usize>,
+        j: usize,
+        kv_head: usize,
+    ) {
+        if j == blocks.start && kv_head == 0 {
+            for jj in j..(j + PREFETCH_BLOCKS).min(blocks.end) {
+                for h in 0..self.layout.num_kv_heads {
+                    self.prefetch_tile(pool, seq.block_ids[jj] as usize, h);
+                }
+            }
+        }
+        let ahead = j + PREFETCH_BLOCKS;
+        if ahead < blocks.end {
+            self.prefetch_tile(pool, seq.block_ids[ahead] as usize, kv_head);
+        }
+    }
+}
+
 /// One request as an item sees it.
 pub(crate) struct Seq<'a> {
     /// Used block ids of the request's table row (validated `< num_blocks`).

@@ -18,10 +18,13 @@ pub(crate) fn attend<T: KvElem>(
         q, m, l, acc, p, ..
     } = st;
     p.resize(bs, 0.0);
+    let range = blocks.clone();
     for j in blocks {
         let block = seq.block_ids[j] as usize;
         let n = (seq.len - j * bs).min(bs);
         for h in 0..job.layout.num_kv_heads {
+            job.prefetch_ahead(job.k, seq, &range, j, h);
+            job.prefetch_ahead(job.v, seq, &range, j, h);
             let kt = job.tile(job.k, block, h, n);
             let vt = job.tile(job.v, block, h, n);
             for hq in h * g..(h + 1) * g {
