@@ -156,14 +156,17 @@ impl State {
         if want_bf16 {
             // bf16 dot products are exact only for bf16-representable queries (the case of a
             // bf16 model); any other q takes the f32 path.
-            self.q_bf16.clear();
-            self.q_bf16
-                .extend(self.q.iter().map(|&x| half::bf16::from_f32(x).to_bits()));
+            // (a NaN with payload only in the low bits counts as not exact, which is fine).
             self.q_has_lo = self
                 .q
                 .iter()
-                .zip(&self.q_bf16)
-                .any(|(&x, &hi)| x.to_bits() != (hi as u32) << 16);
+                .fold(0u32, |acc, &x| acc | (x.to_bits() & 0xFFFF))
+                != 0;
+            if !self.q_has_lo {
+                self.q_bf16.clear();
+                self.q_bf16
+                    .extend(self.q.iter().map(|&x| (x.to_bits() >> 16) as u16));
+            }
         }
         self.m.clear();
         self.m.resize(num_q_heads, f32::NEG_INFINITY);
