@@ -117,12 +117,18 @@ impl<'a, T> Job<'a, T> {
         }
         // Staggered: block j + s gets part PREFETCH_BLOCKS - s of its tile, so each tile is
         // fetched in pieces over the steps before it is used and several blocks are in
-        // flight at once.
+        // flight at once. Past the item's end, the next item's first blocks.
         for s in 1..=PREFETCH_BLOCKS {
-            if j + s < blocks.end {
+            let idx = j + s;
+            let id = if idx < blocks.end {
+                seq.block_ids.get(idx)
+            } else {
+                seq.after.get(idx - blocks.end)
+            };
+            if let Some(&id) = id {
                 self.prefetch_tile_part(
                     pool,
-                    seq.block_ids[j + s] as usize,
+                    id as usize,
                     kv_head,
                     PREFETCH_BLOCKS - s,
                     PREFETCH_BLOCKS,
@@ -137,6 +143,9 @@ pub(crate) struct Seq<'a> {
     /// Used block ids of the request's table row (validated `< num_blocks`).
     pub block_ids: &'a [i32],
     pub len: usize,
+    /// The first blocks of the item likely to run next on this thread (validated ids), to
+    /// prefetch across the end of this item.
+    pub after: &'a [i32],
 }
 
 /// Per-thread working memory of one item, reused across items.
@@ -303,24 +312,40 @@ fn run<T: Backend>(
     let mut partials = vec![0.0f32; num_partials * partial_len];
     let mut outs: Vec<Option<&mut [f32]>> = out.chunks_mut(hq * d).map(Some).collect();
     let mut partial_slots = partials.chunks_mut(partial_len);
-    let mut work: Vec<(Item, Dest<'_>)> = Vec::with_capacity(items.len());
-    for item in items {
+    let mut work: Vec<(Item, Option<Item>, Dest<'_>)> = Vec::with_capacity(items.len());
+    let nexts: Vec<Option<Item>> = items
+        .iter()
+        .skip(1)
+        .map(|&i| Some(i))
+        .chain([None])
+        .collect();
+    for (item, next) in items.into_iter().zip(nexts) {
         let dest = if parts_of[item.seq] == 1 {
             Dest::Out(outs[item.seq].take().expect("one item per unsplit request"))
         } else {
             Dest::Partial(partial_slots.next().expect("a slot per partial"))
         };
-        work.push((item, dest));
+        work.push((item, next, dest));
     }
 
-    let run_one = |(item, dest): (Item, Dest<'_>)| {
-        let b = item.seq;
+    let row_ids = |b: usize| {
         let row = args.table.rows[b] as usize;
+        let used = (args.table.seq_lens[b] as usize).div_ceil(layout.block_size);
+        &args.table.block_ids[row * args.table.width..][..used]
+    };
+    let run_one = |(item, next, dest): (Item, Option<Item>, Dest<'_>)| {
+        let b = item.seq;
         let len = args.table.seq_lens[b] as usize;
-        let used = len.div_ceil(layout.block_size);
+        let after = match next {
+            Some(n) => {
+                &row_ids(n.seq)[n.block_start..n.block_end.min(n.block_start + PREFETCH_BLOCKS)]
+            }
+            None => &[],
+        };
         let seq = Seq {
-            block_ids: &args.table.block_ids[row * args.table.width..][..used],
+            block_ids: row_ids(b),
             len,
+            after,
         };
         let q = &args.q[b * hq * d..][..hq * d];
         STATE.with(|cell| {
