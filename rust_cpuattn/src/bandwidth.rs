@@ -46,10 +46,7 @@ mod tests {
     fn sums_everything() {
         let buf: Vec<u64> = (0..100_003).collect();
         let want = buf.iter().sum::<u64>();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
         assert_eq!(super::read_bandwidth(&buf, None).1, want);
         assert_eq!(super::read_bandwidth(&buf, Some(&pool)).1, want);
     }

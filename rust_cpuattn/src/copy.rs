@@ -33,23 +33,10 @@ pub struct Run {
 pub fn plan_runs(src: &Layout, dst: &Layout, copy: &BlockCopy<'_>) -> Result<Vec<Run>> {
     src.check()?;
     dst.check()?;
-    let same = (
-        src.num_layers,
-        src.num_kv_heads,
-        src.block_size,
-        src.head_dim,
-    ) == (
-        dst.num_layers,
-        dst.num_kv_heads,
-        dst.block_size,
-        dst.head_dim,
-    );
+    let same = (src.num_layers, src.num_kv_heads, src.block_size, src.head_dim)
+        == (dst.num_layers, dst.num_kv_heads, dst.block_size, dst.head_dim);
     if !same {
-        bail!(
-            "source pool {:?} and destination pool {:?} differ in more than num_blocks",
-            src.shape(),
-            dst.shape()
-        );
+        bail!("source pool {:?} and destination pool {:?} differ in more than num_blocks", src.shape(), dst.shape());
     }
     if copy.src_block_ids.len() != copy.dst_block_ids.len() {
         bail!(
@@ -59,30 +46,15 @@ pub fn plan_runs(src: &Layout, dst: &Layout, copy: &BlockCopy<'_>) -> Result<Vec
         );
     }
     if copy.layers.start > copy.layers.end || copy.layers.end > src.num_layers {
-        bail!(
-            "layers {:?} out of range for {} layers",
-            copy.layers,
-            src.num_layers
-        );
+        bail!("layers {:?} out of range for {} layers", copy.layers, src.num_layers);
     }
     let mut pairs = Vec::with_capacity(copy.src_block_ids.len());
-    for (i, (&s, &d)) in copy
-        .src_block_ids
-        .iter()
-        .zip(copy.dst_block_ids)
-        .enumerate()
-    {
+    for (i, (&s, &d)) in copy.src_block_ids.iter().zip(copy.dst_block_ids).enumerate() {
         if s < 0 || s as u64 >= src.num_blocks as u64 {
-            bail!(
-                "src_block_ids[{i}] = {s} out of range for {} blocks",
-                src.num_blocks
-            );
+            bail!("src_block_ids[{i}] = {s} out of range for {} blocks", src.num_blocks);
         }
         if d < 0 || d as u64 >= dst.num_blocks as u64 {
-            bail!(
-                "dst_block_ids[{i}] = {d} out of range for {} blocks",
-                dst.num_blocks
-            );
+            bail!("dst_block_ids[{i}] = {d} out of range for {} blocks", dst.num_blocks);
         }
         pairs.push((d as usize, s as usize));
     }
@@ -94,11 +66,7 @@ pub fn plan_runs(src: &Layout, dst: &Layout, copy: &BlockCopy<'_>) -> Result<Vec
     for (d, s) in pairs {
         match runs.last_mut() {
             Some(r) if r.dst + r.len == d && r.src + r.len == s => r.len += 1,
-            _ => runs.push(Run {
-                src: s,
-                dst: d,
-                len: 1,
-            }),
+            _ => runs.push(Run { src: s, dst: d, len: 1 }),
         }
     }
     Ok(runs)
@@ -119,20 +87,10 @@ pub fn copy_blocks(
         bail!("pool lengths do not match their shapes");
     }
     match (src, dst) {
-        (KvSlice::F32(s), KvSliceMut::F32(d)) => {
-            copy_runs(src_layout, dst_layout, s, d, &runs, &copy.layers, pool)
-        }
-        (KvSlice::F16(s), KvSliceMut::F16(d)) => {
-            copy_runs(src_layout, dst_layout, s, d, &runs, &copy.layers, pool)
-        }
-        (KvSlice::Bf16(s), KvSliceMut::Bf16(d)) => {
-            copy_runs(src_layout, dst_layout, s, d, &runs, &copy.layers, pool)
-        }
-        (s, d) => bail!(
-            "source is {} but destination is {}",
-            s.dtype().name(),
-            d.dtype().name()
-        ),
+        (KvSlice::F32(s), KvSliceMut::F32(d)) => copy_runs(src_layout, dst_layout, s, d, &runs, &copy.layers, pool),
+        (KvSlice::F16(s), KvSliceMut::F16(d)) => copy_runs(src_layout, dst_layout, s, d, &runs, &copy.layers, pool),
+        (KvSlice::Bf16(s), KvSliceMut::Bf16(d)) => copy_runs(src_layout, dst_layout, s, d, &runs, &copy.layers, pool),
+        (s, d) => bail!("source is {} but destination is {}", s.dtype().name(), d.dtype().name()),
     }
     Ok(runs.len())
 }
@@ -155,10 +113,7 @@ fn copy_runs<T: Copy + Send + Sync>(
     let mut tasks: Vec<(usize, usize, usize)> = Vec::new();
     for layer in layers.clone() {
         for r in runs {
-            let (s0, d0) = (
-                src_layout.slab_offset(layer, r.src),
-                dst_layout.slab_offset(layer, r.dst),
-            );
+            let (s0, d0) = (src_layout.slab_offset(layer, r.src), dst_layout.slab_offset(layer, r.dst));
             let total = r.len * slab;
             let mut done = 0;
             while done < total {
@@ -200,31 +155,11 @@ mod tests {
 
     #[test]
     fn runs_coalesce_after_sorting() {
-        let copy = BlockCopy {
-            src_block_ids: &[5, 3, 4, 9, 0],
-            dst_block_ids: &[2, 0, 1, 7, 3],
-            layers: 0..3,
-        };
+        let copy = BlockCopy { src_block_ids: &[5, 3, 4, 9, 0], dst_block_ids: &[2, 0, 1, 7, 3], layers: 0..3 };
         let runs = plan_runs(&layout(10), &layout(8), &copy).unwrap();
         assert_eq!(
             runs,
-            vec![
-                Run {
-                    src: 3,
-                    dst: 0,
-                    len: 3
-                },
-                Run {
-                    src: 0,
-                    dst: 3,
-                    len: 1
-                },
-                Run {
-                    src: 9,
-                    dst: 7,
-                    len: 1
-                }
-            ]
+            vec![Run { src: 3, dst: 0, len: 3 }, Run { src: 0, dst: 3, len: 1 }, Run { src: 9, dst: 7, len: 1 }]
         );
     }
 
@@ -232,42 +167,14 @@ mod tests {
     fn bad_copies_are_errors() {
         let (a, b) = (layout(10), layout(8));
         let bad = [
-            BlockCopy {
-                src_block_ids: &[10],
-                dst_block_ids: &[0],
-                layers: 0..3,
-            },
-            BlockCopy {
-                src_block_ids: &[0],
-                dst_block_ids: &[8],
-                layers: 0..3,
-            },
-            BlockCopy {
-                src_block_ids: &[-1],
-                dst_block_ids: &[0],
-                layers: 0..3,
-            },
-            BlockCopy {
-                src_block_ids: &[0, 1],
-                dst_block_ids: &[0],
-                layers: 0..3,
-            },
-            BlockCopy {
-                src_block_ids: &[0, 1],
-                dst_block_ids: &[2, 2],
-                layers: 0..3,
-            },
-            BlockCopy {
-                src_block_ids: &[0],
-                dst_block_ids: &[0],
-                layers: 0..4,
-            },
+            BlockCopy { src_block_ids: &[10], dst_block_ids: &[0], layers: 0..3 },
+            BlockCopy { src_block_ids: &[0], dst_block_ids: &[8], layers: 0..3 },
+            BlockCopy { src_block_ids: &[-1], dst_block_ids: &[0], layers: 0..3 },
+            BlockCopy { src_block_ids: &[0, 1], dst_block_ids: &[0], layers: 0..3 },
+            BlockCopy { src_block_ids: &[0, 1], dst_block_ids: &[2, 2], layers: 0..3 },
+            BlockCopy { src_block_ids: &[0], dst_block_ids: &[0], layers: 0..4 },
             #[allow(clippy::reversed_empty_ranges)]
-            BlockCopy {
-                src_block_ids: &[0],
-                dst_block_ids: &[0],
-                layers: 2..1,
-            },
+            BlockCopy { src_block_ids: &[0], dst_block_ids: &[0], layers: 2..1 },
         ];
         for c in &bad {
             assert!(plan_runs(&a, &b, c).is_err(), "{c:?}");

@@ -34,14 +34,9 @@ impl Isa {
     }
 
     pub fn from_name(name: &str) -> Result<Isa> {
-        Isa::ALL
-            .into_iter()
-            .find(|isa| isa.name() == name.trim().to_ascii_lowercase())
-            .ok_or_else(|| {
-                Error::new(format!(
-                    "unknown ISA {name:?} (expected one of scalar, avx2, avx512, avx512bf16)"
-                ))
-            })
+        Isa::ALL.into_iter().find(|isa| isa.name() == name.trim().to_ascii_lowercase()).ok_or_else(|| {
+            Error::new(format!("unknown ISA {name:?} (expected one of scalar, avx2, avx512, avx512bf16)"))
+        })
     }
 
     /// Whether this CPU can run the path.
@@ -68,18 +63,12 @@ impl Isa {
 
     /// Every path this CPU supports, best first.
     pub fn supported() -> Vec<Isa> {
-        Isa::ALL
-            .into_iter()
-            .filter(|isa| isa.is_supported())
-            .collect()
+        Isa::ALL.into_iter().filter(|isa| isa.is_supported()).collect()
     }
 
     /// The best path this CPU supports.
     pub fn detect() -> Isa {
-        Isa::ALL
-            .into_iter()
-            .find(|isa| isa.is_supported())
-            .unwrap_or(Isa::Scalar)
+        Isa::ALL.into_iter().find(|isa| isa.is_supported()).unwrap_or(Isa::Scalar)
     }
 
     /// The path for this process: `RUST_CPUATTN_ISA` when set (an error if unknown or not
@@ -91,10 +80,7 @@ impl Isa {
                 Ok(name) if !name.trim().is_empty() => {
                     let isa = Isa::from_name(&name)?;
                     if !isa.is_supported() {
-                        bail!(
-                            "{ISA_ENV}={name} but this CPU does not support it (supported: {:?})",
-                            Isa::supported()
-                        );
+                        bail!("{ISA_ENV}={name} but this CPU does not support it (supported: {:?})", Isa::supported());
                     }
                     Ok(isa)
                 }

@@ -27,13 +27,7 @@ impl Layout {
         block_size: usize,
         head_dim: usize,
     ) -> Result<Self> {
-        let layout = Layout {
-            num_layers,
-            num_blocks,
-            num_kv_heads,
-            block_size,
-            head_dim,
-        };
+        let layout = Layout { num_layers, num_blocks, num_kv_heads, block_size, head_dim };
         layout.check()?;
         Ok(layout)
     }
@@ -59,19 +53,11 @@ impl Layout {
     }
 
     pub fn shape(&self) -> [usize; 5] {
-        [
-            self.num_layers,
-            self.num_blocks,
-            self.num_kv_heads,
-            self.block_size,
-            self.head_dim,
-        ]
+        [self.num_layers, self.num_blocks, self.num_kv_heads, self.block_size, self.head_dim]
     }
 
     fn checked_numel(&self) -> Option<usize> {
-        self.shape()
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        self.shape().iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
     }
 
     /// Elements in the whole pool.
@@ -127,17 +113,10 @@ impl<'a> BlockTable<'a> {
     pub fn validate(&self, layout: &Layout, layer: usize) -> Result<()> {
         layout.check()?;
         if layer >= layout.num_layers {
-            bail!(
-                "layer {layer} out of range for a KV cache of {} layers",
-                layout.num_layers
-            );
+            bail!("layer {layer} out of range for a KV cache of {} layers", layout.num_layers);
         }
         if self.seq_lens.len() != self.rows.len() {
-            bail!(
-                "rows has {} entries but seq_lens has {}",
-                self.rows.len(),
-                self.seq_lens.len()
-            );
+            bail!("rows has {} entries but seq_lens has {}", self.rows.len(), self.seq_lens.len());
         }
         if self.rows.is_empty() {
             return Ok(());
@@ -146,11 +125,7 @@ impl<'a> BlockTable<'a> {
             bail!("block_table must have at least one column");
         }
         if self.block_ids.len() % self.width != 0 {
-            bail!(
-                "block_table length {} is not a multiple of its width {}",
-                self.block_ids.len(),
-                self.width
-            );
+            bail!("block_table length {} is not a multiple of its width {}", self.block_ids.len(), self.width);
         }
         let num_rows = self.block_ids.len() / self.width;
         let max_len = self.width.saturating_mul(layout.block_size);
@@ -213,22 +188,12 @@ impl<'a> DecodeArgs<'a> {
     }
 
     /// Checks the whole call: shapes, dtypes and every index the kernel will follow.
-    pub fn validate(
-        &self,
-        layout: &Layout,
-        k: KvSlice<'_>,
-        v: KvSlice<'_>,
-        out_len: usize,
-    ) -> Result<()> {
+    pub fn validate(&self, layout: &Layout, k: KvSlice<'_>, v: KvSlice<'_>, out_len: usize) -> Result<()> {
         self.table.validate(layout, self.layer)?;
         check_pool("k_cache", layout, k)?;
         check_pool("v_cache", layout, v)?;
         if k.dtype() != v.dtype() {
-            bail!(
-                "k_cache is {} but v_cache is {}",
-                k.dtype().name(),
-                v.dtype().name()
-            );
+            bail!("k_cache is {} but v_cache is {}", k.dtype().name(), v.dtype().name());
         }
         if self.num_q_heads == 0 || self.num_q_heads % layout.num_kv_heads != 0 {
             bail!(
@@ -237,10 +202,7 @@ impl<'a> DecodeArgs<'a> {
                 layout.num_kv_heads
             );
         }
-        let q_len = self
-            .num_seqs()
-            .checked_mul(self.num_q_heads)
-            .and_then(|n| n.checked_mul(layout.head_dim));
+        let q_len = self.num_seqs().checked_mul(self.num_q_heads).and_then(|n| n.checked_mul(layout.head_dim));
         if q_len != Some(self.q.len()) {
             bail!(
                 "q has {} elements, expected [{}, {}, {}]",
@@ -251,10 +213,7 @@ impl<'a> DecodeArgs<'a> {
             );
         }
         if out_len != self.q.len() {
-            bail!(
-                "out has {out_len} elements, expected {} (the shape of q)",
-                self.q.len()
-            );
+            bail!("out has {out_len} elements, expected {} (the shape of q)", self.q.len());
         }
         if !self.scale.is_finite() {
             bail!("scale must be finite, got {}", self.scale);
@@ -266,31 +225,16 @@ impl<'a> DecodeArgs<'a> {
 /// Checks that a pool view matches its layout.
 pub fn check_pool(name: &str, layout: &Layout, pool: KvSlice<'_>) -> Result<()> {
     if pool.len() != layout.numel() {
-        bail!(
-            "{name} has {} elements, expected {:?}",
-            pool.len(),
-            layout.shape()
-        );
+        bail!("{name} has {} elements, expected {:?}", pool.len(), layout.shape());
     }
     Ok(())
 }
 
 /// Checks new K/V rows `[num_seqs, num_kv_heads, head_dim]` against a pool of `dtype`: same
 /// dtype, or f32 (converted when stored).
-pub fn check_new_rows(
-    name: &str,
-    layout: &Layout,
-    num_seqs: usize,
-    dtype: KvDtype,
-    rows: KvSlice<'_>,
-) -> Result<()> {
+pub fn check_new_rows(name: &str, layout: &Layout, num_seqs: usize, dtype: KvDtype, rows: KvSlice<'_>) -> Result<()> {
     if rows.dtype() != dtype && rows.dtype() != KvDtype::F32 {
-        bail!(
-            "{name} is {} but the cache is {} (give {} or float32)",
-            rows.dtype().name(),
-            dtype.name(),
-            dtype.name()
-        );
+        bail!("{name} is {} but the cache is {} (give {} or float32)", rows.dtype().name(), dtype.name(), dtype.name());
     }
     let expected = num_seqs * layout.num_kv_heads * layout.head_dim;
     if rows.len() != expected {

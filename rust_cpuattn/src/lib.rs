@@ -43,10 +43,6 @@ pub fn paged_decode_attention(
     out: &mut [f32],
 ) -> Result<()> {
     let pool = threads::pool()?;
-    let config = KernelConfig {
-        isa: Some(Isa::selected()?),
-        pool: pool.as_deref(),
-        max_item_blocks: None,
-    };
+    let config = KernelConfig { isa: Some(Isa::selected()?), pool: pool.as_deref(), max_item_blocks: None };
     paged_decode_attention_with(args, layout, k_cache, v_cache, out, &config)
 }

@@ -19,34 +19,19 @@ const MIN_ITEM_TOKENS: usize = 256;
 
 /// Items in request order; the items of one request are consecutive and in block order.
 /// `max_item_blocks` forces splitting (for tests); otherwise one thread never splits.
-pub fn partition(
-    seq_lens: &[i32],
-    block_size: usize,
-    num_threads: usize,
-    max_item_blocks: Option<usize>,
-) -> Vec<Item> {
-    let blocks: Vec<usize> = seq_lens
-        .iter()
-        .map(|&n| (n.max(0) as usize).div_ceil(block_size))
-        .collect();
+pub fn partition(seq_lens: &[i32], block_size: usize, num_threads: usize, max_item_blocks: Option<usize>) -> Vec<Item> {
+    let blocks: Vec<usize> = seq_lens.iter().map(|&n| (n.max(0) as usize).div_ceil(block_size)).collect();
     let total: usize = blocks.iter().sum();
     let chunk = match max_item_blocks {
         Some(m) => m.max(1),
         None if num_threads <= 1 => usize::MAX,
-        None => total
-            .div_ceil(num_threads * ITEMS_PER_THREAD)
-            .max(MIN_ITEM_TOKENS.div_ceil(block_size))
-            .max(1),
+        None => total.div_ceil(num_threads * ITEMS_PER_THREAD).max(MIN_ITEM_TOKENS.div_ceil(block_size)).max(1),
     };
     let mut items = Vec::new();
     for (seq, &nb) in blocks.iter().enumerate() {
         let parts = nb.div_ceil(chunk).max(1);
         for p in 0..parts {
-            items.push(Item {
-                seq,
-                block_start: p * nb / parts,
-                block_end: (p + 1) * nb / parts,
-            });
+            items.push(Item { seq, block_start: p * nb / parts, block_end: (p + 1) * nb / parts });
         }
     }
     items

@@ -29,9 +29,7 @@ pub fn paged_decode_attention_reference(
             for t in 0..len {
                 let (block, slot) = args.table.locate(layout, b, t);
                 let base = layout.row_offset(args.layer, block, h, slot);
-                let dot: f64 = (0..d)
-                    .map(|i| q[i] as f64 * k_cache.get_f32(base + i) as f64)
-                    .sum();
+                let dot: f64 = (0..d).map(|i| q[i] as f64 * k_cache.get_f32(base + i) as f64).sum();
                 scores.push(dot * args.scale as f64);
             }
             let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -45,8 +43,7 @@ pub fn paged_decode_attention_reference(
                 let mut acc = 0.0f64;
                 for (t, &w) in scores.iter().enumerate() {
                     let (block, slot) = args.table.locate(layout, b, t);
-                    acc += w * v_cache.get_f32(layout.row_offset(args.layer, block, h, slot) + i)
-                        as f64;
+                    acc += w * v_cache.get_f32(layout.row_offset(args.layer, block, h, slot) + i) as f64;
                 }
                 *o = (acc / total) as f32;
             }

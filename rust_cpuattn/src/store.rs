@@ -21,11 +21,7 @@ pub fn store_new_rows(
     check_pool("k_cache", layout, k_cache.as_slice())?;
     check_pool("v_cache", layout, v_cache.as_slice())?;
     if k_cache.dtype() != v_cache.dtype() {
-        bail!(
-            "k_cache is {} but v_cache is {}",
-            k_cache.dtype().name(),
-            v_cache.dtype().name()
-        );
+        bail!("k_cache is {} but v_cache is {}", k_cache.dtype().name(), v_cache.dtype().name());
     }
     let num_seqs = table.num_seqs();
     check_new_rows("k_new", layout, num_seqs, k_cache.dtype(), k_new)?;
@@ -35,13 +31,7 @@ pub fn store_new_rows(
     Ok(())
 }
 
-fn store_pool(
-    layout: &Layout,
-    table: &BlockTable<'_>,
-    layer: usize,
-    pool: &mut KvSliceMut<'_>,
-    new: KvSlice<'_>,
-) {
+fn store_pool(layout: &Layout, table: &BlockTable<'_>, layer: usize, pool: &mut KvSliceMut<'_>, new: KvSlice<'_>) {
     match pool {
         KvSliceMut::F32(p) => store_typed(layout, table, layer, p, new),
         KvSliceMut::F16(p) => store_typed(layout, table, layer, p, new),
@@ -49,13 +39,7 @@ fn store_pool(
     }
 }
 
-fn store_typed<T: KvElem>(
-    layout: &Layout,
-    table: &BlockTable<'_>,
-    layer: usize,
-    pool: &mut [T],
-    new: KvSlice<'_>,
-) {
+fn store_typed<T: KvElem>(layout: &Layout, table: &BlockTable<'_>, layer: usize, pool: &mut [T], new: KvSlice<'_>) {
     let d = layout.head_dim;
     for b in 0..table.num_seqs() {
         let (block, slot) = table.locate(layout, b, table.seq_lens[b] as usize - 1);

@@ -17,10 +17,7 @@ struct PoolState {
     pool: Option<Arc<ThreadPool>>,
 }
 
-static POOL: Mutex<PoolState> = Mutex::new(PoolState {
-    num_threads: 0,
-    pool: None,
-});
+static POOL: Mutex<PoolState> = Mutex::new(PoolState { num_threads: 0, pool: None });
 
 fn default_num_threads() -> usize {
     std::env::var(NUM_THREADS_ENV)
@@ -67,12 +64,7 @@ pub fn pool() -> Result<Option<Arc<ThreadPool>>> {
             .num_threads(state.num_threads)
             .thread_name(|i| format!("rust-cpuattn-{i}"))
             .build()
-            .map_err(|e| {
-                crate::Error::new(format!(
-                    "cannot start {} kernel threads: {e}",
-                    state.num_threads
-                ))
-            })?;
+            .map_err(|e| crate::Error::new(format!("cannot start {} kernel threads: {e}", state.num_threads)))?;
         state.pool = Some(Arc::new(pool));
     }
     Ok(state.pool.clone())

@@ -8,22 +8,11 @@ use rust_cpuattn::{KvDtype, Layout};
 
 #[test]
 fn copies_exactly_the_requested_slabs() {
-    let pool3 = rayon::ThreadPoolBuilder::new()
-        .num_threads(3)
-        .build()
-        .unwrap();
+    let pool3 = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
     let mut rng = Rng::new(3);
     for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Bf16] {
-        for (layers, threads) in [
-            (0..4, None),
-            (1..3, Some(&pool3)),
-            (2..2, Some(&pool3)),
-            (0..4, Some(&pool3)),
-        ] {
-            let (src_l, dst_l) = (
-                Layout::new(4, 40, 2, 16, 64).unwrap(),
-                Layout::new(4, 25, 2, 16, 64).unwrap(),
-            );
+        for (layers, threads) in [(0..4, None), (1..3, Some(&pool3)), (2..2, Some(&pool3)), (0..4, Some(&pool3))] {
+            let (src_l, dst_l) = (Layout::new(4, 40, 2, 16, 64).unwrap(), Layout::new(4, 25, 2, 16, 64).unwrap());
             let src_vals: Vec<f32> = (0..src_l.numel()).map(|_| rng.unit()).collect();
             let dst_vals: Vec<f32> = (0..dst_l.numel()).map(|_| rng.unit() + 5.0).collect();
             let src = Pool::from_f32(dtype, &src_vals);
@@ -34,34 +23,17 @@ fn copies_exactly_the_requested_slabs() {
             pairs.extend([(0, 20), (39, 0), (17, 24), (5, 12)]);
             rng.shuffle(&mut pairs);
             let (s_ids, d_ids): (Vec<i64>, Vec<i64>) = pairs.iter().cloned().unzip();
-            let copy = BlockCopy {
-                src_block_ids: &s_ids,
-                dst_block_ids: &d_ids,
-                layers: layers.clone(),
-            };
-            let runs = copy_blocks(
-                &src_l,
-                &dst_l,
-                src.view(),
-                &mut dst.view_mut(),
-                &copy,
-                threads,
-            )
-            .unwrap();
+            let copy = BlockCopy { src_block_ids: &s_ids, dst_block_ids: &d_ids, layers: layers.clone() };
+            let runs = copy_blocks(&src_l, &dst_l, src.view(), &mut dst.view_mut(), &copy, threads).unwrap();
             assert_eq!(runs, 5, "the six consecutive pairs coalesce into one run");
             let slab = src_l.slab_len();
             for layer in 0..4 {
                 for block in 0..25 {
-                    let from = pairs
-                        .iter()
-                        .find(|p| p.1 == block as i64)
-                        .map(|p| p.0 as usize);
+                    let from = pairs.iter().find(|p| p.1 == block as i64).map(|p| p.0 as usize);
                     for i in 0..slab {
                         let d = dst_l.slab_offset(layer, block) + i;
                         let want = match from {
-                            Some(s) if layers.contains(&layer) => {
-                                src.bits(src_l.slab_offset(layer, s) + i)
-                            }
+                            Some(s) if layers.contains(&layer) => src.bits(src_l.slab_offset(layer, s) + i),
                             _ => before.bits(d),
                         };
                         assert_eq!(dst.bits(d), want, "{dtype:?} layer {layer} block {block}");
@@ -77,10 +49,6 @@ fn dtype_mismatch_is_an_error() {
     let l = Layout::new(1, 2, 1, 8, 8).unwrap();
     let src = Pool::from_f32(KvDtype::F16, &vec![0.0; l.numel()]);
     let mut dst = Pool::from_f32(KvDtype::Bf16, &vec![0.0; l.numel()]);
-    let copy = BlockCopy {
-        src_block_ids: &[0],
-        dst_block_ids: &[1],
-        layers: 0..1,
-    };
+    let copy = BlockCopy { src_block_ids: &[0], dst_block_ids: &[1], layers: 0..1 };
     assert!(copy_blocks(&l, &l, src.view(), &mut dst.view_mut(), &copy, None).is_err());
 }

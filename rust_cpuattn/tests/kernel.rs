@@ -11,23 +11,12 @@ const DTYPES: [KvDtype; 3] = [KvDtype::F32, KvDtype::F16, KvDtype::Bf16];
 const TOL: f64 = 2e-5;
 
 fn pool(n: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build()
-        .unwrap()
+    rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap()
 }
 
 fn run(p: &Problem, config: &KernelConfig<'_>) -> Vec<f32> {
     let mut out = vec![f32::NAN; p.out_len()];
-    paged_decode_attention_with(
-        &p.args(),
-        &p.layout,
-        p.k.view(),
-        p.v.view(),
-        &mut out,
-        config,
-    )
-    .unwrap();
+    paged_decode_attention_with(&p.args(), &p.layout, p.k.view(), p.v.view(), &mut out, config).unwrap();
     out
 }
 
@@ -42,16 +31,7 @@ fn every_isa_dtype_group_and_head_dim() {
     let mut seed = 100;
     for isa in Isa::supported() {
         for dtype in DTYPES {
-            for (hq, hkv) in [
-                (4, 4),
-                (8, 4),
-                (9, 3),
-                (8, 2),
-                (16, 2),
-                (5, 1),
-                (7, 1),
-                (6, 1),
-            ] {
+            for (hq, hkv) in [(4, 4), (8, 4), (9, 3), (8, 2), (16, 2), (5, 1), (7, 1), (6, 1)] {
                 for (d, bs) in [(64, 16), (128, 32), (80, 16), (96, 8), (256, 16), (72, 8)] {
                     for q_bf16_exact in [false, true] {
                         seed += 1;
@@ -59,22 +39,10 @@ fn every_isa_dtype_group_and_head_dim() {
                         spec.q_bf16_exact = q_bf16_exact;
                         let p = Problem::new(&spec, seed);
                         let what = format!("{isa:?} {dtype:?} hq={hq} hkv={hkv} d={d} bs={bs} bf16q={q_bf16_exact}");
+                        check(&p, &KernelConfig { isa: Some(isa), pool: None, max_item_blocks: None }, &what);
                         check(
                             &p,
-                            &KernelConfig {
-                                isa: Some(isa),
-                                pool: None,
-                                max_item_blocks: None,
-                            },
-                            &what,
-                        );
-                        check(
-                            &p,
-                            &KernelConfig {
-                                isa: Some(isa),
-                                pool: Some(&pool2),
-                                max_item_blocks: Some(2),
-                            },
+                            &KernelConfig { isa: Some(isa), pool: Some(&pool2), max_item_blocks: Some(2) },
                             &what,
                         );
                     }
@@ -92,27 +60,16 @@ fn ragged_lengths_batches_and_threads() {
         for (i, dtype) in DTYPES.into_iter().enumerate() {
             let bs = [16, 32][i % 2];
             for batch in [1, 3, 17, 64] {
-                let seq_lens: Vec<usize> =
-                    (0..batch).map(|b| lens[(b * 7 + i) % lens.len()]).collect();
+                let seq_lens: Vec<usize> = (0..batch).map(|b| lens[(b * 7 + i) % lens.len()]).collect();
                 let mut spec = Spec::new(&seq_lens, 8, 2, 64, bs, dtype);
                 spec.q_bf16_exact = batch % 2 == 1;
                 let p = Problem::new(&spec, batch as u64 * 31 + i as u64);
                 let oracle = p.oracle();
                 for pool in [None].into_iter().chain(pools.iter().map(Some)) {
-                    let out = run(
-                        &p,
-                        &KernelConfig {
-                            isa: Some(isa),
-                            pool,
-                            max_item_blocks: None,
-                        },
-                    );
+                    let out = run(&p, &KernelConfig { isa: Some(isa), pool, max_item_blocks: None });
                     let err = max_abs_diff(&out, &oracle);
                     let threads = pool.map_or(1, |p| p.current_num_threads());
-                    assert!(
-                        err < TOL,
-                        "{isa:?} {dtype:?} batch {batch} threads {threads}: {err}"
-                    );
+                    assert!(err < TOL, "{isa:?} {dtype:?} batch {batch} threads {threads}: {err}");
                 }
             }
         }
@@ -127,41 +84,19 @@ fn forced_split_equals_unsplit_and_runs_repeat_bitwise() {
             let mut spec = Spec::new(&[4097, 1000, 33, 1, 600], 32, 8, 128, 16, dtype);
             spec.q_bf16_exact = true;
             let p = Problem::new(&spec, 9);
-            let whole = run(
-                &p,
-                &KernelConfig {
-                    isa: Some(isa),
-                    pool: None,
-                    max_item_blocks: None,
-                },
-            );
+            let whole = run(&p, &KernelConfig { isa: Some(isa), pool: None, max_item_blocks: None });
             for blocks in [1, 3, 16] {
-                let cfg = KernelConfig {
-                    isa: Some(isa),
-                    pool: Some(&pool3),
-                    max_item_blocks: Some(blocks),
-                };
+                let cfg = KernelConfig { isa: Some(isa), pool: Some(&pool3), max_item_blocks: Some(blocks) };
                 let split = run(&p, &cfg);
-                let diff = split
-                    .iter()
-                    .zip(&whole)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0f32, f32::max);
+                let diff = split.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
                 assert!(diff < 1e-6, "{isa:?} {dtype:?} split {blocks}: {diff}");
                 let again = run(&p, &cfg);
                 assert!(
-                    split
-                        .iter()
-                        .zip(&again)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    split.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()),
                     "{isa:?} {dtype:?} not repeatable"
                 );
             }
-            let auto = KernelConfig {
-                isa: Some(isa),
-                pool: Some(&pool3),
-                max_item_blocks: None,
-            };
+            let auto = KernelConfig { isa: Some(isa), pool: Some(&pool3), max_item_blocks: None };
             let (a, b) = (run(&p, &auto), run(&p, &auto));
             assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()));
         }
@@ -177,14 +112,7 @@ fn extreme_logits_stay_finite_and_accurate() {
                 spec.q_scale = q_scale;
                 spec.q_bf16_exact = true;
                 let p = Problem::new(&spec, 77);
-                let out = run(
-                    &p,
-                    &KernelConfig {
-                        isa: Some(isa),
-                        pool: None,
-                        max_item_blocks: Some(4),
-                    },
-                );
+                let out = run(&p, &KernelConfig { isa: Some(isa), pool: None, max_item_blocks: Some(4) });
                 // Logits up to ~1e5: f32 score rounding alone moves weights, so the bound is
                 // loose; what matters is no inf/NaN and no blow-up.
                 let err = max_abs_diff(&out, &p.oracle());
@@ -200,31 +128,12 @@ fn unsupported_or_invalid_calls_are_errors() {
     let p = Problem::new(&Spec::new(&[5, 20], 4, 2, 64, 16, KvDtype::Bf16), 5);
     let mut out = vec![0.0; p.out_len() + 1];
     let cfg = KernelConfig::default();
-    assert!(paged_decode_attention_with(
-        &p.args(),
-        &p.layout,
-        p.k.view(),
-        p.v.view(),
-        &mut out,
-        &cfg
-    )
-    .is_err());
+    assert!(paged_decode_attention_with(&p.args(), &p.layout, p.k.view(), p.v.view(), &mut out, &cfg).is_err());
     for isa in Isa::ALL {
         if !isa.is_supported() {
             let mut out = vec![0.0; p.out_len()];
-            let cfg = KernelConfig {
-                isa: Some(isa),
-                ..KernelConfig::default()
-            };
-            assert!(paged_decode_attention_with(
-                &p.args(),
-                &p.layout,
-                p.k.view(),
-                p.v.view(),
-                &mut out,
-                &cfg
-            )
-            .is_err());
+            let cfg = KernelConfig { isa: Some(isa), ..KernelConfig::default() };
+            assert!(paged_decode_attention_with(&p.args(), &p.layout, p.k.view(), p.v.view(), &mut out, &cfg).is_err());
         }
     }
     assert!(Isa::from_name("sse9").is_err());
@@ -235,8 +144,7 @@ fn unsupported_or_invalid_calls_are_errors() {
 fn global_pool_entry_point() {
     let p = Problem::new(&Spec::new(&[100, 3000], 8, 2, 128, 16, KvDtype::F16), 12);
     let mut out = vec![0.0; p.out_len()];
-    rust_cpuattn::paged_decode_attention(&p.args(), &p.layout, p.k.view(), p.v.view(), &mut out)
-        .unwrap();
+    rust_cpuattn::paged_decode_attention(&p.args(), &p.layout, p.k.view(), p.v.view(), &mut out).unwrap();
     assert!(max_abs_diff(&out, &p.oracle()) < TOL);
     assert!(rust_cpuattn::threads::set_num_threads(0).is_err());
 }

@@ -36,9 +36,7 @@ impl Wide8 for f16 {
 impl Wide8 for bf16 {
     #[inline(always)]
     unsafe fn load8(p: *const Self) -> __m256 {
-        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
-            _mm_loadu_si128(p.cast()),
-        )))
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()))))
     }
 }
 
@@ -48,12 +46,7 @@ impl Wide8 for bf16 {
 /// The CPU must have AVX2, FMA and F16C, and `head_dim % 8 == 0`; `job`/`seq` validated,
 /// `st` reset for this request.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn attend<T: Wide8>(
-    job: &Job<'_, T>,
-    seq: &Seq<'_>,
-    blocks: Range<usize>,
-    st: &mut State,
-) {
+pub(crate) unsafe fn attend<T: Wide8>(job: &Job<'_, T>, seq: &Seq<'_>, blocks: Range<usize>, st: &mut State) {
     match job.layout.head_dim {
         64 => body::<T, 64>(job, seq, blocks, st),
         128 => body::<T, 128>(job, seq, blocks, st),
@@ -62,29 +55,13 @@ pub(crate) unsafe fn attend<T: Wide8>(
 }
 
 #[inline(always)]
-unsafe fn body<T: Wide8, const D: usize>(
-    job: &Job<'_, T>,
-    seq: &Seq<'_>,
-    blocks: Range<usize>,
-    st: &mut State,
-) {
+unsafe fn body<T: Wide8, const D: usize>(job: &Job<'_, T>, seq: &Seq<'_>, blocks: Range<usize>, st: &mut State) {
     let d = if D == 0 { job.layout.head_dim } else { D };
     let nc = d / LANES;
     let bs = job.layout.block_size;
     let g = job.group;
     let is_f32 = T::DTYPE == KvDtype::F32;
-    let State {
-        q,
-        m,
-        l,
-        acc,
-        kf,
-        vf,
-        dots,
-        p,
-        alpha,
-        ..
-    } = st;
+    let State { q, m, l, acc, kf, vf, dots, p, alpha, .. } = st;
     debug_assert!(kf.len() >= CHUNK_ROWS * d && vf.len() >= CHUNK_ROWS * d);
     debug_assert!(dots.len() >= g * LANES * LANES && p.len() >= g * LANES && alpha.len() >= g);
     let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -108,8 +85,7 @@ unsafe fn body<T: Wide8, const D: usize>(
                     widen(krows, kf);
                     kf.as_ptr()
                 };
-                let valid =
-                    _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), iota));
+                let valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), iota));
                 for gi in 0..g {
                     let hq = h * g + gi;
                     let dg = dots.as_mut_ptr().add(gi * LANES * LANES);
@@ -129,11 +105,7 @@ unsafe fn body<T: Wide8, const D: usize>(
                     for t in n..LANES {
                         _mm256_storeu_ps(dg.add(t * LANES), _mm256_setzero_ps());
                     }
-                    let s = _mm256_blendv_ps(
-                        _mm256_set1_ps(f32::NEG_INFINITY),
-                        _mm256_mul_ps(hsum8(dg), scale),
-                        valid,
-                    );
+                    let s = _mm256_blendv_ps(_mm256_set1_ps(f32::NEG_INFINITY), _mm256_mul_ps(hsum8(dg), scale), valid);
                     let mut lanes = [0.0f32; LANES];
                     _mm256_storeu_ps(lanes.as_mut_ptr(), s);
                     let m_old = m[hq];
@@ -219,32 +191,20 @@ pub(crate) unsafe fn hsum8(v: *const f32) -> __m256 {
     let mut w = [_mm256_setzero_ps(); 4];
     for (i, w) in w.iter_mut().enumerate() {
         let (x, y) = (a(i), a(i + 4));
-        *w = _mm256_add_ps(
-            _mm256_permute2f128_ps::<0x20>(x, y),
-            _mm256_permute2f128_ps::<0x31>(x, y),
-        );
+        *w = _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(x, y), _mm256_permute2f128_ps::<0x31>(x, y));
     }
     let mut x = [_mm256_setzero_ps(); 2];
     for (i, x) in x.iter_mut().enumerate() {
-        *x = _mm256_add_ps(
-            _mm256_shuffle_ps::<0x44>(w[i], w[i + 2]),
-            _mm256_shuffle_ps::<0xEE>(w[i], w[i + 2]),
-        );
+        *x = _mm256_add_ps(_mm256_shuffle_ps::<0x44>(w[i], w[i + 2]), _mm256_shuffle_ps::<0xEE>(w[i], w[i + 2]));
     }
-    _mm256_add_ps(
-        _mm256_shuffle_ps::<0x88>(x[0], x[1]),
-        _mm256_shuffle_ps::<0xDD>(x[0], x[1]),
-    )
+    _mm256_add_ps(_mm256_shuffle_ps::<0x88>(x[0], x[1]), _mm256_shuffle_ps::<0xDD>(x[0], x[1]))
 }
 
 /// exp for 8 lanes (as the AVX-512 one); inputs below -87 (including -inf) give 0.
 #[inline(always)]
 pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
     let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.0));
-    let x = _mm256_min_ps(
-        _mm256_max_ps(x, _mm256_set1_ps(-87.0)),
-        _mm256_set1_ps(88.3),
-    );
+    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.3));
     let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
         x,
         _mm256_set1_ps(std::f32::consts::LOG2_E),
@@ -255,10 +215,8 @@ pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
     for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
         poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(c));
     }
-    let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
-        _mm256_cvtps_epi32(n),
-        _mm256_set1_epi32(127),
-    )));
+    let scale =
+        _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127))));
     _mm256_andnot_ps(tiny, _mm256_mul_ps(poly, scale))
 }
 
@@ -277,18 +235,9 @@ mod tests {
         // SAFETY: features checked above; buffers hold 64 / 8 floats.
         unsafe { check(&v, &mut got, &xs, &mut e) };
         for t in 0..8 {
-            assert_eq!(
-                got[t],
-                v[t * 8..(t + 1) * 8].iter().sum::<f32>(),
-                "lane {t}"
-            );
+            assert_eq!(got[t], v[t * 8..(t + 1) * 8].iter().sum::<f32>(), "lane {t}");
             let want = (xs[t] as f64).exp();
-            assert!(
-                ((e[t] as f64 - want) / want).abs() < 3e-7,
-                "exp({}) = {} vs {want}",
-                xs[t],
-                e[t]
-            );
+            assert!(((e[t] as f64 - want) / want).abs() < 3e-7, "exp({}) = {} vs {want}", xs[t], e[t]);
         }
 
         #[target_feature(enable = "avx2,fma")]

@@ -43,12 +43,7 @@ unsafe fn load64<T: Wide16>(p: *const T) -> [__m512; 4] {
             _mm512_castsi512_ps(_mm512_and_si512(x1, hi)),
         ]
     } else {
-        [
-            T::load16(p),
-            T::load16(p.add(16)),
-            T::load16(p.add(32)),
-            T::load16(p.add(48)),
-        ]
+        [T::load16(p), T::load16(p.add(16)), T::load16(p.add(32)), T::load16(p.add(48))]
     }
 }
 
@@ -70,9 +65,7 @@ impl Wide16 for bf16 {
     #[inline(always)]
     unsafe fn load16(p: *const Self) -> __m512 {
         // bf16 is the upper half of an f32: zero-extend and shift.
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
-            _mm256_loadu_si256(p.cast()),
-        )))
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()))))
     }
 }
 
@@ -82,12 +75,7 @@ impl Wide16 for bf16 {
 /// The CPU must have AVX-512F and `head_dim % 16 == 0`; `job`/`seq` validated (block ids
 /// `< num_blocks`), `st` reset for this request.
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn attend<T: Wide16>(
-    job: &Job<'_, T>,
-    seq: &Seq<'_>,
-    blocks: Range<usize>,
-    st: &mut State,
-) {
+pub(crate) unsafe fn attend<T: Wide16>(job: &Job<'_, T>, seq: &Seq<'_>, blocks: Range<usize>, st: &mut State) {
     match job.layout.head_dim {
         64 => body::<T, 64, false>(job, seq, blocks, st),
         128 => body::<T, 128, false>(job, seq, blocks, st),
@@ -102,12 +90,7 @@ pub(crate) unsafe fn attend<T: Wide16>(
 /// As [`attend`], plus AVX512_BF16, `T` = bf16, `head_dim % 32 == 0`, `st.q_bf16` filled when
 /// `!st.q_has_lo`.
 #[target_feature(enable = "avx512f,avx512bf16")]
-pub(crate) unsafe fn attend_bf16dot<T: Wide16>(
-    job: &Job<'_, T>,
-    seq: &Seq<'_>,
-    blocks: Range<usize>,
-    st: &mut State,
-) {
+pub(crate) unsafe fn attend_bf16dot<T: Wide16>(job: &Job<'_, T>, seq: &Seq<'_>, blocks: Range<usize>, st: &mut State) {
     debug_assert!(T::DTYPE == KvDtype::Bf16 && job.layout.head_dim % 32 == 0);
     match job.layout.head_dim {
         64 => body::<T, 64, true>(job, seq, blocks, st),
@@ -132,20 +115,7 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
     let bs = job.layout.block_size;
     let g = job.group;
     let is_f32 = T::DTYPE == KvDtype::F32;
-    let State {
-        q,
-        q_bf16,
-        q_has_lo,
-        m,
-        l,
-        acc,
-        kf,
-        vf,
-        dots,
-        p,
-        alpha,
-        ..
-    } = st;
+    let State { q, q_bf16, q_has_lo, m, l, acc, kf, vf, dots, p, alpha, .. } = st;
     let use_dot = DOT && !*q_has_lo;
     let scale = _mm512_set1_ps(job.scale);
     debug_assert!(kf.len() >= CHUNK_ROWS * d && vf.len() >= CHUNK_ROWS * d);
@@ -198,30 +168,18 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
                         }
                         hsum16(dg)
                     } else if use_dot {
-                        scores_bf16::<D>(
-                            krows.as_ptr().cast(),
-                            q_bf16.as_ptr().add((h * g + gi) * D),
-                        )
+                        scores_bf16::<D>(krows.as_ptr().cast(), q_bf16.as_ptr().add((h * g + gi) * D))
                     } else {
                         scores_f32::<D>(kptr, q_h.add(gi * D))
                     };
-                    let s = _mm512_mask_blend_ps(
-                        valid,
-                        _mm512_set1_ps(f32::NEG_INFINITY),
-                        _mm512_mul_ps(raw, scale),
-                    );
+                    let s = _mm512_mask_blend_ps(valid, _mm512_set1_ps(f32::NEG_INFINITY), _mm512_mul_ps(raw, scale));
                     let hq = h * g + gi;
                     let m_old = m[hq];
                     let m_new = m_old.max(_mm512_reduce_max_ps(s));
-                    let pv =
-                        _mm512_maskz_mov_ps(valid, exp16(_mm512_sub_ps(s, _mm512_set1_ps(m_new))));
+                    let pv = _mm512_maskz_mov_ps(valid, exp16(_mm512_sub_ps(s, _mm512_set1_ps(m_new))));
                     _mm512_storeu_ps(p.add(gi * LANES), pv);
                     // exp(-inf) = 0 on the first chunk; the scalar is off the vector chains.
-                    let a = if m_old == m_new {
-                        1.0
-                    } else {
-                        exp_scalar(m_old - m_new)
-                    };
+                    let a = if m_old == m_new { 1.0 } else { exp_scalar(m_old - m_new) };
                     l[hq] = l[hq] * a + _mm512_reduce_add_ps(pv);
                     m[hq] = m_new;
                     alpha[gi] = a;
@@ -235,8 +193,7 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
                     let v = vrows.as_ptr();
                     let mut g0 = 0;
                     while g0 < g {
-                        let (pg, ag, accg) =
-                            (p.add(g0 * LANES), alpha.as_ptr().add(g0), acc_h.add(g0 * D));
+                        let (pg, ag, accg) = (p.add(g0 * LANES), alpha.as_ptr().add(g0), acc_h.add(g0 * D));
                         match g - g0 {
                             1 => accumulate_rows::<T, D, 1>(v, n, pg, ag, accg),
                             2 => accumulate_rows::<T, D, 2>(v, n, pg, ag, accg),
@@ -276,10 +233,7 @@ unsafe fn widen_bf16_evenodd(rows: *const u16, len: usize, dst: &mut [f32]) {
     for i in (0..len).step_by(32) {
         let x = _mm512_loadu_si512(rows.add(i).cast());
         _mm512_storeu_ps(out.add(i), _mm512_castsi512_ps(_mm512_slli_epi32::<16>(x)));
-        _mm512_storeu_ps(
-            out.add(i + 16),
-            _mm512_castsi512_ps(_mm512_and_si512(x, hi)),
-        );
+        _mm512_storeu_ps(out.add(i + 16), _mm512_castsi512_ps(_mm512_and_si512(x, hi)));
     }
 }
 
@@ -377,16 +331,8 @@ unsafe fn scores_bf16<const D: usize>(rows: *const u16, qb: *const u16) -> __m51
     let nc = D / 32;
     let q0 = _mm512_loadu_si512(qb.cast());
     let q1 = _mm512_loadu_si512(qb.add(32).cast());
-    let q2 = if nc > 2 {
-        _mm512_loadu_si512(qb.add(64).cast())
-    } else {
-        q0
-    };
-    let q3 = if nc > 2 {
-        _mm512_loadu_si512(qb.add(96).cast())
-    } else {
-        q0
-    };
+    let q2 = if nc > 2 { _mm512_loadu_si512(qb.add(64).cast()) } else { q0 };
+    let q3 = if nc > 2 { _mm512_loadu_si512(qb.add(96).cast()) } else { q0 };
     let a = each16!(t => {
         let row = rows.add(t * D);
         let mut a = _mm512_dpbf16_ps(_mm512_setzero_ps(), as_bh(q0), as_bh(_mm512_loadu_si512(row.cast())));
@@ -427,42 +373,24 @@ unsafe fn hsum16_regs(v: &[__m512; 16]) -> __m512 {
     let mut w = [_mm512_setzero_ps(); 8];
     for i in 0..8 {
         let (x, y) = (v[PERM[i]], v[PERM[i + 8]]);
-        w[i] = _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0x44>(x, y),
-            _mm512_shuffle_f32x4::<0xEE>(x, y),
-        );
+        w[i] = _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(x, y), _mm512_shuffle_f32x4::<0xEE>(x, y));
     }
     let mut x = [_mm512_setzero_ps(); 4];
     for i in 0..4 {
-        x[i] = _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0x88>(w[i], w[i + 4]),
-            _mm512_shuffle_f32x4::<0xDD>(w[i], w[i + 4]),
-        );
+        x[i] =
+            _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(w[i], w[i + 4]), _mm512_shuffle_f32x4::<0xDD>(w[i], w[i + 4]));
     }
     let mut y = [_mm512_setzero_ps(); 2];
     for i in 0..2 {
-        y[i] = _mm512_add_ps(
-            _mm512_shuffle_ps::<0x44>(x[i], x[i + 2]),
-            _mm512_shuffle_ps::<0xEE>(x[i], x[i + 2]),
-        );
+        y[i] = _mm512_add_ps(_mm512_shuffle_ps::<0x44>(x[i], x[i + 2]), _mm512_shuffle_ps::<0xEE>(x[i], x[i + 2]));
     }
-    _mm512_add_ps(
-        _mm512_shuffle_ps::<0x88>(y[0], y[1]),
-        _mm512_shuffle_ps::<0xDD>(y[0], y[1]),
-    )
+    _mm512_add_ps(_mm512_shuffle_ps::<0x88>(y[0], y[1]), _mm512_shuffle_ps::<0xDD>(y[0], y[1]))
 }
 
 /// `dots[gi][t] = q[gi] (bf16) * K[t]` lane-wise partial sums (bf16 pairs), t < n (tail
 /// chunks and generic head_dim; full chunks of the fast paths use `scores_bf16`).
 #[inline(always)]
-unsafe fn row_dots_bf16(
-    rows: *const u16,
-    n: usize,
-    d: usize,
-    qb: *const u16,
-    g: usize,
-    dots: *mut f32,
-) {
+unsafe fn row_dots_bf16(rows: *const u16, n: usize, d: usize, qb: *const u16, g: usize, dots: *mut f32) {
     for gi in 0..g {
         let qg = qb.add(gi * d);
         for t in 0..n {
@@ -480,25 +408,14 @@ unsafe fn row_dots_bf16(
 /// `dots[gi][t] = q[gi] * K[t]` lane-wise partial sums (f32 rows), t < n (tail chunks and
 /// generic head_dim).
 #[inline(always)]
-unsafe fn row_dots_f32(
-    rows: *const f32,
-    n: usize,
-    d: usize,
-    q: *const f32,
-    g: usize,
-    dots: *mut f32,
-) {
+unsafe fn row_dots_f32(rows: *const f32, n: usize, d: usize, q: *const f32, g: usize, dots: *mut f32) {
     for gi in 0..g {
         let qg = q.add(gi * d);
         for t in 0..n {
             let row = rows.add(t * d);
             let mut a = _mm512_setzero_ps();
             for c in 0..d / LANES {
-                a = _mm512_fmadd_ps(
-                    _mm512_loadu_ps(qg.add(c * LANES)),
-                    _mm512_loadu_ps(row.add(c * LANES)),
-                    a,
-                );
+                a = _mm512_fmadd_ps(_mm512_loadu_ps(qg.add(c * LANES)), _mm512_loadu_ps(row.add(c * LANES)), a);
             }
             _mm512_storeu_ps(dots.add((gi * LANES + t) * LANES), a);
         }
@@ -508,15 +425,7 @@ unsafe fn row_dots_f32(
 /// For each head gi of the group: `acc[gi] = acc[gi] * alpha[gi] + sum_{t<n} p[gi][t] * V[t]`
 /// with V rows already f32 (generic head_dim path).
 #[inline(always)]
-unsafe fn accumulate(
-    v: *const f32,
-    n: usize,
-    d: usize,
-    p: *const f32,
-    alpha: *const f32,
-    g: usize,
-    acc: *mut f32,
-) {
+unsafe fn accumulate(v: *const f32, n: usize, d: usize, p: *const f32, alpha: *const f32, g: usize, acc: *mut f32) {
     for gi in 0..g {
         let a_ptr = acc.add(gi * d);
         let pg = p.add(gi * LANES);
@@ -524,11 +433,7 @@ unsafe fn accumulate(
         for c in 0..d / LANES {
             let mut r = _mm512_mul_ps(_mm512_loadu_ps(a_ptr.add(c * LANES)), av);
             for t in 0..n {
-                r = _mm512_fmadd_ps(
-                    _mm512_set1_ps(*pg.add(t)),
-                    _mm512_loadu_ps(v.add(t * d + c * LANES)),
-                    r,
-                );
+                r = _mm512_fmadd_ps(_mm512_set1_ps(*pg.add(t)), _mm512_loadu_ps(v.add(t * d + c * LANES)), r);
             }
             _mm512_storeu_ps(a_ptr.add(c * LANES), r);
         }
@@ -601,46 +506,29 @@ pub(crate) unsafe fn hsum16(v: *const f32) -> __m512 {
     const PERM: [usize; 16] = [0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15];
     let mut w = [_mm512_setzero_ps(); 8];
     for (i, w) in w.iter_mut().enumerate() {
-        let (x, y) = (
-            _mm512_loadu_ps(v.add(LANES * PERM[i])),
-            _mm512_loadu_ps(v.add(LANES * PERM[i + 8])),
-        );
-        *w = _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0x44>(x, y),
-            _mm512_shuffle_f32x4::<0xEE>(x, y),
-        );
+        let (x, y) = (_mm512_loadu_ps(v.add(LANES * PERM[i])), _mm512_loadu_ps(v.add(LANES * PERM[i + 8])));
+        *w = _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(x, y), _mm512_shuffle_f32x4::<0xEE>(x, y));
     }
     let mut x = [_mm512_setzero_ps(); 4];
     for (i, x) in x.iter_mut().enumerate() {
-        *x = _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0x88>(w[i], w[i + 4]),
-            _mm512_shuffle_f32x4::<0xDD>(w[i], w[i + 4]),
-        );
+        *x = _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(w[i], w[i + 4]), _mm512_shuffle_f32x4::<0xDD>(w[i], w[i + 4]));
     }
     let mut y = [_mm512_setzero_ps(); 2];
     for (i, y) in y.iter_mut().enumerate() {
-        *y = _mm512_add_ps(
-            _mm512_shuffle_ps::<0x44>(x[i], x[i + 2]),
-            _mm512_shuffle_ps::<0xEE>(x[i], x[i + 2]),
-        );
+        *y = _mm512_add_ps(_mm512_shuffle_ps::<0x44>(x[i], x[i + 2]), _mm512_shuffle_ps::<0xEE>(x[i], x[i + 2]));
     }
-    _mm512_add_ps(
-        _mm512_shuffle_ps::<0x88>(y[0], y[1]),
-        _mm512_shuffle_ps::<0xDD>(y[0], y[1]),
-    )
+    _mm512_add_ps(_mm512_shuffle_ps::<0x88>(y[0], y[1]), _mm512_shuffle_ps::<0xDD>(y[0], y[1]))
 }
 
 /// exp for 16 lanes: 2^n * P(r), |r| <= ln2/2, degree-6 polynomial (about 1 ulp);
 /// inputs below -104 (including -inf) give 0.
 #[inline(always)]
 pub(crate) unsafe fn exp16(x: __m512) -> __m512 {
-    let x = _mm512_min_ps(
-        _mm512_max_ps(x, _mm512_set1_ps(-104.0)),
-        _mm512_set1_ps(88.5),
-    );
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-    );
+    let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0)), _mm512_set1_ps(88.5));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+        x,
+        _mm512_set1_ps(std::f32::consts::LOG2_E),
+    ));
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
     let mut poly = _mm512_set1_ps(1.0 / 720.0);
@@ -671,12 +559,7 @@ mod tests {
             let want: f32 = v[t * 16..(t + 1) * 16].iter().sum();
             assert_eq!(got[t], want, "lane {t}");
             let want = (xs[t] as f64).exp();
-            assert!(
-                ((e[t] as f64 - want) / want).abs() < 3e-7,
-                "exp({}) = {} vs {want}",
-                xs[t],
-                e[t]
-            );
+            assert!(((e[t] as f64 - want) / want).abs() < 3e-7, "exp({}) = {} vs {want}", xs[t], e[t]);
         }
 
         #[target_feature(enable = "avx512f")]

@@ -72,14 +72,7 @@ impl<'a, T> Job<'a, T> {
 
     /// Prefetches part `part` of `parts` equal parts of a tile.
     #[inline(always)]
-    pub fn prefetch_tile_part(
-        &self,
-        pool: &[T],
-        block: usize,
-        kv_head: usize,
-        part: usize,
-        parts: usize,
-    ) {
+    pub fn prefetch_tile_part(&self, pool: &[T], block: usize, kv_head: usize, part: usize, parts: usize) {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
@@ -100,14 +93,7 @@ impl<'a, T> Job<'a, T> {
     /// scores, V before the accumulation, so the requests are spread out): call with the block
     /// index and KV head being started; the first call also covers the item's first blocks.
     #[inline(always)]
-    pub fn prefetch_ahead(
-        &self,
-        pool: &[T],
-        seq: &Seq<'_>,
-        blocks: &std::ops::Range<usize>,
-        j: usize,
-        kv_head: usize,
-    ) {
+    pub fn prefetch_ahead(&self, pool: &[T], seq: &Seq<'_>, blocks: &std::ops::Range<usize>, j: usize, kv_head: usize) {
         if j == blocks.start && kv_head == 0 {
             for jj in j..(j + PREFETCH_BLOCKS).min(blocks.end) {
                 for h in 0..self.layout.num_kv_heads {
@@ -120,19 +106,9 @@ impl<'a, T> Job<'a, T> {
         // flight at once. Past the item's end, the next item's first blocks.
         for s in 1..=PREFETCH_BLOCKS {
             let idx = j + s;
-            let id = if idx < blocks.end {
-                seq.block_ids.get(idx)
-            } else {
-                seq.after.get(idx - blocks.end)
-            };
+            let id = if idx < blocks.end { seq.block_ids.get(idx) } else { seq.after.get(idx - blocks.end) };
             if let Some(&id) = id {
-                self.prefetch_tile_part(
-                    pool,
-                    id as usize,
-                    kv_head,
-                    PREFETCH_BLOCKS - s,
-                    PREFETCH_BLOCKS,
-                );
+                self.prefetch_tile_part(pool, id as usize, kv_head, PREFETCH_BLOCKS - s, PREFETCH_BLOCKS);
             }
         }
     }
@@ -147,6 +123,9 @@ pub(crate) struct Seq<'a> {
     /// prefetch across the end of this item.
     pub after: &'a [i32],
 }
+
+/// Calls reading less K+V than this stay on the calling thread.
+const MIN_PARALLEL_BYTES: usize = 2 << 20;
 
 /// Per-thread working memory of one item, reused across items.
 #[derive(Default)]
@@ -177,14 +156,7 @@ pub(crate) struct State {
 pub(crate) const CHUNK_ROWS: usize = 16;
 
 impl State {
-    fn reset(
-        &mut self,
-        job_q: &[f32],
-        num_q_heads: usize,
-        d: usize,
-        group: usize,
-        want_bf16: bool,
-    ) {
+    fn reset(&mut self, job_q: &[f32], num_q_heads: usize, d: usize, group: usize, want_bf16: bool) {
         self.q.clear();
         self.q.extend_from_slice(job_q);
         self.q_has_lo = true;
@@ -192,15 +164,10 @@ impl State {
             // bf16 dot products are exact only for bf16-representable queries (the case of a
             // bf16 model); any other q takes the f32 path.
             // (a NaN with payload only in the low bits counts as not exact, which is fine).
-            self.q_has_lo = self
-                .q
-                .iter()
-                .fold(0u32, |acc, &x| acc | (x.to_bits() & 0xFFFF))
-                != 0;
+            self.q_has_lo = self.q.iter().fold(0u32, |acc, &x| acc | (x.to_bits() & 0xFFFF)) != 0;
             if !self.q_has_lo {
                 self.q_bf16.clear();
-                self.q_bf16
-                    .extend(self.q.iter().map(|&x| (x.to_bits() >> 16) as u16));
+                self.q_bf16.extend(self.q.iter().map(|&x| (x.to_bits() >> 16) as u16));
             }
         }
         self.m.clear();
@@ -235,9 +202,7 @@ fn effective_isa(isa: Isa, dtype: crate::KvDtype, head_dim: usize) -> Isa {
         Isa::Avx512Bf16 if dtype != crate::KvDtype::Bf16 || head_dim % 32 != 0 => {
             effective_isa(Isa::Avx512, dtype, head_dim)
         }
-        Isa::Avx512 | Isa::Avx512Bf16 if head_dim % 16 != 0 => {
-            effective_isa(Isa::Avx2, dtype, head_dim)
-        }
+        Isa::Avx512 | Isa::Avx512Bf16 if head_dim % 16 != 0 => effective_isa(Isa::Avx2, dtype, head_dim),
         Isa::Avx2 if head_dim % 8 != 0 => Isa::Scalar,
         other => other,
     }
@@ -285,13 +250,15 @@ fn run<T: Backend>(
     let isa = effective_isa(isa, T::DTYPE, layout.head_dim);
     let d = layout.head_dim;
     let hq = args.num_q_heads;
-    let threads = config.pool.map_or(1, |p| p.current_num_threads());
-    let items = partition(
-        args.table.seq_lens,
-        layout.block_size,
-        threads,
-        config.max_item_blocks,
-    );
+    // Waking pool threads costs tens of microseconds: calls that read little K/V run on the
+    // calling thread (unless splitting is forced). Depends on lengths only: deterministic.
+    let tokens: usize = args.table.seq_lens.iter().map(|&n| n as usize).sum();
+    let kv_bytes = 2 * tokens * layout.num_kv_heads * d * std::mem::size_of::<T>();
+    let threads = match config.pool {
+        Some(_) if kv_bytes < MIN_PARALLEL_BYTES && config.max_item_blocks.is_none() => 1,
+        pool => pool.map_or(1, |p| p.current_num_threads()),
+    };
+    let items = partition(args.table.seq_lens, layout.block_size, threads, config.max_item_blocks);
     let job = Job {
         k,
         v,
@@ -313,12 +280,7 @@ fn run<T: Backend>(
     let mut outs: Vec<Option<&mut [f32]>> = out.chunks_mut(hq * d).map(Some).collect();
     let mut partial_slots = partials.chunks_mut(partial_len);
     let mut work: Vec<(Item, Option<Item>, Dest<'_>)> = Vec::with_capacity(items.len());
-    let nexts: Vec<Option<Item>> = items
-        .iter()
-        .skip(1)
-        .map(|&i| Some(i))
-        .chain([None])
-        .collect();
+    let nexts: Vec<Option<Item>> = items.iter().skip(1).map(|&i| Some(i)).chain([None]).collect();
     for (item, next) in items.into_iter().zip(nexts) {
         let dest = if parts_of[item.seq] == 1 {
             Dest::Out(outs[item.seq].take().expect("one item per unsplit request"))
@@ -337,16 +299,10 @@ fn run<T: Backend>(
         let b = item.seq;
         let len = args.table.seq_lens[b] as usize;
         let after = match next {
-            Some(n) => {
-                &row_ids(n.seq)[n.block_start..n.block_end.min(n.block_start + PREFETCH_BLOCKS)]
-            }
+            Some(n) => &row_ids(n.seq)[n.block_start..n.block_end.min(n.block_start + PREFETCH_BLOCKS)],
             None => &[],
         };
-        let seq = Seq {
-            block_ids: row_ids(b),
-            len,
-            after,
-        };
+        let seq = Seq { block_ids: row_ids(b), len, after };
         let q = &args.q[b * hq * d..][..hq * d];
         STATE.with(|cell| {
             let mut st = cell.borrow_mut();
@@ -416,25 +372,15 @@ pub(crate) trait Backend: KvElem {
 macro_rules! backend {
     ($t:ty, $bf16:expr) => {
         impl Backend for $t {
-            fn attend(
-                isa: Isa,
-                job: &Job<'_, Self>,
-                seq: &Seq<'_>,
-                blocks: Range<usize>,
-                st: &mut State,
-            ) {
+            fn attend(isa: Isa, job: &Job<'_, Self>, seq: &Seq<'_>, blocks: Range<usize>, st: &mut State) {
                 match isa {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: `effective_isa` only returns supported paths whose head_dim
                     // requirement holds, and the caller checked `is_supported`.
-                    Isa::Avx512Bf16 if $bf16 => unsafe {
-                        avx512::attend_bf16dot(job, seq, blocks, st)
-                    },
+                    Isa::Avx512Bf16 if $bf16 => unsafe { avx512::attend_bf16dot(job, seq, blocks, st) },
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: as above (AVX-512F present, head_dim % 16 == 0).
-                    Isa::Avx512 | Isa::Avx512Bf16 => unsafe {
-                        avx512::attend(job, seq, blocks, st)
-                    },
+                    Isa::Avx512 | Isa::Avx512Bf16 => unsafe { avx512::attend(job, seq, blocks, st) },
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: as above (AVX2, FMA, F16C present, head_dim % 8 == 0).
                     Isa::Avx2 => unsafe { avx2::attend(job, seq, blocks, st) },

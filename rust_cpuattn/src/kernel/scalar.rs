@@ -5,18 +5,11 @@ use std::ops::Range;
 use super::{Job, Seq, State};
 use crate::dtype::KvElem;
 
-pub(crate) fn attend<T: KvElem>(
-    job: &Job<'_, T>,
-    seq: &Seq<'_>,
-    blocks: Range<usize>,
-    st: &mut State,
-) {
+pub(crate) fn attend<T: KvElem>(job: &Job<'_, T>, seq: &Seq<'_>, blocks: Range<usize>, st: &mut State) {
     let d = job.layout.head_dim;
     let bs = job.layout.block_size;
     let g = job.group;
-    let State {
-        q, m, l, acc, p, ..
-    } = st;
+    let State { q, m, l, acc, p, .. } = st;
     p.resize(bs, 0.0);
     let range = blocks.clone();
     for j in blocks {
@@ -31,19 +24,10 @@ pub(crate) fn attend<T: KvElem>(
                 let qh = &q[hq * d..][..d];
                 let s = &mut p[..n];
                 for (t, s) in s.iter_mut().enumerate() {
-                    *s = qh
-                        .iter()
-                        .zip(&kt[t * d..][..d])
-                        .map(|(&a, &b)| a * b.to_f32())
-                        .sum::<f32>()
-                        * job.scale;
+                    *s = qh.iter().zip(&kt[t * d..][..d]).map(|(&a, &b)| a * b.to_f32()).sum::<f32>() * job.scale;
                 }
                 let m_new = s.iter().cloned().fold(m[hq], f32::max);
-                let alpha = if m[hq] == f32::NEG_INFINITY {
-                    0.0
-                } else {
-                    (m[hq] - m_new).exp()
-                };
+                let alpha = if m[hq] == f32::NEG_INFINITY { 0.0 } else { (m[hq] - m_new).exp() };
                 let mut sum = 0.0;
                 for s in s.iter_mut() {
                     *s = (*s - m_new).exp();

@@ -108,14 +108,7 @@ pub struct Spec {
 }
 
 impl Spec {
-    pub fn new(
-        seq_lens: &[usize],
-        hq: usize,
-        hkv: usize,
-        d: usize,
-        bs: usize,
-        dtype: KvDtype,
-    ) -> Spec {
+    pub fn new(seq_lens: &[usize], hq: usize, hkv: usize, d: usize, bs: usize, dtype: KvDtype) -> Spec {
         Spec {
             seq_lens: seq_lens.to_vec(),
             num_q_heads: hq,
@@ -138,14 +131,7 @@ impl Problem {
         let used: Vec<usize> = spec.seq_lens.iter().map(|&l| l.div_ceil(bs)).collect();
         let total: usize = used.iter().sum();
         let num_blocks = total + spec.extra_blocks;
-        let layout = Layout::new(
-            spec.num_layers,
-            num_blocks,
-            spec.num_kv_heads,
-            bs,
-            spec.head_dim,
-        )
-        .unwrap();
+        let layout = Layout::new(spec.num_layers, num_blocks, spec.num_kv_heads, bs, spec.head_dim).unwrap();
         let layer = spec.num_layers - 1;
         let width = used.iter().cloned().max().unwrap_or(1) + 1;
         let num_seqs = spec.seq_lens.len();
@@ -167,30 +153,18 @@ impl Problem {
                 for h in 0..spec.num_kv_heads {
                     for slot in 0..valid {
                         let o = layout.row_offset(layer, id, h, slot);
-                        poison[o..o + spec.head_dim]
-                            .iter_mut()
-                            .for_each(|p| *p = false);
+                        poison[o..o + spec.head_dim].iter_mut().for_each(|p| *p = false);
                     }
                 }
             }
         }
-        let make = |rng: &mut Rng| -> Vec<f32> {
-            poison
-                .iter()
-                .map(|&p| if p { f32::NAN } else { rng.unit() })
-                .collect()
-        };
+        let make =
+            |rng: &mut Rng| -> Vec<f32> { poison.iter().map(|&p| if p { f32::NAN } else { rng.unit() }).collect() };
         let k = Pool::from_f32(spec.dtype, &make(&mut rng));
         let v = Pool::from_f32(spec.dtype, &make(&mut rng));
         let q = (0..num_seqs * spec.num_q_heads * spec.head_dim)
             .map(|_| rng.unit() * spec.q_scale)
-            .map(|x| {
-                if spec.q_bf16_exact {
-                    bf16::from_f32(x).to_f32()
-                } else {
-                    x
-                }
-            })
+            .map(|x| if spec.q_bf16_exact { bf16::from_f32(x).to_f32() } else { x })
             .collect();
         Problem {
             layout,
@@ -208,12 +182,7 @@ impl Problem {
     }
 
     pub fn table(&self) -> BlockTable<'_> {
-        BlockTable {
-            block_ids: &self.block_ids,
-            width: self.width,
-            rows: &self.rows,
-            seq_lens: &self.seq_lens,
-        }
+        BlockTable { block_ids: &self.block_ids, width: self.width, rows: &self.rows, seq_lens: &self.seq_lens }
     }
 
     pub fn args(&self) -> DecodeArgs<'_> {
@@ -253,10 +222,7 @@ impl Problem {
                     let q = &self.q[(b * self.num_q_heads + hq) * d..][..d];
                     let s: Vec<f64> = keys
                         .iter()
-                        .map(|k| {
-                            k.iter().zip(q).map(|(a, &b)| a * b as f64).sum::<f64>()
-                                * self.scale as f64
-                        })
+                        .map(|k| k.iter().zip(q).map(|(a, &b)| a * b as f64).sum::<f64>() * self.scale as f64)
                         .collect();
                     let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let w: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
