@@ -84,36 +84,36 @@ fn store_rejects_other_dtype() {
     assert!(e.unwrap_err().message().contains("k_new"));
 }
 
+type Mutation<'p> = dyn Fn(&mut rust_cpuattn::DecodeArgs<'p>, &mut rust_cpuattn::Layout, &mut usize) + 'p;
+
+/// Runs the reference kernel on `p` after `f` changed its arguments, layout or output length.
+fn run_mutated<'p>(p: &'p Problem, f: &Mutation<'p>) -> rust_cpuattn::Result<()> {
+    let mut args = p.args();
+    let mut layout = p.layout;
+    let mut out_len = p.out_len();
+    f(&mut args, &mut layout, &mut out_len);
+    let mut out = vec![0.0; out_len];
+    paged_decode_attention_reference(&args, &layout, p.k.view(), p.v.view(), &mut out)
+}
+
 /// Each mutation of a valid call must be rejected with an error, never a panic.
 #[test]
 fn bad_arguments_are_errors() {
     let p = Problem::new(&Spec::new(&[5, 20], 4, 2, 64, 16, KvDtype::F32), 5);
-    let run = |f: &dyn Fn(&mut rust_cpuattn::DecodeArgs<'_>, &mut rust_cpuattn::Layout, &mut usize)| {
-        let mut args = p.args();
-        let mut layout = p.layout;
-        let mut out_len = p.out_len();
-        f(&mut args, &mut layout, &mut out_len);
-        let mut out = vec![0.0; out_len];
-        paged_decode_attention_reference(&args, &layout, p.k.view(), p.v.view(), &mut out)
-    };
-    assert!(run(&|_, _, _| {}).is_ok());
     let bad_ids: Vec<i32> = p.block_ids.iter().map(|&x| if x >= 0 { p.layout.num_blocks as i32 } else { x }).collect();
     let neg_ids: Vec<i32> = p.block_ids.iter().map(|&x| if x >= 0 { -5 } else { x }).collect();
-    let cases: Vec<(&str, Box<dyn Fn(&mut rust_cpuattn::DecodeArgs<'_>, &mut rust_cpuattn::Layout, &mut usize) + '_>)> = vec![
+    let long_lens = vec![5, (p.width * 16 + 1) as i32];
+    assert!(run_mutated(&p, &|_, _, _| {}).is_ok());
+    let cases: Vec<(&str, Box<Mutation<'_>>)> = vec![
         ("layer", Box::new(|a, _, _| a.layer = 2)),
         ("row", Box::new(|a, _, _| a.table.rows = &[0, 9])),
         ("negative row", Box::new(|a, _, _| a.table.rows = &[-1, 0])),
         ("zero len", Box::new(|a, _, _| a.table.seq_lens = &[0, 20])),
         ("negative len", Box::new(|a, _, _| a.table.seq_lens = &[-3, 20])),
-        (
-            "long len",
-            Box::new(move |a, _, _| {
-                a.table.seq_lens = Box::leak(vec![5, (a.table.width * 16 + 1) as i32].into_boxed_slice())
-            }),
-        ),
+        ("long len", Box::new(|a, _, _| a.table.seq_lens = &long_lens)),
         ("short lens", Box::new(|a, _, _| a.table.seq_lens = &[5])),
-        ("block id", Box::new(|a, _, _| a.table.block_ids = Box::leak(bad_ids.clone().into_boxed_slice()))),
-        ("negative block id", Box::new(|a, _, _| a.table.block_ids = Box::leak(neg_ids.clone().into_boxed_slice()))),
+        ("block id", Box::new(|a, _, _| a.table.block_ids = &bad_ids)),
+        ("negative block id", Box::new(|a, _, _| a.table.block_ids = &neg_ids)),
         ("width", Box::new(|a, _, _| a.table.width += 1)),
         ("zero width", Box::new(|a, _, _| a.table.width = 0)),
         ("q heads", Box::new(|a, _, _| a.num_q_heads = 3)),
@@ -126,7 +126,7 @@ fn bad_arguments_are_errors() {
         ("huge layout", Box::new(|_, l, _| l.num_blocks = usize::MAX / 2)),
     ];
     for (name, f) in cases {
-        assert!(run(f.as_ref()).is_err(), "{name} was accepted");
+        assert!(run_mutated(&p, f.as_ref()).is_err(), "{name} was accepted");
     }
     // Mismatched dtypes of K and V.
     let v16 = common::Pool::from_f32(KvDtype::F16, &vec![0.0; p.layout.numel()]);

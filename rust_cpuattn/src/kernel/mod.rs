@@ -73,6 +73,8 @@ impl<'a, T> Job<'a, T> {
     /// Prefetches part `part` of `parts` equal parts of a tile.
     #[inline(always)]
     pub fn prefetch_tile_part(&self, pool: &[T], block: usize, kv_head: usize, part: usize, parts: usize) {
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (pool, block, kv_head, part, parts);
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
