@@ -1,13 +1,21 @@
-"""Paged attention over the device KV pool, in torch (runs on CUDA or on the CPU).
+"""Paged attention over the device KV pool.
 
 Pool layout, shared with the host pool and rust_cpuattn:
   k_cache, v_cache: [num_layers, num_blocks, num_kv_heads, block_size, head_dim]
 A token at position p of a request lives in block block_ids[p // block_size], row p % block_size.
+
+Decode attention runs in torch on CUDA; when the CPU plays the device, the pool is host
+memory and rust_cpuattn's kernel reads it in place (the torch path stays as the reference).
 """
 
 from __future__ import annotations
 
 import torch
+
+try:
+    import rust_cpuattn
+except ImportError:  # the engine still runs (slower) without the extension
+    rust_cpuattn = None
 
 
 class KVCache:
@@ -26,6 +34,17 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.block_size = block_size
+        self.use_rust_decode = device.type == "cpu" and rust_cpuattn is not None
+
+    def decode(self, layer: int, q: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
+        """q [B, Hq, D]; block_tables [B, W] int32; seq_lens [B] int32 (new token stored). -> [B, Hq, D] float32."""
+        if not self.use_rust_decode:
+            return decode_attention(self, layer, q, block_tables, seq_lens, scale)
+        out = torch.empty(q.shape, dtype=torch.float32)
+        rows = torch.arange(q.shape[0], dtype=torch.int32)
+        qf = q.to(torch.float32).contiguous()
+        rust_cpuattn.paged_decode_attention(qf, self.k, self.v, block_tables, rows, seq_lens, layer, scale, out=out)
+        return out
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, block_ids: torch.Tensor, offsets: torch.Tensor) -> None:
         """k, v [T, Hkv, D] written at (block_ids[t], offsets[t]) for each token t."""
@@ -68,11 +87,12 @@ def decode_attention(
 ) -> torch.Tensor:
     """One new token per request over its cached tokens.
 
-    q [B, Hq, D]; block_tables [B, W] int64 (padded with any valid id); seq_lens [B] int64
+    q [B, Hq, D]; block_tables [B, W] int32 or int64 (padded with any valid id); seq_lens [B]
     (the new token included, already stored). Returns [B, Hq, D] float32.
     """
     batch, num_heads, head_dim = q.shape
     width = block_tables.shape[1]
+    block_tables = block_tables.long()
     k = cache.k[layer][block_tables]  # [B, W, Hkv, bs, D]
     v = cache.v[layer][block_tables]
     num_kv_heads, block_size = k.shape[2], k.shape[3]
@@ -91,7 +111,7 @@ def decode_attention(
 def pad_block_tables(tables: list[list[int]], device: torch.device) -> torch.Tensor:
     width = max(len(t) for t in tables)
     padded = [t + [t[0]] * (width - len(t)) for t in tables]
-    return torch.tensor(padded, dtype=torch.long, device=device)
+    return torch.tensor(padded, dtype=torch.int32, device=device)
 
 
 

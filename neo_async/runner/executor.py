@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from neo_async.model.llama import LlamaModel
-from neo_async.runner.attention import KVCache, decode_attention, pad_block_tables, prefill_attention
+from neo_async.runner.attention import KVCache, pad_block_tables, prefill_attention
 from neo_async.runner.sampler import SampleRow, Sampler
 from neo_async.sched.plan import ExecuteOutput, Plan, ScheduledChunk
 
@@ -47,8 +47,8 @@ class Executor:
                 out[offset:end] = prefill_attention(q[offset:end], kc, vc, chunk.start_pos, spec.attn_scale)
                 offset = end
             if decodes:
-                out[num_prefill_tokens:] = decode_attention(
-                    self.cache, layer, q[num_prefill_tokens:], batch.decode_tables, batch.decode_seq_lens, spec.attn_scale
+                out[num_prefill_tokens:] = self.cache.decode(
+                    layer, q[num_prefill_tokens:], batch.decode_tables, batch.decode_seq_lens, spec.attn_scale
                 )
             hidden = model.post(layer, hidden, out.view(out.shape[0], -1))
         sampling = [(i, c) for i, c in enumerate(chunks) if c.is_sampling]
@@ -98,4 +98,4 @@ class _BatchTensors:
         self.slot_offsets = torch.tensor(slot_offsets, dtype=torch.long, device=device)
         if decode_tables:
             self.decode_tables = pad_block_tables(decode_tables, device)
-            self.decode_seq_lens = torch.tensor(decode_lens, dtype=torch.long, device=device)
+            self.decode_seq_lens = torch.tensor(decode_lens, dtype=torch.int32, device=device)
