@@ -1,12 +1,12 @@
-"""KVCache.decode (rust_cpuattn on the CPU) and the torch decode path against float64, on
-random pools with ragged lengths and shuffled block tables."""
+"""KVCache.decode through rust_cpuattn (the CPU device) and through torch: both store the new
+rows exactly and match float64, on random pools with ragged lengths and shuffled block tables."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from neo_async.runner.attention import KVCache, decode_attention, pad_block_tables
+from neo_async.runner.attention import KVCache, pad_block_tables
 
 
 def _reference(cache: KVCache, layer: int, q: torch.Tensor, tables: list[list[int]], lens: list[int], scale: float) -> torch.Tensor:
@@ -40,16 +40,29 @@ def _random_case(dtype: torch.dtype, seed: int, heads=(9, 3), head_dim=64, block
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("heads,head_dim", [((9, 3), 64), ((8, 8), 128), ((8, 2), 128)])
-def test_decode_backends_match_float64(dtype, heads, head_dim):
-    cache, q, tables, lens = _random_case(dtype, seed=hash((str(dtype), heads, head_dim)) % 10_000, heads=heads, head_dim=head_dim)
-    assert cache.use_rust_decode, "rust_cpuattn must be importable in the test environment"
+def test_decode_backends_store_the_new_rows_and_match_float64(dtype, heads, head_dim):
+    fast_cache, q, tables, lens = _random_case(dtype, seed=hash((str(dtype), heads, head_dim)) % 10_000, heads=heads, head_dim=head_dim)
+    assert fast_cache.use_rust_decode, "rust_cpuattn must be importable in the test environment"
+    slow_cache, _, _, _ = _random_case(dtype, seed=hash((str(dtype), heads, head_dim)) % 10_000, heads=heads, head_dim=head_dim)
+    slow_cache.use_rust_decode = False
     table_t = pad_block_tables(tables, torch.device("cpu"))
     lens_t = torch.tensor(lens, dtype=torch.int32)
     scale = head_dim**-0.5
-    for layer in range(cache.k.shape[0]):
-        ref = _reference(cache, layer, q, tables, lens, scale)
-        fast = cache.decode(layer, q, table_t, lens_t, scale)
-        slow = decode_attention(cache, layer, q, table_t, lens_t, scale)
-        assert fast.dtype == slow.dtype == torch.float32
-        torch.testing.assert_close(fast.double(), ref, rtol=0, atol=2e-5)
-        torch.testing.assert_close(slow.double(), ref, rtol=0, atol=2e-5)
+    gen = torch.Generator().manual_seed(3)
+    for layer in range(fast_cache.k.shape[0]):
+        k_new = torch.randn(len(lens), heads[1], head_dim, generator=gen)
+        v_new = torch.randn(len(lens), heads[1], head_dim, generator=gen)
+        results = []
+        for cache in (fast_cache, slow_cache):
+            out = torch.full(q.shape, float("nan"))
+            cache.decode(layer, q, table_t, lens_t, scale, k_new=k_new, v_new=v_new, out=out)
+            results.append(out)
+        for b, (table, n) in enumerate(zip(tables, lens, strict=True)):
+            block, row = table[(n - 1) // 16], (n - 1) % 16
+            for cache in (fast_cache, slow_cache):
+                assert torch.equal(cache.k[layer, block, :, row], k_new[b].to(dtype))
+                assert torch.equal(cache.v[layer, block, :, row], v_new[b].to(dtype))
+        assert torch.equal(fast_cache.k, slow_cache.k) and torch.equal(fast_cache.v, slow_cache.v)
+        ref = _reference(fast_cache, layer, q, tables, lens, scale)
+        for out in results:
+            torch.testing.assert_close(out.double(), ref, rtol=0, atol=2e-5)

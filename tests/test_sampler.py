@@ -93,3 +93,20 @@ def test_min_tokens_blocks_eos_and_stop_ids():
 def test_invalid_params_raise_value_error(kw):
     with pytest.raises(ValueError):
         SamplingParams(**kw).validate()
+
+
+def test_mixed_batch_in_bfloat16_equals_rows_sampled_alone_in_float32():
+    logits = fresh_logits(5, seed=11).bfloat16()
+    rows = [
+        row(temperature=0.0),
+        row(temperature=0.8, seed=5, top_p=0.9),
+        row(temperature=0.0, logprobs=2),
+        row(temperature=0.0, presence_penalty=1.5, output=[int(logits[3].float().argmax())]),
+        row(temperature=0.0),
+    ]
+    batched = sampler()(logits.clone(), rows)
+    for i, r in enumerate(rows):
+        alone = sampler()(logits[i : i + 1].float(), [r])
+        assert batched.token_ids[i] == alone.token_ids[0]
+        assert batched.logprobs[i] == alone.logprobs[0]
+    assert batched.token_ids[3] != int(logits[3].float().argmax())  # the penalty really applied

@@ -31,18 +31,25 @@ class LlamaModel:
         """token_ids [T] int64 -> hidden [T, hidden]."""
         return F.embedding(token_ids, self.weights.embed)
 
-    def pre(self, layer: int, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """hidden [T, hidden], positions [T] int64 -> q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, D]."""
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [T] int64 -> (cos, sin) [T, 1, D/2], shared by every layer of a step."""
+        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+
+    def pre(
+        self, layer: int, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """hidden [T, hidden], rope from `rope(positions)` -> q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, D].
+
+        q and k may be non-contiguous views (they are rotated together, in one pass)."""
         s, w = self.spec, self.weights.layers[layer]
         x = rms_norm(hidden, w.attn_norm, s.rms_norm_eps)
         qkv = w.qkv(x)  # [T, q_size + 2 * kv_size]
         if w.qkv_bias is not None:
             qkv = (qkv.float() + w.qkv_bias).to(qkv.dtype)
-        q, k, v = qkv.split([s.q_size, s.kv_size, s.kv_size], dim=-1)
-        cos, sin = self.cos[positions], self.sin[positions]  # [T, D/2]
-        q = apply_rope(q.view(-1, s.num_heads, s.head_dim), cos, sin)
-        k = apply_rope(k.view(-1, s.num_kv_heads, s.head_dim), cos, sin)
-        return q, k, v.reshape(-1, s.num_kv_heads, s.head_dim)
+        num_tokens = qkv.shape[0]
+        qk = apply_rope(qkv[:, : s.q_size + s.kv_size].view(num_tokens, -1, s.head_dim), *rope)  # [T, Hq + Hkv, D]
+        v = qkv[:, s.q_size + s.kv_size :].view(num_tokens, s.num_kv_heads, s.head_dim)
+        return qk[:, : s.num_heads], qk[:, s.num_heads :], v
 
     def post(self, layer: int, hidden: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
         """hidden [T, hidden] (the layer's input), attn_out [T, Hq * D] -> the layer's output [T, hidden]."""
@@ -53,6 +60,6 @@ class LlamaModel:
         return hidden + w.down(F.silu(gate) * up)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [N, hidden] of the tokens that sample -> logits [N, vocab] float32."""
+        """hidden [N, hidden] of the tokens that sample -> logits [N, vocab] in the model's dtype."""
         x = rms_norm(hidden, self.weights.final_norm, self.spec.rms_norm_eps)
-        return self.weights.lm_head(x).float()
+        return self.weights.lm_head(x)

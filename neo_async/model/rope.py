@@ -39,9 +39,8 @@ def rope_table(spec: ModelSpec, max_positions: int, device: torch.device) -> tup
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, H, D] rotated by per-token cos/sin [T, D/2]; computed in float32, returned in x's dtype."""
+    """x [T, H, D] rotated by per-token cos/sin [T, 1, D/2]; computed in float32, returned in x's dtype."""
     half = x.shape[-1] // 2
     xf = x.float()
     x1, x2 = xf[..., :half], xf[..., half:]
-    c, s = cos.unsqueeze(1), sin.unsqueeze(1)  # [T, 1, D/2]
-    return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)

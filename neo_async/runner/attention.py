@@ -35,16 +35,44 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.block_size = block_size
         self.use_rust_decode = device.type == "cpu" and rust_cpuattn is not None
+        self._rows = torch.arange(1024, dtype=torch.int32)  # the identity row map of decode batches
 
-    def decode(self, layer: int, q: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
-        """q [B, Hq, D]; block_tables [B, W] int32; seq_lens [B] int32 (new token stored). -> [B, Hq, D] float32."""
+    def decode(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        block_tables: torch.Tensor,
+        seq_lens: torch.Tensor,
+        scale: float,
+        k_new: torch.Tensor,
+        v_new: torch.Tensor,
+        out: torch.Tensor,
+    ) -> None:
+        """Stores each request's new K/V row at position seq_len - 1, then attends over its seq_len tokens.
+
+        q [B, Hq, D]; block_tables [B, W] int32; seq_lens [B] int32 (the new token included);
+        k_new, v_new [B, Hkv, D]; out [B, Hq, D] float32, contiguous, written in place.
+        """
         if not self.use_rust_decode:
-            return decode_attention(self, layer, q, block_tables, seq_lens, scale)
-        out = torch.empty(q.shape, dtype=torch.float32)
-        rows = torch.arange(q.shape[0], dtype=torch.int32)
-        qf = q.to(torch.float32).contiguous()
-        rust_cpuattn.paged_decode_attention(qf, self.k, self.v, block_tables, rows, seq_lens, layer, scale, out=out)
-        return out
+            positions = seq_lens.long() - 1
+            blocks = block_tables.long().gather(1, (positions // self.block_size).unsqueeze(1)).squeeze(1)
+            self.store(layer, k_new, v_new, blocks, positions % self.block_size)
+            out.copy_(decode_attention(self, layer, q, block_tables, seq_lens, scale))
+            return
+        rows = self._rows[: q.shape[0]] if q.shape[0] <= self._rows.shape[0] else torch.arange(q.shape[0], dtype=torch.int32)
+        rust_cpuattn.paged_decode_attention(
+            q.to(torch.float32).contiguous(),
+            self.k,
+            self.v,
+            block_tables,
+            rows,
+            seq_lens,
+            layer,
+            scale,
+            out=out,
+            k_new=k_new.to(self.k.dtype).contiguous(),
+            v_new=v_new.to(self.v.dtype).contiguous(),
+        )
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, block_ids: torch.Tensor, offsets: torch.Tensor) -> None:
         """k, v [T, Hkv, D] written at (block_ids[t], offsets[t]) for each token t."""
@@ -70,7 +98,7 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_p
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads, ctx = k.shape[0], k.shape[1]
     group = num_heads // num_kv_heads
-    qf = q.float().view(num_tokens, num_kv_heads, group, head_dim).permute(1, 2, 0, 3)  # [Hkv, G, T, D]
+    qf = q.float().reshape(num_tokens, num_kv_heads, group, head_dim).permute(1, 2, 0, 3)  # [Hkv, G, T, D]
     qf = qf.reshape(num_kv_heads, group * num_tokens, head_dim)
     scores = torch.bmm(qf, k.float().transpose(1, 2)) * scale  # [Hkv, G*T, ctx]
     scores = scores.view(num_kv_heads, group, num_tokens, ctx)

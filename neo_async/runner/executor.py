@@ -33,9 +33,11 @@ class Executor:
         spec, model = self.model.spec, self.model
         hidden = model.embed(batch.token_ids)  # [T, hidden]
         num_prefill_tokens = sum(c.num_tokens for c in prefills)
+        rope = model.rope(batch.positions)
         for layer in range(spec.num_layers):
-            q, k, v = model.pre(layer, hidden, batch.positions)
-            self.cache.store(layer, k, v, batch.slot_blocks, batch.slot_offsets)
+            q, k, v = model.pre(layer, hidden, rope)
+            if prefills:
+                self.cache.store(layer, k[:num_prefill_tokens], v[:num_prefill_tokens], batch.slot_blocks, batch.slot_offsets)
             out = torch.empty(q.shape, dtype=torch.float32, device=self.device)  # [T, Hq, D]
             offset = 0
             for chunk in prefills:
@@ -47,19 +49,26 @@ class Executor:
                 out[offset:end] = prefill_attention(q[offset:end], kc, vc, chunk.start_pos, spec.attn_scale)
                 offset = end
             if decodes:
-                out[num_prefill_tokens:] = self.cache.decode(
-                    layer, q[num_prefill_tokens:], batch.decode_tables, batch.decode_seq_lens, spec.attn_scale
+                self.cache.decode(
+                    layer,
+                    q[num_prefill_tokens:],
+                    batch.decode_tables,
+                    batch.decode_seq_lens,
+                    spec.attn_scale,
+                    k_new=k[num_prefill_tokens:],
+                    v_new=v[num_prefill_tokens:],
+                    out=out[num_prefill_tokens:],
                 )
             hidden = model.post(layer, hidden, out.view(out.shape[0], -1))
         sampling = [(i, c) for i, c in enumerate(chunks) if c.is_sampling]
         if not sampling:
             return ExecuteOutput()
         last_rows = torch.tensor([batch.last_row[i] for i, _ in sampling], device=self.device)
-        logits = model.logits(hidden[last_rows])  # [N, vocab] float32
+        logits = model.logits(hidden[last_rows])  # [N, vocab]
         rows = [SampleRow(c.params, c.prompt_token_ids, c.output_token_ids) for _, c in sampling]
         output = ExecuteOutput()
         if self.keep_logits:
-            output.logits = {c.request_id: logits[j].clone() for j, (_, c) in enumerate(sampling)}
+            output.logits = {c.request_id: logits[j].float() for j, (_, c) in enumerate(sampling)}
         result = self.sampler(logits, rows)
         for (_, chunk), token, lp in zip(sampling, result.token_ids, result.logprobs):
             output.sampled_token_ids[chunk.request_id] = token
@@ -69,7 +78,8 @@ class Executor:
 
 
 class _BatchTensors:
-    """Flat token ids, positions and KV slots of an ordered list of chunks."""
+    """Flat token ids and positions of an ordered list of chunks (prefills first), KV slots of the
+    prefill tokens, block tables and lengths of the decodes."""
 
     def __init__(self, chunks: list[ScheduledChunk], block_size: int, device: torch.device) -> None:
         token_ids: list[int] = []
@@ -81,10 +91,11 @@ class _BatchTensors:
         decode_tables, decode_lens = [], []
         for chunk in chunks:
             token_ids.extend(chunk.token_ids)
-            for pos in range(chunk.start_pos, chunk.seq_len):
-                positions.append(pos)
-                slot_blocks.append(chunk.block_ids[pos // block_size])
-                slot_offsets.append(pos % block_size)
+            positions.extend(range(chunk.start_pos, chunk.seq_len))
+            if not chunk.is_decode:  # decode tokens are stored by the decode attention call
+                for pos in range(chunk.start_pos, chunk.seq_len):
+                    slot_blocks.append(chunk.block_ids[pos // block_size])
+                    slot_offsets.append(pos % block_size)
             self.last_row.append(len(token_ids) - 1)
             if chunk.is_decode:
                 decode_tables.append(chunk.block_ids[: -(-chunk.seq_len // block_size)])

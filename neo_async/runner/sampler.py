@@ -42,19 +42,41 @@ class Sampler:
             self.generator.manual_seed(seed)
 
     def __call__(self, logits: torch.Tensor, rows: list[SampleRow]) -> SampleResult:
-        """logits [N, vocab] float32 (modified in place), one row per SampleRow."""
-        logprobs = self._logprobs(logits, rows)
-        for i, row in enumerate(rows):
-            self._apply_penalties(logits[i], row)
-        token_ids = []
-        for i, row in enumerate(rows):
-            p = row.params
-            if p.is_greedy:
-                token_ids.append(int(torch.argmax(logits[i])))
-            else:
-                token_ids.append(self._sample_row(logits[i], row))
-        chosen = [None if lp is None else (float(lp[0][t]), lp[1]) for lp, t in zip(logprobs, token_ids)]
+        """logits [N, vocab] in any float dtype, one row per SampleRow. Plain greedy rows take
+        one batched argmax; the others are widened to float32 (a copy) and processed per row."""
+        token_ids = [0] * len(rows)
+        chosen: list[tuple[float, list[tuple[int, float]]] | None] = [None] * len(rows)
+        plain = [i for i, row in enumerate(rows) if self._is_plain_greedy(row)]
+        if plain:
+            best = (logits if len(plain) == len(rows) else logits[plain]).argmax(-1).tolist()
+            for i, token in zip(plain, best, strict=True):
+                token_ids[i] = token
+        plain_set = set(plain)
+        rest = [i for i in range(len(rows)) if i not in plain_set]
+        if not rest:
+            return SampleResult(token_ids, chosen)
+        rest_logits = logits[rest].float()
+        rest_rows = [rows[i] for i in rest]
+        logprobs = self._logprobs(rest_logits, rest_rows)
+        for j, (i, row) in enumerate(zip(rest, rest_rows, strict=True)):
+            self._apply_penalties(rest_logits[j], row)
+            token = int(torch.argmax(rest_logits[j])) if row.params.is_greedy else self._sample_row(rest_logits[j], row)
+            token_ids[i] = token
+            lp = logprobs[j]
+            chosen[i] = None if lp is None else (float(lp[0][token]), lp[1])
         return SampleResult(token_ids, chosen)
+
+    def _is_plain_greedy(self, row: SampleRow) -> bool:
+        """Greedy with nothing that changes or reports the distribution: an argmax suffices."""
+        p = row.params
+        return (
+            p.is_greedy
+            and p.logprobs is None
+            and p.repetition_penalty == 1.0
+            and not p.frequency_penalty
+            and not p.presence_penalty
+            and len(row.output_token_ids) >= p.min_tokens
+        )
 
     def _logprobs(self, logits: torch.Tensor, rows: list[SampleRow]) -> list:
         """Per row: None or (log-probabilities [vocab], top list) of the raw model distribution,

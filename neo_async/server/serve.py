@@ -18,7 +18,7 @@ from aiohttp import web
 
 from neo_async.config import Config, add_config_flags, config_from_args
 from neo_async.server.app import ABORT_FLUSH_S, create_app
-from neo_async.server.logs import configure_logging
+from neo_async.logging_setup import configure_logging
 from neo_async.server.state import STATE
 
 log = structlog.get_logger("neo_async.server")
