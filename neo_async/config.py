@@ -24,9 +24,14 @@ class ModelConfig:
     dtype: str = "bfloat16"
     max_model_len: int | None = None  # None = the checkpoint's context length
     served_model_name: str | None = None
-    torch_threads: int | None = None  # None = all cores not given to the host kernel
+    torch_threads: int | None = None  # None = every core this process may use
+    kernel_threads: int | None = None  # rust_cpuattn's pool; None = as many as torch's
 
     def validate(self) -> None:
+        for name in ("torch_threads", "kernel_threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.max_model_len is not None and self.max_model_len < 16:

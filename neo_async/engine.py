@@ -31,7 +31,9 @@ class Engine:
         config.validate()
         self.config = config
         self.device = pick_device()
-        self.num_torch_threads = configure_threads(self.device, config.model.torch_threads)
+        self.num_torch_threads, self.num_kernel_threads = configure_threads(
+            self.device, config.model.torch_threads, config.model.kernel_threads
+        )
         dtype = torch_dtype(config.model.dtype)
         started = time.perf_counter()
         loaded = load_model(config.model.model, dtype, self.device)
@@ -63,6 +65,7 @@ class Engine:
             block_size=cache_cfg.block_size,
             max_model_len=self.max_model_len,
             torch_threads=self.num_torch_threads,
+            kernel_threads=self.num_kernel_threads,
             load_s=round(time.perf_counter() - started, 2),
         )
 

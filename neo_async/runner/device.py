@@ -6,6 +6,11 @@ import os
 
 import torch
 
+try:
+    import rust_cpuattn
+except ImportError:  # the engine runs without the extension, on torch's attention
+    rust_cpuattn = None
+
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -18,13 +23,19 @@ def torch_dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
-def configure_threads(device: torch.device, torch_threads: int | None) -> int:
-    """Give torch its thread budget (CPU device only); returns the number set."""
-    if device.type != "cpu":
-        return torch.get_num_threads()
-    threads = torch_threads or len(os.sched_getaffinity(0))
-    torch.set_num_threads(max(1, threads))
-    return torch.get_num_threads()
+def configure_threads(device: torch.device, torch_threads: int | None, kernel_threads: int | None) -> tuple[int, int]:
+    """Size torch's intra-op pool (CPU device only) and rust_cpuattn's pool; returns both sizes.
+
+    On the CPU device the two never run at once (a layer's torch ops, then its attention call),
+    so by default both get every core.
+    """
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, torch_threads or len(os.sched_getaffinity(0))))
+    num_torch = torch.get_num_threads()
+    if rust_cpuattn is None:
+        return num_torch, 0
+    rust_cpuattn.set_num_threads(kernel_threads or num_torch)
+    return num_torch, rust_cpuattn.get_num_threads()
 
 
 def device_free_bytes(device: torch.device) -> int:
