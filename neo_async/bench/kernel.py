@@ -26,7 +26,7 @@ LLC_BYTES = 32 << 20
 DTYPES = {"bf16": (np.uint16, 2), "f16": (np.float16, 2), "f32": (np.float32, 4)}
 FULL = dict(batch=[1, 16, 64], ctx=[128, 1024, 4096], heads=["9/3/64", "32/8/128", "32/32/128"], dtype=["bf16", "f16", "f32"], threads=[1, 2])
 QUICK = dict(batch=[16], ctx=[128, 1024], heads=["9/3/64", "32/8/128"], dtype=["bf16"], threads=[1, 2])
-COLUMNS = ["batch", "ctx", "heads", "dtype", "threads", "kernel_ms", "kernel_gbs", "read_gbs", "ratio_bw", "torch_ms", "torch_best", "speedup"]
+COLUMNS = ["batch", "ctx", "heads", "dtype", "threads", "kernel_ms", "kernel_gbs", "read_gbs", "ratio_bw", "scat_gbs", "ratio_scat", "torch_ms", "torch_best", "speedup"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,11 @@ class Case:
     @property
     def heads(self) -> str:
         return f"{self.num_q_heads}/{self.num_kv_heads}/{self.head_dim}"
+
+    @property
+    def slab_bytes(self) -> int:
+        """Bytes of one (layer, block) slab over all KV heads, of K or of V."""
+        return self.num_kv_heads * BLOCK_SIZE * self.head_dim * DTYPES[self.dtype][1]
 
     @property
     def kv_bytes(self) -> int:
@@ -89,6 +94,7 @@ def time_kernel(case: Case, pools: Pools, warmup: int, iters: int, bw_buffer: np
     rust_cpuattn.set_num_threads(case.threads)
     times: list[float] = []
     bandwidths: list[float] = []
+    scattered: list[float] = []
     for i in range(warmup + iters):
         layer = i % pools.num_layers
         t0 = time.perf_counter()
@@ -100,13 +106,17 @@ def time_kernel(case: Case, pools: Pools, warmup: int, iters: int, bw_buffer: np
             times.append(dt)
             # Interleaved: one bandwidth sample per timed call, same threads, same process.
             bandwidths.append(rust_cpuattn.read_bandwidth(bw_buffer))
+            scattered.append(rust_cpuattn.read_bandwidth(bw_buffer, slab_bytes=case.slab_bytes))
     kernel_s = statistics.median(times)
     read_bps = statistics.median(bandwidths)
+    scat_bps = statistics.median(scattered)
     return {
         "kernel_ms": kernel_s * 1e3,
         "kernel_gbs": case.kv_bytes / kernel_s / 1e9,
         "read_gbs": read_bps / 1e9,
         "ratio_bw": case.kv_bytes / kernel_s / read_bps,
+        "scat_gbs": scat_bps / 1e9,
+        "ratio_scat": case.kv_bytes / kernel_s / scat_bps,
     }
 
 

@@ -1,5 +1,8 @@
-//! Memory read bandwidth probe: sums a large buffer with the kernel's threads, so a benchmark
+//! Memory read bandwidth probes: sum a large buffer with the kernel's threads, so a benchmark
 //! can set the kernel's bytes/s against what the machine delivers at the same thread count.
+//! [`read_bandwidth`] reads long sequential streams; [`read_bandwidth_scattered`] reads
+//! fixed-size slabs in a scattered order, the access pattern of the kernel (one (layer,
+//! block) slab of K and one of V per block, at random addresses).
 
 use std::time::Instant;
 
@@ -40,6 +43,78 @@ pub fn read_bandwidth(buf: &[u64], pool: Option<&ThreadPool>) -> (f64, u64) {
     (std::mem::size_of_val(buf) as f64 / secs, sum)
 }
 
+/// Reads all of `buf` once as `slab_words`-word slabs in a scattered (fixed, pseudo-random)
+/// order, a contiguous part of that order per thread of `pool` (the calling thread when
+/// `None`); any tail shorter than a slab is not read. Each slab's reads are started two slabs
+/// ahead the way the kernel starts its blocks (see `Job::prefetch_slabs`). Returns (bytes per
+/// second, checksum).
+pub fn read_bandwidth_scattered(buf: &[u64], slab_words: usize, pool: Option<&ThreadPool>) -> (f64, u64) {
+    let slab_words = slab_words.max(1);
+    let n = buf.len() / slab_words;
+    // i -> (i * stride) mod n with stride coprime to n: a permutation that jumps far apart.
+    let mut stride = (n as u64 * 5 / 8) | 1;
+    while gcd(stride, n as u64) != 1 {
+        stride += 2;
+    }
+    let slab = |i: usize| {
+        let s = ((i as u64 * stride) % n.max(1) as u64) as usize;
+        &buf[s * slab_words..(s + 1) * slab_words]
+    };
+    let read = |lo: usize, hi: usize| {
+        let mut sum = 0u64;
+        for i in lo..hi {
+            if i + 2 < hi {
+                prefetch_page_starts(slab(i + 2));
+            }
+            sum = sum.wrapping_add(sum_words(slab(i)));
+        }
+        sum
+    };
+    let start = Instant::now();
+    let sum = match pool {
+        Some(pool) if pool.current_num_threads() > 1 => {
+            let t = pool.current_num_threads();
+            pool.broadcast(|ctx| read(ctx.index() * n / t, (ctx.index() + 1) * n / t))
+                .into_iter()
+                .fold(0u64, |a, x| a.wrapping_add(x))
+        }
+        _ => read(0, n),
+    };
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    ((n * slab_words * 8) as f64 / secs, sum)
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Prefetches the first two lines of each 4 KiB page segment of `words`.
+fn prefetch_page_starts(words: &[u64]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let base = words.as_ptr().cast::<i8>();
+        let bytes = std::mem::size_of_val(words);
+        let mut off = 0;
+        while off < bytes {
+            let seg_end = (((base as usize + off) / 4096 + 1) * 4096 - base as usize).min(bytes);
+            let mut line = off;
+            while line < seg_end.min(off + 128) {
+                // SAFETY: a prefetch never faults; the address lies inside `words`.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(line)) };
+                line += 64;
+            }
+            off = seg_end;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = words;
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -49,5 +124,11 @@ mod tests {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
         assert_eq!(super::read_bandwidth(&buf, None).1, want);
         assert_eq!(super::read_bandwidth(&buf, Some(&pool)).1, want);
+        for slab in [1, 7, 768, 100_003] {
+            let covered = buf.len() / slab * slab;
+            let want = buf[..covered].iter().sum::<u64>();
+            assert_eq!(super::read_bandwidth_scattered(&buf, slab, None).1, want, "slab {slab}");
+            assert_eq!(super::read_bandwidth_scattered(&buf, slab, Some(&pool)).1, want, "slab {slab}");
+        }
     }
 }

@@ -209,9 +209,11 @@ fn supported_isas() -> Vec<&'static str> {
     core::Isa::supported().into_iter().map(core::Isa::name).collect()
 }
 
-/// Reads a whole array once with the kernel's threads; returns bytes per second.
+/// Reads a whole array once with the kernel's threads; returns bytes per second. With
+/// `slab_bytes`, reads it as slabs of that size in a scattered order (the kernel's pattern).
 #[pyfunction]
-fn read_bandwidth(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<f64> {
+#[pyo3(signature = (buffer, slab_bytes=None))]
+fn read_bandwidth(py: Python<'_>, buffer: &Bound<'_, PyAny>, slab_bytes: Option<usize>) -> PyResult<f64> {
     let a = array(buffer, "buffer")?;
     let words = a.numel() * a.elem.size() / 8;
     if a.addr % 8 != 0 || words == 0 {
@@ -222,7 +224,13 @@ fn read_bandwidth(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<f64> {
     // borrowed until this function returns.
     let words: &[u64] = unsafe { std::slice::from_raw_parts(a.addr as *const u64, words) };
     let pool = core::threads::pool().map_err(core_err)?;
-    Ok(py.detach(|| core::bandwidth::read_bandwidth(words, pool.as_deref()).0))
+    match slab_bytes {
+        None => Ok(py.detach(|| core::bandwidth::read_bandwidth(words, pool.as_deref()).0)),
+        Some(b) if b >= 8 && b % 8 == 0 && b <= words.len() * 8 => {
+            Ok(py.detach(|| core::bandwidth::read_bandwidth_scattered(words, b / 8, pool.as_deref()).0))
+        }
+        Some(b) => Err(err(format!("slab_bytes must be a multiple of 8 in [8, buffer size], got {b}"))),
+    }
 }
 
 /// Block ids as i64: an int32/int64 array or tensor, or a sequence of ints.

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use half::{bf16, f16};
 
-use super::{Job, Seq, State, CHUNK_ROWS};
+use super::{Job, Seq, State, CHUNK_ROWS, MAX_SLACK};
 use crate::dtype::{KvDtype, KvElem};
 
 const LANES: usize = 8;
@@ -70,8 +70,8 @@ unsafe fn body<T: Wide8, const D: usize>(job: &Job<'_, T>, seq: &Seq<'_>, blocks
     for j in blocks {
         let block = seq.block_ids[j] as usize;
         let n_blk = (seq.len - j * bs).min(bs);
+        job.prefetch_ahead(seq, &range, j);
         for h in 0..job.layout.num_kv_heads {
-            job.prefetch_ahead(job.k, seq, &range, j, h);
             let kt = job.tile(job.k, block, h, n_blk);
             let vt = job.tile(job.v, block, h, n_blk);
             let mut r0 = 0;
@@ -109,7 +109,8 @@ unsafe fn body<T: Wide8, const D: usize>(job: &Job<'_, T>, seq: &Seq<'_>, blocks
                     let mut lanes = [0.0f32; LANES];
                     _mm256_storeu_ps(lanes.as_mut_ptr(), s);
                     let m_old = m[hq];
-                    let m_new = lanes.iter().cloned().fold(m_old, f32::max);
+                    let m_chunk = lanes.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let m_new = if m_chunk > m_old + MAX_SLACK { m_chunk } else { m_old };
                     let pv = _mm256_and_ps(valid, exp8(_mm256_sub_ps(s, _mm256_set1_ps(m_new))));
                     _mm256_storeu_ps(p.as_mut_ptr().add(gi * LANES), pv);
                     let sum: f32 = p[gi * LANES..(gi + 1) * LANES].iter().sum();
@@ -123,9 +124,6 @@ unsafe fn body<T: Wide8, const D: usize>(job: &Job<'_, T>, seq: &Seq<'_>, blocks
                     l[hq] = l[hq] * a + sum;
                     m[hq] = m_new;
                     alpha[gi] = a;
-                }
-                if r0 == 0 {
-                    job.prefetch_ahead(job.v, seq, &range, j, h);
                 }
                 let vptr: *const f32 = if is_f32 {
                     vrows.as_ptr().cast()

@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use half::{bf16, f16};
 
-use super::{Job, Seq, State, CHUNK_ROWS};
+use super::{Job, Seq, State, CHUNK_ROWS, MAX_SLACK};
 use crate::dtype::{KvDtype, KvElem};
 
 const LANES: usize = 16;
@@ -115,14 +115,29 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
     let bs = job.layout.block_size;
     let g = job.group;
     let is_f32 = T::DTYPE == KvDtype::F32;
-    let State { q, q_bf16, q_has_lo, m, l, acc, kf, vf, dots, p, alpha, .. } = st;
+    let State { q, q_evenodd, q_bf16, q_has_lo, m, l, l_lanes, acc, kf, vf, dots, p, alpha, .. } = st;
     let use_dot = DOT && !*q_has_lo;
+    // Full chunks of a head_dim multiple of 64 without bf16 dot products: K rows widened in
+    // registers once for all heads of a group, q in the same element order.
+    let wide = D != 0 && D % 64 == 0 && !use_dot;
+    let q_wide: *const f32 = if wide && T::DTYPE == KvDtype::Bf16 {
+        q_evenodd.clear();
+        for c in q.chunks_exact(32) {
+            q_evenodd.extend(c.iter().step_by(2));
+            q_evenodd.extend(c.iter().skip(1).step_by(2));
+        }
+        q_evenodd.as_ptr()
+    } else {
+        q.as_ptr()
+    };
     let scale = _mm512_set1_ps(job.scale);
     debug_assert!(kf.len() >= CHUNK_ROWS * d && vf.len() >= CHUNK_ROWS * d);
     debug_assert!(dots.len() >= g * LANES * LANES && p.len() >= g * LANES && alpha.len() >= g);
     debug_assert!(q.len() == job.num_q_heads * d && acc.len() == job.num_q_heads * d);
+    assert!(l_lanes.len() == job.num_q_heads * LANES);
     let dots = dots.as_mut_ptr();
     let p = p.as_mut_ptr();
+    let l_lanes = l_lanes.as_mut_ptr();
     // bf16 V rows widen fastest as (even, odd) element halves of each 32-element chunk; the
     // accumulators then hold that order and are put back in order at the end.
     let evenodd = T::DTYPE == KvDtype::Bf16 && d % 32 == 0;
@@ -130,8 +145,8 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
     for j in blocks {
         let block = seq.block_ids[j] as usize;
         let n_blk = (seq.len - j * bs).min(bs);
+        job.prefetch_ahead(seq, &range, j);
         for h in 0..job.layout.num_kv_heads {
-            job.prefetch_ahead(job.k, seq, &range, j, h);
             let kt = job.tile(job.k, block, h, n_blk);
             let vt = job.tile(job.v, block, h, n_blk);
             let q_h = q.as_ptr().add(h * g * d);
@@ -142,13 +157,13 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
                 let vrows = &vt[r0 * d..(r0 + n) * d];
                 // K rows as f32 for the f32 path: in place for f32 pools, else widened (not
                 // read at all on the bf16 dot-product path).
-                let kptr: *const f32 = if use_dot || is_f32 {
+                let full = D != 0 && n == LANES;
+                let kptr: *const f32 = if use_dot || is_f32 || (wide && full) {
                     krows.as_ptr().cast()
                 } else {
                     widen(krows, kf);
                     kf.as_ptr()
                 };
-                let full = D != 0 && n == LANES;
                 if !full {
                     // Tail chunk or generic head_dim: per-row partial dot vectors in memory.
                     if use_dot {
@@ -158,10 +173,29 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
                         row_dots_f32(kptr, n, d, q_h, g, dots);
                     }
                 }
-                // Scores and online softmax, one independent step per head.
+                // Scores and online softmax, one independent step per head. The sum of exp
+                // stays per lane (`l_lanes`); alpha = 1 (the max did not move) is exact, so
+                // skipping the rescale then changes nothing.
                 let valid: __mmask16 = if n == LANES { 0xFFFF } else { (1u16 << n) - 1 };
+                let mut rescale = false;
+                if wide && full {
+                    // Raw scores of every head, to `dots[gi]`.
+                    let (k, qw) = (krows.as_ptr(), q_wide.add(h * g * D));
+                    let mut g0 = 0;
+                    while g0 < g {
+                        let (qg, out) = (qw.add(g0 * D), dots.add(g0 * LANES));
+                        match g - g0 {
+                            1 => scores_wide::<T, D, 1>(k, qg, out),
+                            2 => scores_wide::<T, D, 2>(k, qg, out),
+                            _ => scores_wide::<T, D, 3>(k, qg, out),
+                        }
+                        g0 += 3;
+                    }
+                }
                 for gi in 0..g {
-                    let raw = if !full {
+                    let raw = if wide && full {
+                        _mm512_loadu_ps(dots.add(gi * LANES))
+                    } else if !full {
                         let dg = dots.add(gi * LANES * LANES);
                         for t in n..LANES {
                             _mm512_storeu_ps(dg.add(t * LANES), _mm512_setzero_ps());
@@ -172,20 +206,32 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
                     } else {
                         scores_f32::<D>(kptr, q_h.add(gi * D))
                     };
-                    let s = _mm512_mask_blend_ps(valid, _mm512_set1_ps(f32::NEG_INFINITY), _mm512_mul_ps(raw, scale));
+                    let mut s = _mm512_mul_ps(raw, scale);
+                    if n != LANES {
+                        s = _mm512_mask_blend_ps(valid, _mm512_set1_ps(f32::NEG_INFINITY), s);
+                    }
                     let hq = h * g + gi;
                     let m_old = m[hq];
-                    let m_new = m_old.max(_mm512_reduce_max_ps(s));
-                    let pv = _mm512_maskz_mov_ps(valid, exp16(_mm512_sub_ps(s, _mm512_set1_ps(m_new))));
+                    let m_chunk = _mm512_reduce_max_ps(s);
+                    let m_new = if m_chunk > m_old + MAX_SLACK { m_chunk } else { m_old };
+                    let mut pv = exp16(_mm512_sub_ps(s, _mm512_set1_ps(m_new)));
+                    if n != LANES {
+                        pv = _mm512_maskz_mov_ps(valid, pv);
+                    }
                     _mm512_storeu_ps(p.add(gi * LANES), pv);
+                    let lp = l_lanes.add(hq * LANES);
                     // exp(-inf) = 0 on the first chunk; the scalar is off the vector chains.
-                    let a = if m_old == m_new { 1.0 } else { exp_scalar(m_old - m_new) };
-                    l[hq] = l[hq] * a + _mm512_reduce_add_ps(pv);
+                    let a = if m_old == m_new {
+                        _mm512_storeu_ps(lp, _mm512_add_ps(_mm512_loadu_ps(lp), pv));
+                        1.0
+                    } else {
+                        let a = exp_scalar(m_old - m_new);
+                        _mm512_storeu_ps(lp, _mm512_fmadd_ps(_mm512_loadu_ps(lp), _mm512_set1_ps(a), pv));
+                        rescale = true;
+                        a
+                    };
                     m[hq] = m_new;
                     alpha[gi] = a;
-                }
-                if r0 == 0 {
-                    job.prefetch_ahead(job.v, seq, &range, j, h);
                 }
                 // acc = acc * alpha + sum_t p[t] * V[t], for each head of the group.
                 let acc_h = acc.as_mut_ptr().add(h * g * d);
@@ -194,11 +240,15 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
                     let mut g0 = 0;
                     while g0 < g {
                         let (pg, ag, accg) = (p.add(g0 * LANES), alpha.as_ptr().add(g0), acc_h.add(g0 * D));
-                        match g - g0 {
-                            1 => accumulate_rows::<T, D, 1>(v, n, pg, ag, accg),
-                            2 => accumulate_rows::<T, D, 2>(v, n, pg, ag, accg),
-                            3 => accumulate_rows::<T, D, 3>(v, n, pg, ag, accg),
-                            _ => accumulate_rows::<T, D, 4>(v, n, pg, ag, accg),
+                        match (g - g0, rescale) {
+                            (1, false) => accumulate_rows::<T, D, 1, false>(v, n, pg, ag, accg),
+                            (2, false) => accumulate_rows::<T, D, 2, false>(v, n, pg, ag, accg),
+                            (3, false) => accumulate_rows::<T, D, 3, false>(v, n, pg, ag, accg),
+                            (_, false) => accumulate_rows::<T, D, 4, false>(v, n, pg, ag, accg),
+                            (1, true) => accumulate_rows::<T, D, 1, true>(v, n, pg, ag, accg),
+                            (2, true) => accumulate_rows::<T, D, 2, true>(v, n, pg, ag, accg),
+                            (3, true) => accumulate_rows::<T, D, 3, true>(v, n, pg, ag, accg),
+                            (_, true) => accumulate_rows::<T, D, 4, true>(v, n, pg, ag, accg),
                         }
                         g0 += 4;
                     }
@@ -220,6 +270,9 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
     }
     if evenodd {
         unpermute_evenodd(acc);
+    }
+    for (hq, l) in l.iter_mut().enumerate() {
+        *l = _mm512_reduce_add_ps(_mm512_loadu_ps(l_lanes.add(hq * LANES)));
     }
 }
 
@@ -346,6 +399,72 @@ unsafe fn scores_bf16<const D: usize>(rows: *const u16, qb: *const u16) -> __m51
     hsum16_regs(&a)
 }
 
+/// Raw scores (before scale) of 16 full rows against the queries of `NG` heads (`q` then
+/// `q + D`, ..., in the element order of [`load64`]), lane t = row t, to `out[gi * 16..]`.
+/// Each K row is widened once in registers and used by all `NG` heads; per-row partial
+/// sums are reduced four rows at a time (two levels of the transpose-and-add tree), then
+/// across the quads.
+#[inline(always)]
+unsafe fn scores_wide<T: Wide16, const D: usize, const NG: usize>(rows: *const T, q: *const f32, out: *mut f32) {
+    let zero = _mm512_setzero_ps();
+    let mut halves = [[zero; 2]; NG];
+    for oct in 0..2 {
+        let mut quads = [[zero; 2]; NG];
+        for qd in 0..2 {
+            let mut a = [[zero; 4]; NG];
+            for i in 0..4 {
+                let row = rows.add((oct * 8 + qd * 4 + i) * D);
+                for s in 0..D / 64 {
+                    let k = load64(row.add(s * 64));
+                    for (gi, a) in a.iter_mut().enumerate() {
+                        let qp = q.add(gi * D + s * 64);
+                        for (c, &k) in k.iter().enumerate() {
+                            a[i] = _mm512_fmadd_ps(k, _mm512_loadu_ps(qp.add(c * LANES)), a[i]);
+                        }
+                    }
+                }
+            }
+            for (gi, a) in a.iter().enumerate() {
+                let w0 = fold256(a[0], a[1]);
+                let w1 = fold256(a[2], a[3]);
+                quads[gi][qd] = fold128(w0, w1);
+            }
+        }
+        for gi in 0..NG {
+            halves[gi][oct] = fold64(quads[gi][0], quads[gi][1]);
+        }
+    }
+    // Lane 4i + j now holds row 4j + i: transpose back.
+    let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    for (gi, h) in halves.iter().enumerate() {
+        _mm512_storeu_ps(out.add(gi * LANES), _mm512_permutexvar_ps(idx, fold32(h[0], h[1])));
+    }
+}
+
+/// `[x.lo256 + x.hi256, y.lo256 + y.hi256]`: 16 lanes per input to 8.
+#[inline(always)]
+unsafe fn fold256(x: __m512, y: __m512) -> __m512 {
+    _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(x, y), _mm512_shuffle_f32x4::<0xEE>(x, y))
+}
+
+/// Two vectors of two 8-lane groups (inputs a, b | c, d) to one of four 4-lane groups.
+#[inline(always)]
+unsafe fn fold128(x: __m512, y: __m512) -> __m512 {
+    _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(x, y), _mm512_shuffle_f32x4::<0xDD>(x, y))
+}
+
+/// Two vectors of four 4-lane groups to 2-lane groups, interleaved per 128-bit lane.
+#[inline(always)]
+unsafe fn fold64(x: __m512, y: __m512) -> __m512 {
+    _mm512_add_ps(_mm512_shuffle_ps::<0x44>(x, y), _mm512_shuffle_ps::<0xEE>(x, y))
+}
+
+/// Two vectors of 2-lane groups to single lanes.
+#[inline(always)]
+unsafe fn fold32(x: __m512, y: __m512) -> __m512 {
+    _mm512_add_ps(_mm512_shuffle_ps::<0x88>(x, y), _mm512_shuffle_ps::<0xDD>(x, y))
+}
+
 /// Raw scores of 16 f32 rows against one query, lane t = row t, in registers.
 #[inline(always)]
 unsafe fn scores_f32<const D: usize>(rows: *const f32, q: *const f32) -> __m512 {
@@ -444,7 +563,7 @@ unsafe fn accumulate(v: *const f32, n: usize, d: usize, p: *const f32, alpha: *c
 /// sum_{t<n} p[gi][t] * V[t]`, with V rows widened once in registers and shared by the heads;
 /// `D / 64` slices of 64 columns keep `4 * NG` accumulators in registers.
 #[inline(always)]
-unsafe fn accumulate_rows<T: Wide16, const D: usize, const NG: usize>(
+unsafe fn accumulate_rows<T: Wide16, const D: usize, const NG: usize, const RESCALE: bool>(
     v: *const T,
     n: usize,
     p: *const f32,
@@ -456,7 +575,10 @@ unsafe fn accumulate_rows<T: Wide16, const D: usize, const NG: usize>(
         for (gi, a) in a.iter_mut().enumerate() {
             let av = _mm512_set1_ps(*alpha.add(gi));
             for (c, a) in a.iter_mut().enumerate() {
-                *a = _mm512_mul_ps(_mm512_loadu_ps(acc.add(gi * D + s * 64 + c * LANES)), av);
+                *a = _mm512_loadu_ps(acc.add(gi * D + s * 64 + c * LANES));
+                if RESCALE {
+                    *a = _mm512_mul_ps(*a, av);
+                }
             }
         }
         for t in 0..n {

@@ -57,61 +57,63 @@ impl<'a, T> Job<'a, T> {
     }
 }
 
-/// Blocks ahead of the current one whose tiles are prefetched (into L2) while it is
-/// processed. Blocks sit at random addresses; keeping a few of them in flight at once is what
-/// lets DRAM stream (reading one random 6 KiB slab after another reaches only about a third of
-/// the sequential bandwidth on the reference machine; staggered prefetch about doubles that).
-pub(crate) const PREFETCH_BLOCKS: usize = 3;
+/// Blocks ahead of the current one whose slabs get their reads started while it is processed.
+pub(crate) const PREFETCH_BLOCKS: usize = 2;
+/// The hardware streamers follow sequential reads only within a 4 KiB page.
+const PAGE_BYTES: usize = 4096;
+/// Cache lines prefetched at the start of each page segment of a slab.
+const PREFETCH_LINES: usize = 2;
 
 impl<'a, T> Job<'a, T> {
-    /// Prefetches the tile of (`block`, `kv_head`) of `pool` (K or V) into L2.
+    /// Starts the reads of the K and V slabs of `block`: the first lines of each 4 KiB page
+    /// segment of each slab are prefetched (into L2), and the L2 streamer, triggered by them,
+    /// fetches the rest of the segment on its own.
+    ///
+    /// NOTE: on the reference machine, reading random 6 KiB slabs one after the other reaches
+    /// about two thirds of the sequential read bandwidth; starting the slabs two blocks ahead
+    /// this way reaches about all of it, while prefetching every line of them is slower than
+    /// no prefetch at all (the fill buffers fill up with prefetches and the streamer stalls).
     #[inline(always)]
-    pub fn prefetch_tile(&self, pool: &[T], block: usize, kv_head: usize) {
-        self.prefetch_tile_part(pool, block, kv_head, 0, 1);
-    }
-
-    /// Prefetches part `part` of `parts` equal parts of a tile.
-    #[inline(always)]
-    pub fn prefetch_tile_part(&self, pool: &[T], block: usize, kv_head: usize, part: usize, parts: usize) {
+    pub fn prefetch_slabs(&self, block: usize) {
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (pool, block, kv_head, part, parts);
+        let _ = block;
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-            let start = self.layout.row_offset(self.layer, block, kv_head, 0);
-            let bytes = self.layout.tile_len() * std::mem::size_of::<T>();
-            let base = pool[start..].as_ptr().cast::<i8>();
-            let lines = bytes.div_ceil(64);
-            let (lo, hi) = (part * lines / parts * 64, (part + 1) * lines / parts * 64);
-            for off in (lo..hi.min(bytes.next_multiple_of(64))).step_by(64) {
-                // SAFETY: a prefetch is a hint that never faults; the address stays inside
-                // the tile (validated block id), so `wrapping_add` never wraps.
-                unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(off)) };
+            let start = self.layout.slab_offset(self.layer, block);
+            let bytes = self.layout.slab_len() * std::mem::size_of::<T>();
+            for pool in [self.k, self.v] {
+                let base = pool.as_ptr().wrapping_add(start).cast::<i8>();
+                let mut off = 0;
+                while off < bytes {
+                    let seg_end = (((base as usize + off) / PAGE_BYTES + 1) * PAGE_BYTES - base as usize).min(bytes);
+                    let mut line = off;
+                    while line < seg_end.min(off + PREFETCH_LINES * 64) {
+                        // SAFETY: a prefetch is a hint that never faults; the address stays
+                        // inside the slab of a validated block id, so `wrapping_add` never wraps.
+                        unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(line)) };
+                        line += 64;
+                    }
+                    off = seg_end;
+                }
             }
         }
     }
 
-    /// Prefetch for an item processing blocks `blocks` of `seq`, from `pool` (K before the
-    /// scores, V before the accumulation, so the requests are spread out): call with the block
-    /// index and KV head being started; the first call also covers the item's first blocks.
+    /// Prefetch for an item processing blocks `blocks` of `seq`, called as block index `j`
+    /// starts: the slabs of the block `PREFETCH_BLOCKS` ahead (past the item's end, of the
+    /// next item's first blocks); the item's first block also covers the blocks before that.
     #[inline(always)]
-    pub fn prefetch_ahead(&self, pool: &[T], seq: &Seq<'_>, blocks: &std::ops::Range<usize>, j: usize, kv_head: usize) {
-        if j == blocks.start && kv_head == 0 {
+    pub fn prefetch_ahead(&self, seq: &Seq<'_>, blocks: &Range<usize>, j: usize) {
+        if j == blocks.start {
             for jj in j..(j + PREFETCH_BLOCKS).min(blocks.end) {
-                for h in 0..self.layout.num_kv_heads {
-                    self.prefetch_tile(pool, seq.block_ids[jj] as usize, h);
-                }
+                self.prefetch_slabs(seq.block_ids[jj] as usize);
             }
         }
-        // Staggered: block j + s gets part PREFETCH_BLOCKS - s of its tile, so each tile is
-        // fetched in pieces over the steps before it is used and several blocks are in
-        // flight at once. Past the item's end, the next item's first blocks.
-        for s in 1..=PREFETCH_BLOCKS {
-            let idx = j + s;
-            let id = if idx < blocks.end { seq.block_ids.get(idx) } else { seq.after.get(idx - blocks.end) };
-            if let Some(&id) = id {
-                self.prefetch_tile_part(pool, id as usize, kv_head, PREFETCH_BLOCKS - s, PREFETCH_BLOCKS);
-            }
+        let idx = j + PREFETCH_BLOCKS;
+        let id = if idx < blocks.end { seq.block_ids.get(idx) } else { seq.after.get(idx - blocks.end) };
+        if let Some(&id) = id {
+            self.prefetch_slabs(id as usize);
         }
     }
 }
@@ -135,6 +137,9 @@ pub(crate) struct State {
     /// `[num_q_heads, head_dim]`: the request's q (scores are multiplied by scale after the
     /// dot product, so a bf16-exact q stays exact).
     pub q: Vec<f32>,
+    /// `q` with each 32-element chunk as its 16 even then 16 odd elements, the order bf16
+    /// rows widen to in registers (AVX-512 path, bf16 pools).
+    pub q_evenodd: Vec<f32>,
     /// bf16 bits of `q`, `[num_q_heads, head_dim]` (bf16 dot-product path only).
     pub q_bf16: Vec<u16>,
     /// Whether `q` is not exactly representable in bf16 (then the f32 path is used).
@@ -142,6 +147,9 @@ pub(crate) struct State {
     /// Running max and sum of exp per query head `[num_q_heads]`.
     pub m: Vec<f32>,
     pub l: Vec<f32>,
+    /// Per-lane running sums of exp `[num_q_heads, 16]` (SIMD paths; reduced into `l` at
+    /// the end of an item, so no horizontal sum per chunk).
+    pub l_lanes: Vec<f32>,
     /// Unnormalised output `[num_q_heads, head_dim]`.
     pub acc: Vec<f32>,
     /// Scratch: widened K / V rows of a chunk `[CHUNK_ROWS, head_dim]`, per-row partial dot
@@ -153,6 +161,13 @@ pub(crate) struct State {
     /// Rescale factor of each head of the group for the current chunk.
     pub alpha: Vec<f32>,
 }
+
+/// The SIMD paths move a head's running max only when a chunk's max exceeds it by more than
+/// this (natural log units); until then probabilities are taken against the old max, so they
+/// stay below e^8 (~3000, no overflow in f32) and the rescale branch is rarely taken, which
+/// keeps it predictable (a data-dependent branch taken on every new max costs a pipeline
+/// flush, and new maxima are frequent in the first chunks of a request).
+pub(crate) const MAX_SLACK: f32 = 8.0;
 
 /// Rows processed together by the SIMD paths (one score per lane of a 512-bit vector).
 pub(crate) const CHUNK_ROWS: usize = 16;
@@ -176,6 +191,8 @@ impl State {
         self.m.resize(num_q_heads, f32::NEG_INFINITY);
         self.l.clear();
         self.l.resize(num_q_heads, 0.0);
+        self.l_lanes.clear();
+        self.l_lanes.resize(num_q_heads * 16, 0.0);
         self.acc.clear();
         self.acc.resize(num_q_heads * d, 0.0);
         let rows = CHUNK_ROWS.max(1);

@@ -15,9 +15,8 @@ pub(crate) fn attend<T: KvElem>(job: &Job<'_, T>, seq: &Seq<'_>, blocks: Range<u
     for j in blocks {
         let block = seq.block_ids[j] as usize;
         let n = (seq.len - j * bs).min(bs);
+        job.prefetch_ahead(seq, &range, j);
         for h in 0..job.layout.num_kv_heads {
-            job.prefetch_ahead(job.k, seq, &range, j, h);
-            job.prefetch_ahead(job.v, seq, &range, j, h);
             let kt = job.tile(job.k, block, h, n);
             let vt = job.tile(job.v, block, h, n);
             for hq in h * g..(h + 1) * g {
