@@ -69,10 +69,11 @@ def isa() -> str:
 def supported_isas() -> list[str]:
     """Every SIMD path this CPU supports, best first."""
 
-def read_bandwidth(buffer: Array) -> float:
+def read_bandwidth(buffer: Array, slab_bytes: int | None = None) -> float:
     """Reads the whole (contiguous, 8-byte aligned) array once with the kernel's threads and
     returns bytes per second: the machine's read bandwidth at the kernel's thread count, when
-    the array is several times the last-level cache."""
+    the array is several times the last-level cache. With slab_bytes (a multiple of 8), reads
+    it as slabs of that size in a scattered order, as the kernel reads KV blocks."""
 
 def copy_blocks(
     src_k: Array,
@@ -92,3 +93,22 @@ def copy_blocks(
     (one memcpy per layer and run) and copied on the kernel's threads with the GIL released.
     Returns the number of runs per layer. Raises ValueError on bad input.
     """
+
+# Row-wise layer operations. Rows: 2-D C-contiguous float32, float16 or bfloat16 arrays;
+# parameters: float32. Arithmetic in float32, each stored value rounded once. Results go into
+# the caller's arrays (which must not overlap the inputs). Raise ValueError on bad input.
+
+def rms_norm(x: Array, weight: Array, eps: float, out: Array) -> None:
+    """out = x * rsqrt(mean(x^2, -1) + eps) * weight; x, out [T, H]; weight [H]."""
+
+def add_rms_norm(residual: Array, x: Array, weight: Array, eps: float, out: Array) -> None:
+    """residual += x in place (rounded to its dtype), then out = rms_norm(residual)."""
+
+def rope(x: Array, cos: Array, sin: Array, num_heads: int) -> None:
+    """Rotates in place the first num_heads heads of each row of x [T, W]; head_dim is
+    2 * cos.shape[1]; cos, sin [T, head_dim / 2]; "rotate half": (x1, x2) -> (x1 cos - x2 sin,
+    x2 cos + x1 sin) over the two halves of each head."""
+
+def silu_mul(gate_up: Array, out: Array) -> None:
+    """out = silu(gate) * up where each row of gate_up [T, 2I] is [gate | up]; out [T, I].
+    The SiLU is rounded to the dtype before the product (as an unfused silu(gate) * up)."""

@@ -25,7 +25,7 @@ class ModelConfig:
     max_model_len: int | None = None  # None = the checkpoint's context length
     served_model_name: str | None = None
     torch_threads: int | None = None  # None = every core this process may use
-    kernel_threads: int | None = None  # rust_cpuattn's pool; None = as many as torch's
+    kernel_threads: int | None = None  # rust_cpuattn's pool; None = 1 on the CPU device, else every core
 
     def validate(self) -> None:
         for name in ("torch_threads", "kernel_threads"):

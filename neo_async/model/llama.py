@@ -7,16 +7,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from neo_async.model.rope import apply_rope, rope_table
+from neo_async.model import ops
+from neo_async.model.rope import rope_table
 from neo_async.model.spec import ModelSpec
 from neo_async.model.weights import LlamaWeights
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x [T, H] normalised in float32, scaled by weight [H] float32, returned in x's dtype."""
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (xf * weight).to(x.dtype)
 
 
 class LlamaModel:
@@ -32,34 +26,36 @@ class LlamaModel:
         return F.embedding(token_ids, self.weights.embed)
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [T] int64 -> (cos, sin) [T, 1, D/2], shared by every layer of a step."""
-        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        """positions [T] int64 -> (cos, sin) [T, D/2] float32, shared by every layer of a step."""
+        return self.cos[positions], self.sin[positions]
 
     def pre(
         self, layer: int, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """hidden [T, hidden], rope from `rope(positions)` -> q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, D].
-
-        q and k may be non-contiguous views (they are rotated together, in one pass)."""
+        """hidden [T, hidden], rope from `rope(positions)` -> q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, D],
+        views of one [T, (Hq + 2 Hkv) D] projection (q and k rotated in place, together)."""
         s, w = self.spec, self.weights.layers[layer]
-        x = rms_norm(hidden, w.attn_norm, s.rms_norm_eps)
+        x = ops.rms_norm(hidden, w.attn_norm, s.rms_norm_eps)
         qkv = w.qkv(x)  # [T, q_size + 2 * kv_size]
         if w.qkv_bias is not None:
             qkv = (qkv.float() + w.qkv_bias).to(qkv.dtype)
+        ops.rope_(qkv, *rope, s.num_heads + s.num_kv_heads)
         num_tokens = qkv.shape[0]
-        qk = apply_rope(qkv[:, : s.q_size + s.kv_size].view(num_tokens, -1, s.head_dim), *rope)  # [T, Hq + Hkv, D]
-        v = qkv[:, s.q_size + s.kv_size :].view(num_tokens, s.num_kv_heads, s.head_dim)
-        return qk[:, : s.num_heads], qk[:, s.num_heads :], v
+        q, k, v = qkv.split([s.q_size, s.kv_size, s.kv_size], dim=-1)
+        return (
+            q.view(num_tokens, s.num_heads, s.head_dim),
+            k.view(num_tokens, s.num_kv_heads, s.head_dim),
+            v.view(num_tokens, s.num_kv_heads, s.head_dim),
+        )
 
     def post(self, layer: int, hidden: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-        """hidden [T, hidden] (the layer's input), attn_out [T, Hq * D] -> the layer's output [T, hidden]."""
+        """hidden [T, hidden] (the layer's input, updated in place), attn_out [T, Hq * D] -> the
+        layer's output [T, hidden] (the same tensor)."""
         s, w = self.spec, self.weights.layers[layer]
-        hidden = hidden + w.o(attn_out.to(self.dtype))
-        x = rms_norm(hidden, w.mlp_norm, s.rms_norm_eps)
-        gate, up = w.gate_up(x).chunk(2, dim=-1)
-        return hidden + w.down(F.silu(gate) * up)
+        x = ops.add_rms_norm(hidden, w.o(attn_out.to(self.dtype)), w.mlp_norm, s.rms_norm_eps)
+        return hidden.add_(w.down(ops.silu_mul(w.gate_up(x))))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] of the tokens that sample -> logits [N, vocab] in the model's dtype."""
-        x = rms_norm(hidden, self.weights.final_norm, self.spec.rms_norm_eps)
+        x = ops.rms_norm(hidden, self.weights.final_norm, self.spec.rms_norm_eps)
         return self.weights.lm_head(x)

@@ -36,11 +36,3 @@ def rope_table(spec: ModelSpec, max_positions: int, device: torch.device) -> tup
         inv = inv / torch.tensor(spec.rope_freq_factors, dtype=torch.float64)
     angles = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv)
     return angles.cos().float().to(device), angles.sin().float().to(device)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, H, D] rotated by per-token cos/sin [T, 1, D/2]; computed in float32, returned in x's dtype."""
-    half = x.shape[-1] // 2
-    xf = x.float()
-    x1, x2 = xf[..., :half], xf[..., half:]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)

@@ -26,15 +26,18 @@ def torch_dtype(name: str) -> torch.dtype:
 def configure_threads(device: torch.device, torch_threads: int | None, kernel_threads: int | None) -> tuple[int, int]:
     """Size torch's intra-op pool (CPU device only) and rust_cpuattn's pool; returns both sizes.
 
-    On the CPU device the two never run at once (a layer's torch ops, then its attention call),
-    so by default both get every core.
+    Default kernel threads: 1 on the CPU device, where the kernel runs between torch's ops on
+    the calling thread while torch's OpenMP workers still spin-wait on the other cores (a
+    second kernel thread fights them: measured slower at 500-token contexts); with a CUDA
+    device, every core.
     """
+    cores = len(os.sched_getaffinity(0))
     if device.type == "cpu":
-        torch.set_num_threads(max(1, torch_threads or len(os.sched_getaffinity(0))))
+        torch.set_num_threads(max(1, torch_threads or cores))
     num_torch = torch.get_num_threads()
     if rust_cpuattn is None:
         return num_torch, 0
-    rust_cpuattn.set_num_threads(kernel_threads or num_torch)
+    rust_cpuattn.set_num_threads(kernel_threads or (1 if device.type == "cpu" else cores))
     return num_torch, rust_cpuattn.get_num_threads()
 
 

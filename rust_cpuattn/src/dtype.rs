@@ -87,7 +87,13 @@ impl KvElem for bf16 {
     }
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
-        bf16::from_f32(x)
+        // Round to nearest even, as `bf16::from_f32`, but branch-free so loops vectorize:
+        // adding 0x7FFF plus the kept lowest bit carries into the kept bits exactly when
+        // rounding up. NaN keeps its sign and payload top, made quiet.
+        let bits = x.to_bits();
+        let rounded = (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16;
+        let is_nan = bits & 0x7FFF_FFFF > 0x7F80_0000;
+        bf16::from_bits(if is_nan { (bits >> 16) as u16 | 0x0040 } else { rounded })
     }
 }
 

@@ -8,6 +8,7 @@
 //!   thread pool); [`paged_decode_attention_with`] takes an explicit [`KernelConfig`].
 //! - [`store_new_rows`]: writes the new token's K/V rows before attention.
 //! - [`copy::copy_blocks`]: copies (layer, block) slabs between pools (swaps).
+//! - [`rowops`]: RMSNorm, residual add + RMSNorm, RoPE, SiLU-gated product over rows.
 
 pub mod bandwidth;
 pub mod copy;
@@ -19,6 +20,7 @@ mod kernel;
 pub mod layout;
 pub mod partition;
 pub mod reference;
+pub mod rowops;
 pub mod store;
 pub mod threads;
 

@@ -1,10 +1,12 @@
 //! Python module `rust_cpuattn`: converts torch CPU tensors / numpy arrays into slices
 //! (zero-copy), validates, releases the GIL for the whole call and calls the core crate.
+//! The row operations' bindings live in `rowops.rs`.
 //!
 //! Contract with callers: the arrays must not be resized, freed or written by another thread
 //! during a call (the GIL is released while the kernel runs).
 
 mod array;
+mod rowops;
 
 use array::{array, core_err, err, Elem, KV};
 use pyo3::prelude::*;
@@ -311,5 +313,9 @@ fn rust_cpuattn_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(supported_isas, m)?)?;
     m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
     m.add_function(wrap_pyfunction!(copy_blocks, m)?)?;
+    m.add_function(wrap_pyfunction!(rowops::rms_norm, m)?)?;
+    m.add_function(wrap_pyfunction!(rowops::add_rms_norm, m)?)?;
+    m.add_function(wrap_pyfunction!(rowops::rope, m)?)?;
+    m.add_function(wrap_pyfunction!(rowops::silu_mul, m)?)?;
     Ok(())
 }
