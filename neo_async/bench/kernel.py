@@ -22,7 +22,28 @@ import numpy as np
 from neo_async.bench.common import machine_info, print_table, write_json
 
 BLOCK_SIZE = 16
-LLC_BYTES = 32 << 20
+LLC_FALLBACK_BYTES = 32 << 20
+# Pools and the bandwidth buffer are at least 4x the LLC, but never above this (RAM is small).
+MAX_POOL_BYTES = 1536 << 20
+
+
+def llc_bytes() -> int:
+    """Size of the largest CPU cache cpu0 reports in sysfs (the LLC), or a fallback."""
+    from pathlib import Path
+
+    sizes = []
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = f.read_text().strip().upper()
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        try:
+            sizes.append(int(text.rstrip("KMG")) * mult)
+        except ValueError:
+            continue
+    return max(sizes, default=LLC_FALLBACK_BYTES)
+
+
+LLC_BYTES = llc_bytes()
+DEFAULT_POOL_MIB = min(4 * LLC_BYTES, MAX_POOL_BYTES) >> 20
 DTYPES = {"bf16": (np.uint16, 2), "f16": (np.float16, 2), "f32": (np.float32, 4)}
 FULL = dict(batch=[1, 16, 64], ctx=[128, 1024, 4096], heads=["9/3/64", "32/8/128", "32/32/128"], dtype=["bf16", "f16", "f32"], threads=[1, 2])
 QUICK = dict(batch=[16], ctx=[128, 1024], heads=["9/3/64", "32/8/128"], dtype=["bf16"], threads=[1, 2])
@@ -196,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", help="comma list (default 1,2)")
     p.add_argument("--iters", type=int, default=20, help="timed calls per case (>= 20 recommended)")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--pool-mib", type=int, default=4 * LLC_BYTES >> 20, help="KV pool size (all layers), default 4x LLC")
-    p.add_argument("--bw-mib", type=int, default=4 * LLC_BYTES >> 20, help="buffer read by the bandwidth probe")
+    llc = f"LLC {LLC_BYTES >> 20} MiB here"
+    p.add_argument("--pool-mib", type=int, default=DEFAULT_POOL_MIB, help=f"KV pool size (all layers), default 4x LLC, at most {MAX_POOL_BYTES >> 20} ({llc})")
+    p.add_argument("--bw-mib", type=int, default=DEFAULT_POOL_MIB, help="buffer read by the bandwidth probe (default as --pool-mib)")
     p.add_argument("--max-call-mib", type=int, default=2048, help="skip cases whose K+V per call exceed this")
     p.add_argument("--max-torch-mib", type=int, default=1024, help="skip torch baselines above this K+V per call")
     p.add_argument("--no-torch", action="store_true", help="skip the torch baselines")
@@ -264,6 +286,8 @@ def main(argv: list[str]) -> int:
         "isa": rust_cpuattn.isa(),
         "block_size": BLOCK_SIZE,
         "pool_mib": args.pool_mib,
+        "llc_mib": LLC_BYTES >> 20,
+        "bw_mib": args.bw_mib,
         "iters": args.iters,
         "rows": rows,
     }
