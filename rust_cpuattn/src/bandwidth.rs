@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use rayon::ThreadPool;
 
+use crate::kernel::{PAGE_BYTES, PREFETCH_BLOCKS, PREFETCH_LINES};
+
 /// Sums `buf` as u64 words with four independent accumulators (vectorised by the compiler).
 fn sum_words(buf: &[u64]) -> u64 {
     let mut acc = [0u64; 8];
@@ -45,8 +47,8 @@ pub fn read_bandwidth(buf: &[u64], pool: Option<&ThreadPool>) -> (f64, u64) {
 
 /// Reads all of `buf` once as `slab_words`-word slabs in a scattered (fixed, pseudo-random)
 /// order, a contiguous part of that order per thread of `pool` (the calling thread when
-/// `None`); any tail shorter than a slab is not read. Each slab's reads are started two slabs
-/// ahead the way the kernel starts its blocks (see `Job::prefetch_slabs`). Returns (bytes per
+/// `None`); any tail shorter than a slab is not read. Each slab's reads are started ahead the
+/// way the kernel starts its blocks (see `Job::prefetch_slabs`). Returns (bytes per
 /// second, checksum).
 pub fn read_bandwidth_scattered(buf: &[u64], slab_words: usize, pool: Option<&ThreadPool>) -> (f64, u64) {
     let slab_words = slab_words.max(1);
@@ -63,8 +65,8 @@ pub fn read_bandwidth_scattered(buf: &[u64], slab_words: usize, pool: Option<&Th
     let read = |lo: usize, hi: usize| {
         let mut sum = 0u64;
         for i in lo..hi {
-            if i + 2 < hi {
-                prefetch_page_starts(slab(i + 2));
+            if i + PREFETCH_BLOCKS < hi {
+                prefetch_page_starts(slab(i + PREFETCH_BLOCKS));
             }
             sum = sum.wrapping_add(sum_words(slab(i)));
         }
@@ -92,7 +94,7 @@ fn gcd(a: u64, b: u64) -> u64 {
     }
 }
 
-/// Prefetches the first two lines of each 4 KiB page segment of `words`.
+/// Prefetches the first `PREFETCH_LINES` lines of each 4 KiB page segment of `words`.
 fn prefetch_page_starts(words: &[u64]) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -101,9 +103,9 @@ fn prefetch_page_starts(words: &[u64]) {
         let bytes = std::mem::size_of_val(words);
         let mut off = 0;
         while off < bytes {
-            let seg_end = (((base as usize + off) / 4096 + 1) * 4096 - base as usize).min(bytes);
+            let seg_end = (((base as usize + off) / PAGE_BYTES + 1) * PAGE_BYTES - base as usize).min(bytes);
             let mut line = off;
-            while line < seg_end.min(off + 128) {
+            while line < seg_end.min(off + PREFETCH_LINES * 64) {
                 // SAFETY: a prefetch never faults; the address lies inside `words`.
                 unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(line)) };
                 line += 64;

@@ -58,21 +58,23 @@ impl<'a, T> Job<'a, T> {
 }
 
 /// Blocks ahead of the current one whose slabs get their reads started while it is processed.
-pub(crate) const PREFETCH_BLOCKS: usize = 2;
+pub(crate) const PREFETCH_BLOCKS: usize = 1;
 /// The hardware streamers follow sequential reads only within a 4 KiB page.
-const PAGE_BYTES: usize = 4096;
+pub(crate) const PAGE_BYTES: usize = 4096;
 /// Cache lines prefetched at the start of each page segment of a slab.
-const PREFETCH_LINES: usize = 2;
+pub(crate) const PREFETCH_LINES: usize = 12;
 
 impl<'a, T> Job<'a, T> {
     /// Starts the reads of the K and V slabs of `block`: the first lines of each 4 KiB page
     /// segment of each slab are prefetched (into L2), and the L2 streamer, triggered by them,
     /// fetches the rest of the segment on its own.
     ///
-    /// NOTE: on the reference machine, reading random 6 KiB slabs one after the other reaches
-    /// about two thirds of the sequential read bandwidth; starting the slabs two blocks ahead
-    /// this way reaches about all of it, while prefetching every line of them is slower than
-    /// no prefetch at all (the fill buffers fill up with prefetches and the streamer stalls).
+    /// NOTE: on the reference machines, prefetching every line of the slabs is slower than no
+    /// prefetch at all (the fill buffers fill up with prefetches and the streamer stalls).
+    /// On a Sapphire Rapids class VM with K/V in DRAM (pools 4x its 300 MiB LLC), starting
+    /// the next block's pages with 12 lines each beat two blocks ahead with 2 lines by about
+    /// 10-25% (9/3/64) and 5-10% (32/8/128); more blocks ahead, or lines spread over the page,
+    /// were slower.
     #[inline(always)]
     pub fn prefetch_slabs(&self, block: usize) {
         #[cfg(not(target_arch = "x86_64"))]
@@ -128,8 +130,9 @@ pub(crate) struct Seq<'a> {
     pub after: &'a [i32],
 }
 
-/// Calls reading less K+V than this stay on the calling thread.
-const MIN_PARALLEL_BYTES: usize = 2 << 20;
+/// Calls reading less K+V than this stay on the calling thread (measured with a dedicated
+/// pool: two threads already win at ~600 KiB, batch 16 x context 50: 81 vs 131 us).
+const MIN_PARALLEL_BYTES: usize = 256 << 10;
 
 /// Per-thread working memory of one item, reused across items.
 #[derive(Default)]
