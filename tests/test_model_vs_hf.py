@@ -41,6 +41,17 @@ def _run_keeping_logits(engine: Engine, prompts: list[list[int]], max_tokens: in
     return {r.request_id: (r.output_token_ids, logits[r.request_id]) for r in ids}
 
 
+def _assert_greedy(tokens: list[int], ref: torch.Tensor) -> None:
+    """Each token is transformers' argmax, or ties with it to float32 noise (random weights can
+    put two logits within 1e-6 of each other)."""
+    best = ref.max(-1).values
+    chosen = ref.gather(1, torch.tensor(tokens[: len(ref)]).view(-1, 1)).squeeze(1)
+    near_tie = (best - chosen) <= 1e-6 * ref.abs().max()
+    agree = torch.tensor(tokens[: len(ref)]) == ref.argmax(-1)
+    assert bool((agree | near_tie).all()), f"greedy tokens differ: {tokens} vs {ref.argmax(-1).tolist()}"
+    assert agree.float().mean() >= 0.9
+
+
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_logits_and_greedy_tokens_match_transformers(tmp_path, arch):
     hf = write_random_checkpoint(tmp_path, arch, seed=hash(arch) % 1000)
@@ -54,7 +65,7 @@ def test_logits_and_greedy_tokens_match_transformers(tmp_path, arch):
     ours = torch.stack(rows)
     rel = (ours - ref).abs().max() / ref.abs().max()
     assert rel <= MAX_REL_ERR, f"{arch}: max relative error {rel:.2e}"
-    assert tokens == ref.argmax(-1).tolist()
+    _assert_greedy(tokens, ref)
     engine.check()
     assert engine.pool.num_used == 0
 
