@@ -187,9 +187,10 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
                         match g - g0 {
                             1 => scores_wide::<T, D, 1>(k, qg, out),
                             2 => scores_wide::<T, D, 2>(k, qg, out),
-                            _ => scores_wide::<T, D, 3>(k, qg, out),
+                            3 => scores_wide::<T, D, 3>(k, qg, out),
+                            _ => scores_wide::<T, D, 4>(k, qg, out),
                         }
-                        g0 += 3;
+                        g0 += 4;
                     }
                 }
                 for gi in 0..g {
