@@ -121,10 +121,12 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
     // registers once for all heads of a group, q in the same element order.
     let wide = D != 0 && D % 64 == 0 && !use_dot;
     let q_wide: *const f32 = if wide && T::DTYPE == KvDtype::Bf16 {
-        q_evenodd.clear();
-        for c in q.chunks_exact(32) {
-            q_evenodd.extend(c.iter().step_by(2));
-            q_evenodd.extend(c.iter().skip(1).step_by(2));
+        q_evenodd.resize(q.len(), 0.0);
+        for (c, o) in q.chunks_exact(32).zip(q_evenodd.chunks_exact_mut(32)) {
+            for i in 0..16 {
+                o[i] = c[2 * i];
+                o[16 + i] = c[2 * i + 1];
+            }
         }
         q_evenodd.as_ptr()
     } else {
@@ -644,10 +646,15 @@ pub(crate) unsafe fn hsum16(v: *const f32) -> __m512 {
 }
 
 /// exp for 16 lanes: 2^n * P(r), |r| <= ln2/2, degree-6 polynomial (about 1 ulp);
-/// inputs below -104 (including -inf) give 0.
+/// inputs below `EXP_MIN` (including -inf) give 0.
+///
+/// NOTE: results are never subnormal: producing one (vscalefps by 2^-127 or less) costs a
+/// microcode assist of hundreds of cycles on Intel cores, and every masked lane of a tail
+/// chunk and the first rescale of each head (exp(-inf)) would take one.
 #[inline(always)]
 pub(crate) unsafe fn exp16(x: __m512) -> __m512 {
-    let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0)), _mm512_set1_ps(88.5));
+    let keep = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(EXP_MIN));
+    let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_MIN)), _mm512_set1_ps(88.5));
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
         x,
         _mm512_set1_ps(std::f32::consts::LOG2_E),
@@ -658,8 +665,11 @@ pub(crate) unsafe fn exp16(x: __m512) -> __m512 {
     for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
         poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(c));
     }
-    _mm512_scalef_ps(poly, n)
+    _mm512_maskz_scalef_ps(keep, poly, n)
 }
+
+/// Inputs of [`exp16`] below this give 0 (e^-87 is about 1.6e-38, still a normal f32).
+const EXP_MIN: f32 = -87.0;
 
 #[cfg(test)]
 mod tests {
