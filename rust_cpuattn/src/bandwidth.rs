@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use rayon::ThreadPool;
 
-use crate::kernel::{PAGE_BYTES, PREFETCH_BLOCKS, PREFETCH_LINES};
+use crate::kernel::{prefetch_page_starts, PREFETCH_BLOCKS};
 
 /// Sums `buf` as u64 words with four independent accumulators (vectorised by the compiler).
 fn sum_words(buf: &[u64]) -> u64 {
@@ -66,7 +66,7 @@ pub fn read_bandwidth_scattered(buf: &[u64], slab_words: usize, pool: Option<&Th
         let mut sum = 0u64;
         for i in lo..hi {
             if i + PREFETCH_BLOCKS < hi {
-                prefetch_page_starts(slab(i + PREFETCH_BLOCKS));
+                prefetch_words(slab(i + PREFETCH_BLOCKS));
             }
             sum = sum.wrapping_add(sum_words(slab(i)));
         }
@@ -94,27 +94,9 @@ fn gcd(a: u64, b: u64) -> u64 {
     }
 }
 
-/// Prefetches the first `PREFETCH_LINES` lines of each 4 KiB page segment of `words`.
-fn prefetch_page_starts(words: &[u64]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        let base = words.as_ptr().cast::<i8>();
-        let bytes = std::mem::size_of_val(words);
-        let mut off = 0;
-        while off < bytes {
-            let seg_end = (((base as usize + off) / PAGE_BYTES + 1) * PAGE_BYTES - base as usize).min(bytes);
-            let mut line = off;
-            while line < seg_end.min(off + PREFETCH_LINES * 64) {
-                // SAFETY: a prefetch never faults; the address lies inside `words`.
-                unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(line)) };
-                line += 64;
-            }
-            off = seg_end;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = words;
+/// Prefetches the first lines of each 4 KiB page segment of `words`, as the kernel does.
+fn prefetch_words(words: &[u64]) {
+    prefetch_page_starts(words.as_ptr().cast::<u8>(), std::mem::size_of_val(words));
 }
 
 #[cfg(test)]

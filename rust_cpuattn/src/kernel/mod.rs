@@ -64,6 +64,29 @@ pub(crate) const PAGE_BYTES: usize = 4096;
 /// Cache lines prefetched at the start of each page segment of a slab.
 pub(crate) const PREFETCH_LINES: usize = 12;
 
+/// Prefetches (into L2) the first `PREFETCH_LINES` lines of each 4 KiB page segment of the
+/// `bytes` bytes at `base`. A prefetch is a hint that never faults, whatever the address.
+#[inline(always)]
+pub(crate) fn prefetch_page_starts(base: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let mut off = 0;
+        while off < bytes {
+            let seg_end = (((base as usize + off) / PAGE_BYTES + 1) * PAGE_BYTES - base as usize).min(bytes);
+            let mut line = off;
+            while line < seg_end.min(off + PREFETCH_LINES * 64) {
+                // SAFETY: a prefetch never faults.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(line).cast::<i8>()) };
+                line += 64;
+            }
+            off = seg_end;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (base, bytes);
+}
+
 impl<'a, T> Job<'a, T> {
     /// Starts the reads of the K and V slabs of `block`: the first lines of each 4 KiB page
     /// segment of each slab are prefetched (into L2), and the L2 streamer, triggered by them,
@@ -77,28 +100,11 @@ impl<'a, T> Job<'a, T> {
     /// were slower.
     #[inline(always)]
     pub fn prefetch_slabs(&self, block: usize) {
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = block;
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-            let start = self.layout.slab_offset(self.layer, block);
-            let bytes = self.layout.slab_len() * std::mem::size_of::<T>();
-            for pool in [self.k, self.v] {
-                let base = pool.as_ptr().wrapping_add(start).cast::<i8>();
-                let mut off = 0;
-                while off < bytes {
-                    let seg_end = (((base as usize + off) / PAGE_BYTES + 1) * PAGE_BYTES - base as usize).min(bytes);
-                    let mut line = off;
-                    while line < seg_end.min(off + PREFETCH_LINES * 64) {
-                        // SAFETY: a prefetch is a hint that never faults; the address stays
-                        // inside the slab of a validated block id, so `wrapping_add` never wraps.
-                        unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(line)) };
-                        line += 64;
-                    }
-                    off = seg_end;
-                }
-            }
+        let start = self.layout.slab_offset(self.layer, block);
+        let bytes = self.layout.slab_len() * std::mem::size_of::<T>();
+        for pool in [self.k, self.v] {
+            // The slab of a validated block id lies inside the pool: `wrapping_add` never wraps.
+            prefetch_page_starts(pool.as_ptr().wrapping_add(start).cast::<u8>(), bytes);
         }
     }
 
