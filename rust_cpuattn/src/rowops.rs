@@ -118,27 +118,36 @@ fn silu_mul_rows<T: KvElem>(gate_up: &[T], out_width: usize, out: &mut [T]) {
 }
 widest!(fn silu_mul_any<T>(gate_up: &[T], out_width: usize, out: &mut [T]) = silu_mul_rows);
 
-/// `out[t] = x[t] * rsqrt(mean(x[t]^2) + eps) * weight` for each row t of width `weight.len()`.
-pub fn rms_norm<T: KvElem>(x: &[T], weight: &[f32], eps: f32, out: &mut [T]) -> Result<()> {
-    let width = weight.len();
-    check_rows("x", x.len(), width)?;
-    if out.len() != x.len() {
-        bail!("out has {} elements, x has {}", out.len(), x.len());
+/// The arguments of an RMSNorm over `len` elements: whole rows of `weight_len`, `out` as long,
+/// `eps` >= 0.
+fn check_norm(len: usize, weight_len: usize, eps: f32, out_len: usize) -> Result<()> {
+    check_rows("x", len, weight_len)?;
+    if out_len != len {
+        bail!("out has {out_len} elements, x has {len}");
     }
     if !(eps >= 0.0) {
         bail!("eps must be >= 0, got {eps}");
     }
+    Ok(())
+}
+
+/// `out[t] = x[t] * rsqrt(mean(x[t]^2) + eps) * weight` for each row t of width `weight.len()`.
+pub fn rms_norm<T: KvElem>(x: &[T], weight: &[f32], eps: f32, out: &mut [T]) -> Result<()> {
+    check_norm(x.len(), weight.len(), eps, out.len())?;
     rms_norm_any(x, weight, eps, out);
     Ok(())
 }
 
 /// `residual[t] += x[t]` (rounded to the element type), then `out[t] = rms_norm(residual[t])`.
+/// Every argument is checked before `residual` is written: a rejected call changes nothing.
 pub fn add_rms_norm<T: KvElem>(residual: &mut [T], x: &[T], weight: &[f32], eps: f32, out: &mut [T]) -> Result<()> {
     if residual.len() != x.len() {
         bail!("residual has {} elements, x has {}", residual.len(), x.len());
     }
+    check_norm(x.len(), weight.len(), eps, out.len())?;
     add_any(residual, x);
-    rms_norm(residual, weight, eps, out)
+    rms_norm_any(residual, weight, eps, out);
+    Ok(())
 }
 
 /// Rotates, in place, the first `num_heads` heads of each row of `x` (rows of `row_width`

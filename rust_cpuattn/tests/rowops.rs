@@ -130,6 +130,10 @@ fn bad_shapes_are_errors() {
     assert!(rms_norm(&[0f32; 16], &w, -1.0, &mut out).is_err());
     assert!(rms_norm(&[0f32; 16], &w, f32::NAN, &mut out).is_err());
     assert!(add_rms_norm(&mut [0f32; 8], &[0f32; 16], &w, 1e-5, &mut out).is_err());
+    let mut residual = [1f32; 16];
+    assert!(add_rms_norm(&mut residual, &[1f32; 16], &w, 1e-5, &mut out[..8]).is_err());
+    assert!(add_rms_norm(&mut residual, &[1f32; 16], &w, -1.0, &mut out).is_err());
+    assert_eq!(residual, [1f32; 16], "a rejected call leaves the residual as it was");
     let mut x = vec![0f32; 2 * 64];
     assert!(rope(&mut x, 64, 2, &[1.0; 64], &[0.0; 64]).is_err()); // 2 heads of 64 in rows of 64
     assert!(rope(&mut x, 64, 1, &[1.0; 64], &[0.0; 63]).is_err());
