@@ -58,7 +58,7 @@ def test_decode_backends_store_the_new_rows_and_match_float64(dtype, heads, head
             cache.decode(layer, q, table_t, lens_t, scale, k_new=k_new, v_new=v_new, out=out)
             results.append(out)
         for b, (table, n) in enumerate(zip(tables, lens, strict=True)):
-            block, row = table[(n - 1) // 16], (n - 1) % 16
+            block, row = table[(n - 1) // fast_cache.block_size], (n - 1) % fast_cache.block_size
             for cache in (fast_cache, slow_cache):
                 assert torch.equal(cache.k[layer, block, :, row], k_new[b].to(dtype))
                 assert torch.equal(cache.v[layer, block, :, row], v_new[b].to(dtype))

@@ -12,10 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-try:
-    import rust_cpuattn
-except ImportError:  # the model runs (slower) on the torch versions
-    rust_cpuattn = None
+from neo_async.native import rust_cpuattn
 
 
 def _fused(t: torch.Tensor) -> bool:

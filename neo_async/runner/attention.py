@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import torch
 
-try:
-    import rust_cpuattn
-except ImportError:  # the engine still runs (slower) without the extension
-    rust_cpuattn = None
+from neo_async.native import rust_cpuattn
 
 
 class KVCache:
@@ -35,7 +32,6 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.block_size = block_size
         self.use_rust_decode = device.type == "cpu" and rust_cpuattn is not None
-        self._rows = torch.arange(1024, dtype=torch.int32)  # the identity row map of decode batches
 
     def decode(
         self,
@@ -59,13 +55,12 @@ class KVCache:
             self.store(layer, k_new, v_new, blocks, positions % self.block_size)
             out.copy_(decode_attention(self, layer, q, block_tables, seq_lens, scale))
             return
-        rows = self._rows[: q.shape[0]] if q.shape[0] <= self._rows.shape[0] else torch.arange(q.shape[0], dtype=torch.int32)
         rust_cpuattn.paged_decode_attention(
             q.to(torch.float32).contiguous(),
             self.k,
             self.v,
             block_tables,
-            rows,
+            torch.arange(q.shape[0], dtype=torch.int32),  # request b reads table row b
             seq_lens,
             layer,
             scale,

@@ -6,10 +6,7 @@ import os
 
 import torch
 
-try:
-    import rust_cpuattn
-except ImportError:  # the engine runs without the extension, on torch's attention
-    rust_cpuattn = None
+from neo_async.native import rust_cpuattn
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
