@@ -54,8 +54,10 @@ def reference_paged_decode_attention(
     (single thread, float64 arithmetic): for tests."""
 
 def set_num_threads(num_threads: int) -> None:
-    """Sets the size of the kernel's thread pool (1 = run on the calling thread). The pool is
-    separate from torch's threads; default: RUST_CPUATTN_NUM_THREADS or the CPU count."""
+    """Sets the size of the kernel's thread team (1 = run on the calling thread): the calling
+    thread plus num_threads - 1 helpers, separate from torch's threads, which poll for the next
+    call for RUST_CPUATTN_POLL_US (default 1000) microseconds after each. Default size:
+    RUST_CPUATTN_NUM_THREADS or the CPU count."""
 
 def get_num_threads() -> int:
     """The number of kernel threads calls use."""

@@ -25,7 +25,7 @@ fn main() {
         let rows: Vec<i32> = (0..b as i32).collect();
         let lens = vec![ctx as i32; b];
         let mut out = vec![0.0f32; q.len()];
-        let cfg = KernelConfig { isa: Some(isa), pool: None, max_item_blocks: None };
+        let cfg = KernelConfig { isa: Some(isa), team: None, max_item_blocks: None };
         let mut times = vec![];
         for i in 0..60 {
             let table = BlockTable { block_ids: &ids, width: ctx / bs, rows: &rows, seq_lens: &lens };

@@ -31,7 +31,7 @@ fn main() {
                 _ => (KvSlice::F32(&vals), KvSlice::F32(&vals)),
             };
             let mut out = vec![0.0f32; q.len()];
-            let cfg = KernelConfig { isa: Some(isa), pool: None, max_item_blocks: None };
+            let cfg = KernelConfig { isa: Some(isa), team: None, max_item_blocks: None };
             let mut best = f64::MAX;
             for _ in 0..30 {
                 let t = Instant::now();

@@ -4,11 +4,28 @@
 //! fixed-size slabs in a scattered order, the access pattern of the kernel (one (layer,
 //! block) slab of K and one of V per block, at random addresses).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use rayon::ThreadPool;
-
 use crate::kernel::{prefetch_page_starts, PREFETCH_BLOCKS};
+use crate::team::Team;
+
+/// Parts per thread a probe's reads are split into (claimed in order, as the kernel's items).
+const PARTS_PER_THREAD: usize = 4;
+
+/// Sums `read(lo, hi)` over `PARTS_PER_THREAD` parts per thread of `team` covering `0..n`.
+fn sum_parts(n: usize, team: Option<&Team>, read: &(dyn Fn(usize, usize) -> u64 + Sync)) -> u64 {
+    let team = match team {
+        Some(team) if team.num_threads() > 1 => team,
+        _ => return read(0, n),
+    };
+    let parts = team.num_threads() * PARTS_PER_THREAD;
+    let sum = AtomicU64::new(0);
+    team.run(parts, &|i| {
+        sum.fetch_add(read(i * n / parts, (i + 1) * n / parts), Ordering::Relaxed);
+    });
+    sum.into_inner()
+}
 
 /// Sums `buf` as u64 words with four independent accumulators (vectorised by the compiler).
 fn sum_words(buf: &[u64]) -> u64 {
@@ -23,34 +40,21 @@ fn sum_words(buf: &[u64]) -> u64 {
     acc.iter().fold(tail, |a, &x| a.wrapping_add(x))
 }
 
-/// Reads all of `buf` once, split in one contiguous part per thread of `pool` (the calling
+/// Reads all of `buf` once, in contiguous parts shared by the threads of `team` (the calling
 /// thread when `None`). Returns (bytes per second, checksum).
-pub fn read_bandwidth(buf: &[u64], pool: Option<&ThreadPool>) -> (f64, u64) {
+pub fn read_bandwidth(buf: &[u64], team: Option<&Team>) -> (f64, u64) {
     let start = Instant::now();
-    let sum = match pool {
-        Some(pool) if pool.current_num_threads() > 1 => {
-            let n = pool.current_num_threads();
-            let part = buf.len().div_ceil(n);
-            pool.broadcast(|ctx| {
-                let lo = (ctx.index() * part).min(buf.len());
-                let hi = (lo + part).min(buf.len());
-                sum_words(&buf[lo..hi])
-            })
-            .into_iter()
-            .fold(0u64, |a, x| a.wrapping_add(x))
-        }
-        _ => sum_words(buf),
-    };
+    let sum = sum_parts(buf.len(), team, &|lo, hi| sum_words(&buf[lo..hi]));
     let secs = start.elapsed().as_secs_f64().max(1e-9);
     (std::mem::size_of_val(buf) as f64 / secs, sum)
 }
 
 /// Reads all of `buf` once as `slab_words`-word slabs in a scattered (fixed, pseudo-random)
-/// order, a contiguous part of that order per thread of `pool` (the calling thread when
-/// `None`); any tail shorter than a slab is not read. Each slab's reads are started ahead the
+/// order, in contiguous parts of that order shared by the threads of `team` (the calling
+/// thread when `None`); any tail shorter than a slab is not read. Each slab's reads are started ahead the
 /// way the kernel starts its blocks (see `Job::prefetch_slabs`). Returns (bytes per
 /// second, checksum).
-pub fn read_bandwidth_scattered(buf: &[u64], slab_words: usize, pool: Option<&ThreadPool>) -> (f64, u64) {
+pub fn read_bandwidth_scattered(buf: &[u64], slab_words: usize, team: Option<&Team>) -> (f64, u64) {
     let slab_words = slab_words.max(1);
     let n = buf.len() / slab_words;
     // i -> (i * stride) mod n with stride coprime to n: a permutation that jumps far apart.
@@ -73,15 +77,7 @@ pub fn read_bandwidth_scattered(buf: &[u64], slab_words: usize, pool: Option<&Th
         sum
     };
     let start = Instant::now();
-    let sum = match pool {
-        Some(pool) if pool.current_num_threads() > 1 => {
-            let t = pool.current_num_threads();
-            pool.broadcast(|ctx| read(ctx.index() * n / t, (ctx.index() + 1) * n / t))
-                .into_iter()
-                .fold(0u64, |a, x| a.wrapping_add(x))
-        }
-        _ => read(0, n),
-    };
+    let sum = sum_parts(n, team, &read);
     let secs = start.elapsed().as_secs_f64().max(1e-9);
     ((n * slab_words * 8) as f64 / secs, sum)
 }
@@ -105,14 +101,14 @@ mod tests {
     fn sums_everything() {
         let buf: Vec<u64> = (0..100_003).collect();
         let want = buf.iter().sum::<u64>();
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let team = crate::team::Team::new(3).unwrap();
         assert_eq!(super::read_bandwidth(&buf, None).1, want);
-        assert_eq!(super::read_bandwidth(&buf, Some(&pool)).1, want);
+        assert_eq!(super::read_bandwidth(&buf, Some(&team)).1, want);
         for slab in [1, 7, 768, 100_003] {
             let covered = buf.len() / slab * slab;
             let want = buf[..covered].iter().sum::<u64>();
             assert_eq!(super::read_bandwidth_scattered(&buf, slab, None).1, want, "slab {slab}");
-            assert_eq!(super::read_bandwidth_scattered(&buf, slab, Some(&pool)).1, want, "slab {slab}");
+            assert_eq!(super::read_bandwidth_scattered(&buf, slab, Some(&team)).1, want, "slab {slab}");
         }
     }
 }

@@ -3,13 +3,12 @@
 //! source and destination blocks: one memcpy per (layer, run).
 
 use std::ops::Range;
-
-use rayon::prelude::*;
-use rayon::ThreadPool;
+use std::sync::Mutex;
 
 use crate::dtype::{KvSlice, KvSliceMut};
 use crate::error::{bail, Result};
 use crate::layout::Layout;
+use crate::team::Team;
 
 /// Which slabs to copy: `src_block_ids[i]` of the source goes to `dst_block_ids[i]` of the
 /// destination, in every layer of `layers`.
@@ -72,7 +71,7 @@ pub fn plan_runs(src: &Layout, dst: &Layout, copy: &BlockCopy<'_>) -> Result<Vec
     Ok(runs)
 }
 
-/// Copies the slabs of `copy` from `src` to `dst` (same dtype) on `pool` (or the calling
+/// Copies the slabs of `copy` from `src` to `dst` (same dtype) on `team` (or the calling
 /// thread). Returns the number of coalesced runs per layer.
 pub fn copy_blocks(
     src_layout: &Layout,
@@ -80,16 +79,16 @@ pub fn copy_blocks(
     src: KvSlice<'_>,
     dst: &mut KvSliceMut<'_>,
     copy: &BlockCopy<'_>,
-    pool: Option<&ThreadPool>,
+    team: Option<&Team>,
 ) -> Result<usize> {
     let runs = plan_runs(src_layout, dst_layout, copy)?;
     if src.len() != src_layout.numel() || dst.len() != dst_layout.numel() {
         bail!("pool lengths do not match their shapes");
     }
     match (src, dst) {
-        (KvSlice::F32(s), KvSliceMut::F32(d)) => copy_runs(src_layout, dst_layout, s, d, &runs, &copy.layers, pool),
-        (KvSlice::F16(s), KvSliceMut::F16(d)) => copy_runs(src_layout, dst_layout, s, d, &runs, &copy.layers, pool),
-        (KvSlice::Bf16(s), KvSliceMut::Bf16(d)) => copy_runs(src_layout, dst_layout, s, d, &runs, &copy.layers, pool),
+        (KvSlice::F32(s), KvSliceMut::F32(d)) => copy_runs(src_layout, dst_layout, s, d, &runs, &copy.layers, team),
+        (KvSlice::F16(s), KvSliceMut::F16(d)) => copy_runs(src_layout, dst_layout, s, d, &runs, &copy.layers, team),
+        (KvSlice::Bf16(s), KvSliceMut::Bf16(d)) => copy_runs(src_layout, dst_layout, s, d, &runs, &copy.layers, team),
         (s, d) => bail!("source is {} but destination is {}", s.dtype().name(), d.dtype().name()),
     }
     Ok(runs.len())
@@ -98,6 +97,9 @@ pub fn copy_blocks(
 /// Largest piece one task copies (keeps threads balanced when runs are long).
 const MAX_TASK_BYTES: usize = 1 << 20;
 
+/// A source range and the destination range it is copied to.
+type Piece<'a, T> = (&'a [T], &'a mut [T]);
+
 fn copy_runs<T: Copy + Send + Sync>(
     src_layout: &Layout,
     dst_layout: &Layout,
@@ -105,7 +107,7 @@ fn copy_runs<T: Copy + Send + Sync>(
     dst: &mut [T],
     runs: &[Run],
     layers: &Range<usize>,
-    pool: Option<&ThreadPool>,
+    team: Option<&Team>,
 ) {
     let slab = src_layout.slab_len();
     // Tasks: (src offset, dst offset, elements), each inside one (layer, run).
@@ -126,7 +128,7 @@ fn copy_runs<T: Copy + Send + Sync>(
     // Tasks write disjoint ranges of `dst` (distinct destination blocks, checked by
     // `plan_runs`); hand each its own `&mut` piece by splitting `dst` in offset order.
     tasks.sort_unstable_by_key(|t| t.1);
-    let mut pieces: Vec<(&[T], &mut [T])> = Vec::with_capacity(tasks.len());
+    let mut pieces: Vec<Mutex<Option<Piece<'_, T>>>> = Vec::with_capacity(tasks.len());
     let mut rest: &mut [T] = dst;
     let mut consumed = 0;
     for (s, d, n) in tasks {
@@ -134,14 +136,16 @@ fn copy_runs<T: Copy + Send + Sync>(
         let (piece, tail) = tail.split_at_mut(n);
         rest = tail;
         consumed = d + n;
-        pieces.push((&src[s..s + n], piece));
+        pieces.push(Mutex::new(Some((&src[s..s + n], piece))));
     }
-    let copy_one = |(s, d): (&[T], &mut [T])| d.copy_from_slice(s);
-    match pool {
-        Some(pool) if pool.current_num_threads() > 1 && pieces.len() > 1 => {
-            pool.install(|| pieces.into_par_iter().with_max_len(1).for_each(copy_one))
-        }
-        _ => pieces.into_iter().for_each(copy_one),
+    // Each piece is claimed by exactly one thread; the lock only hands over its `&mut`.
+    let copy_one = |i: usize| {
+        let (s, d) = pieces[i].lock().unwrap_or_else(|e| e.into_inner()).take().expect("each piece copied once");
+        d.copy_from_slice(s);
+    };
+    match team {
+        Some(team) => team.run(pieces.len(), &copy_one),
+        None => (0..pieces.len()).for_each(copy_one),
     }
 }
 

@@ -5,7 +5,7 @@
 //!
 //! - [`paged_decode_attention_reference`]: the plain reference kernel (the oracle).
 //! - [`paged_decode_attention`]: the fast kernel (SIMD path chosen at run time, the crate's
-//!   thread pool); [`paged_decode_attention_with`] takes an explicit [`KernelConfig`].
+//!   thread team); [`paged_decode_attention_with`] takes an explicit [`KernelConfig`].
 //! - [`store_new_rows`]: writes the new token's K/V rows before attention.
 //! - [`copy::copy_blocks`]: copies (layer, block) slabs between pools (swaps).
 //! - [`rowops`]: RMSNorm, residual add + RMSNorm, RoPE, SiLU-gated product over rows.
@@ -22,6 +22,7 @@ pub mod partition;
 pub mod reference;
 pub mod rowops;
 pub mod store;
+pub mod team;
 pub mod threads;
 
 pub use dtype::{KvDtype, KvElem, KvSlice, KvSliceMut};
@@ -33,7 +34,7 @@ pub use layout::{BlockTable, DecodeArgs, Layout};
 pub use reference::paged_decode_attention_reference;
 pub use store::store_new_rows;
 
-/// Paged decode attention with the fast kernel on the crate's thread pool
+/// Paged decode attention with the fast kernel on the crate's thread team
 /// ([`threads::set_num_threads`]) and the selected ISA ([`Isa::selected`]). Same contract
 /// and results (to f32 rounding) as [`paged_decode_attention_reference`]; bitwise repeatable
 /// for a given thread count and ISA.
@@ -44,7 +45,7 @@ pub fn paged_decode_attention(
     v_cache: KvSlice<'_>,
     out: &mut [f32],
 ) -> Result<()> {
-    let pool = threads::pool()?;
-    let config = KernelConfig { isa: Some(Isa::selected()?), pool: pool.as_deref(), max_item_blocks: None };
+    let team = threads::team()?;
+    let config = KernelConfig { isa: Some(Isa::selected()?), team: Some(&team), max_item_blocks: None };
     paged_decode_attention_with(args, layout, k_cache, v_cache, out, &config)
 }

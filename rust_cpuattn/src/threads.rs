@@ -1,23 +1,25 @@
-//! The kernel's one thread pool: built on first use with the configured size, separate from
-//! torch's threads, rebuilt only when `set_num_threads` changes the size.
+//! The kernel's one thread team (see [`Team`]): built on first use with the configured size,
+//! separate from torch's threads, rebuilt only when `set_num_threads` changes the size.
 
 use std::sync::{Arc, Mutex};
-
-use rayon::ThreadPool;
+use std::time::Duration;
 
 use crate::error::{bail, Result};
+use crate::team::Team;
 
-/// Environment variable giving the default pool size.
+/// Environment variable giving the default team size.
 pub const NUM_THREADS_ENV: &str = "RUST_CPUATTN_NUM_THREADS";
+/// Environment variable giving how long (microseconds) helpers poll for the next call.
+pub const POLL_US_ENV: &str = "RUST_CPUATTN_POLL_US";
 const MAX_THREADS: usize = 1024;
 
 struct PoolState {
     /// Requested size; 0 until set (then the default applies).
     num_threads: usize,
-    pool: Option<Arc<ThreadPool>>,
+    team: Option<Arc<Team>>,
 }
 
-static POOL: Mutex<PoolState> = Mutex::new(PoolState { num_threads: 0, pool: None });
+static POOL: Mutex<PoolState> = Mutex::new(PoolState { num_threads: 0, team: None });
 
 fn default_num_threads() -> usize {
     std::env::var(NUM_THREADS_ENV)
@@ -25,6 +27,13 @@ fn default_num_threads() -> usize {
         .and_then(|s| s.trim().parse::<usize>().ok())
         .filter(|&n| (1..=MAX_THREADS).contains(&n))
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+fn poll_time() -> Duration {
+    std::env::var(POLL_US_ENV)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map_or(crate::team::DEFAULT_POLL, |us| Duration::from_micros(us.min(1_000_000)))
 }
 
 /// Sets the number of kernel threads (1 = run on the calling thread).
@@ -35,7 +44,7 @@ pub fn set_num_threads(num_threads: usize) -> Result<()> {
     let mut state = POOL.lock().unwrap_or_else(|e| e.into_inner());
     if state.num_threads != num_threads {
         state.num_threads = num_threads;
-        state.pool = None;
+        state.team = None;
     }
     Ok(())
 }
@@ -50,22 +59,14 @@ pub fn num_threads() -> usize {
     }
 }
 
-/// The pool for the configured size (`None` for one thread), built on first use.
-pub fn pool() -> Result<Option<Arc<ThreadPool>>> {
+/// The team for the configured size, built on first use.
+pub fn team() -> Result<Arc<Team>> {
     let mut state = POOL.lock().unwrap_or_else(|e| e.into_inner());
     if state.num_threads == 0 {
         state.num_threads = default_num_threads();
     }
-    if state.num_threads == 1 {
-        return Ok(None);
+    if state.team.is_none() {
+        state.team = Some(Arc::new(Team::with_poll(state.num_threads, poll_time())?));
     }
-    if state.pool.is_none() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(state.num_threads)
-            .thread_name(|i| format!("rust-cpuattn-{i}"))
-            .build()
-            .map_err(|e| crate::Error::new(format!("cannot start {} kernel threads: {e}", state.num_threads)))?;
-        state.pool = Some(Arc::new(pool));
-    }
-    Ok(state.pool.clone())
+    Ok(Arc::clone(state.team.as_ref().expect("built above")))
 }

@@ -8,10 +8,10 @@ use rust_cpuattn::{KvDtype, Layout};
 
 #[test]
 fn copies_exactly_the_requested_slabs() {
-    let pool3 = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    let team3 = rust_cpuattn::team::Team::new(3).unwrap();
     let mut rng = Rng::new(3);
     for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Bf16] {
-        for (layers, threads) in [(0..4, None), (1..3, Some(&pool3)), (2..2, Some(&pool3)), (0..4, Some(&pool3))] {
+        for (layers, threads) in [(0..4, None), (1..3, Some(&team3)), (2..2, Some(&team3)), (0..4, Some(&team3))] {
             let (src_l, dst_l) = (Layout::new(4, 40, 2, 16, 64).unwrap(), Layout::new(4, 25, 2, 16, 64).unwrap());
             let src_vals: Vec<f32> = (0..src_l.numel()).map(|_| rng.unit()).collect();
             let dst_vals: Vec<f32> = (0..dst_l.numel()).map(|_| rng.unit() + 5.0).collect();

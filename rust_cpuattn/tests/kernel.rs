@@ -4,14 +4,15 @@
 mod common;
 
 use common::{max_abs_diff, Problem, Spec};
+use rust_cpuattn::team::Team;
 use rust_cpuattn::{paged_decode_attention_with, Isa, KernelConfig, KvDtype};
 
 const DTYPES: [KvDtype; 3] = [KvDtype::F32, KvDtype::F16, KvDtype::Bf16];
 /// Bound on |out - oracle| for inputs in [-1, 1] (f32 arithmetic over up to ~4k tokens).
 const TOL: f64 = 2e-5;
 
-fn pool(n: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap()
+fn team(n: usize) -> Team {
+    Team::new(n).unwrap()
 }
 
 fn run(p: &Problem, config: &KernelConfig<'_>) -> Vec<f32> {
@@ -27,7 +28,7 @@ fn check(p: &Problem, config: &KernelConfig<'_>, what: &str) {
 
 #[test]
 fn every_isa_dtype_group_and_head_dim() {
-    let pool2 = pool(2);
+    let team2 = team(2);
     let mut seed = 100;
     for isa in Isa::supported() {
         for dtype in DTYPES {
@@ -39,10 +40,10 @@ fn every_isa_dtype_group_and_head_dim() {
                         spec.q_bf16_exact = q_bf16_exact;
                         let p = Problem::new(&spec, seed);
                         let what = format!("{isa:?} {dtype:?} hq={hq} hkv={hkv} d={d} bs={bs} bf16q={q_bf16_exact}");
-                        check(&p, &KernelConfig { isa: Some(isa), pool: None, max_item_blocks: None }, &what);
+                        check(&p, &KernelConfig { isa: Some(isa), team: None, max_item_blocks: None }, &what);
                         check(
                             &p,
-                            &KernelConfig { isa: Some(isa), pool: Some(&pool2), max_item_blocks: Some(2) },
+                            &KernelConfig { isa: Some(isa), team: Some(&team2), max_item_blocks: Some(2) },
                             &what,
                         );
                     }
@@ -55,7 +56,7 @@ fn every_isa_dtype_group_and_head_dim() {
 #[test]
 fn ragged_lengths_batches_and_threads() {
     let lens = [1, 15, 16, 17, 255, 256, 257, 1000, 4097];
-    let pools: Vec<_> = [2, 3, 7].into_iter().map(pool).collect();
+    let teams: Vec<_> = [2, 3, 7].into_iter().map(team).collect();
     for isa in Isa::supported() {
         for (i, dtype) in DTYPES.into_iter().enumerate() {
             let bs = [16, 32][i % 2];
@@ -65,10 +66,10 @@ fn ragged_lengths_batches_and_threads() {
                 spec.q_bf16_exact = batch % 2 == 1;
                 let p = Problem::new(&spec, batch as u64 * 31 + i as u64);
                 let oracle = p.oracle();
-                for pool in [None].into_iter().chain(pools.iter().map(Some)) {
-                    let out = run(&p, &KernelConfig { isa: Some(isa), pool, max_item_blocks: None });
+                for team in [None].into_iter().chain(teams.iter().map(Some)) {
+                    let out = run(&p, &KernelConfig { isa: Some(isa), team, max_item_blocks: None });
                     let err = max_abs_diff(&out, &oracle);
-                    let threads = pool.map_or(1, |p| p.current_num_threads());
+                    let threads = team.map_or(1, Team::num_threads);
                     assert!(err < TOL, "{isa:?} {dtype:?} batch {batch} threads {threads}: {err}");
                 }
             }
@@ -78,15 +79,15 @@ fn ragged_lengths_batches_and_threads() {
 
 #[test]
 fn forced_split_equals_unsplit_and_runs_repeat_bitwise() {
-    let pool3 = pool(3);
+    let team3 = team(3);
     for isa in Isa::supported() {
         for dtype in DTYPES {
             let mut spec = Spec::new(&[4097, 1000, 33, 1, 600], 32, 8, 128, 16, dtype);
             spec.q_bf16_exact = true;
             let p = Problem::new(&spec, 9);
-            let whole = run(&p, &KernelConfig { isa: Some(isa), pool: None, max_item_blocks: None });
+            let whole = run(&p, &KernelConfig { isa: Some(isa), team: None, max_item_blocks: None });
             for blocks in [1, 3, 16] {
-                let cfg = KernelConfig { isa: Some(isa), pool: Some(&pool3), max_item_blocks: Some(blocks) };
+                let cfg = KernelConfig { isa: Some(isa), team: Some(&team3), max_item_blocks: Some(blocks) };
                 let split = run(&p, &cfg);
                 let diff = split.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
                 assert!(diff < 1e-6, "{isa:?} {dtype:?} split {blocks}: {diff}");
@@ -96,7 +97,7 @@ fn forced_split_equals_unsplit_and_runs_repeat_bitwise() {
                     "{isa:?} {dtype:?} not repeatable"
                 );
             }
-            let auto = KernelConfig { isa: Some(isa), pool: Some(&pool3), max_item_blocks: None };
+            let auto = KernelConfig { isa: Some(isa), team: Some(&team3), max_item_blocks: None };
             let (a, b) = (run(&p, &auto), run(&p, &auto));
             assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()));
         }
@@ -112,7 +113,7 @@ fn extreme_logits_stay_finite_and_accurate() {
                 spec.q_scale = q_scale;
                 spec.q_bf16_exact = true;
                 let p = Problem::new(&spec, 77);
-                let out = run(&p, &KernelConfig { isa: Some(isa), pool: None, max_item_blocks: Some(4) });
+                let out = run(&p, &KernelConfig { isa: Some(isa), team: None, max_item_blocks: Some(4) });
                 // Logits up to ~1e5: f32 score rounding alone moves weights, so the bound is
                 // loose; what matters is no inf/NaN and no blow-up.
                 let err = max_abs_diff(&out, &p.oracle());
@@ -141,7 +142,7 @@ fn unsupported_or_invalid_calls_are_errors() {
 }
 
 #[test]
-fn global_pool_entry_point() {
+fn global_team_entry_point() {
     let p = Problem::new(&Spec::new(&[100, 3000], 8, 2, 128, 16, KvDtype::F16), 12);
     let mut out = vec![0.0; p.out_len()];
     rust_cpuattn::paged_decode_attention(&p.args(), &p.layout, p.k.view(), p.v.view(), &mut out).unwrap();
@@ -155,7 +156,7 @@ fn global_pool_entry_point() {
 #[test]
 fn random_tables_never_panic() {
     let mut rng = common::Rng::new(2024);
-    let pool2 = pool(2);
+    let team2 = team(2);
     for case in 0..300 {
         let dtype = DTYPES[case % 3];
         let lens: Vec<usize> = (0..1 + rng.below(5)).map(|_| 1 + rng.below(200)).collect();
@@ -182,7 +183,7 @@ fn random_tables_never_panic() {
             }
         }
         for isa in Isa::supported() {
-            let cfg = KernelConfig { isa: Some(isa), pool: Some(&pool2), max_item_blocks: Some(1 + rng.below(4)) };
+            let cfg = KernelConfig { isa: Some(isa), team: Some(&team2), max_item_blocks: Some(1 + rng.below(4)) };
             let mut out = vec![0.0; p.out_len()];
             match paged_decode_attention_with(&p.args(), &p.layout, p.k.view(), p.v.view(), &mut out, &cfg) {
                 // A mutation may keep the call valid (a changed id in an unused column, or one

@@ -187,7 +187,7 @@ decode_function!(
     "The plain reference kernel, same signature (for tests)."
 );
 
-/// Sets the number of kernel threads (the pool is rebuilt only when the number changes).
+/// Sets the number of kernel threads (the team is rebuilt only when the number changes).
 #[pyfunction]
 fn set_num_threads(num_threads: i64) -> PyResult<()> {
     let n = usize::try_from(num_threads).map_err(|_| err(format!("num_threads must be >= 1, got {num_threads}")))?;
@@ -225,11 +225,11 @@ fn read_bandwidth(py: Python<'_>, buffer: &Bound<'_, PyAny>, slab_bytes: Option<
     // `words * 8` bytes (8-byte aligned, checked above); it is only read, and `buffer` is
     // borrowed until this function returns.
     let words: &[u64] = unsafe { std::slice::from_raw_parts(a.addr as *const u64, words) };
-    let pool = core::threads::pool().map_err(core_err)?;
+    let team = core::threads::team().map_err(core_err)?;
     match slab_bytes {
-        None => Ok(py.detach(|| core::bandwidth::read_bandwidth(words, pool.as_deref()).0)),
+        None => Ok(py.detach(|| core::bandwidth::read_bandwidth(words, Some(&team)).0)),
         Some(b) if b >= 8 && b % 8 == 0 && b <= words.len() * 8 => {
-            Ok(py.detach(|| core::bandwidth::read_bandwidth_scattered(words, b / 8, pool.as_deref()).0))
+            Ok(py.detach(|| core::bandwidth::read_bandwidth_scattered(words, b / 8, Some(&team)).0))
         }
         Some(b) => Err(err(format!("slab_bytes must be a multiple of 8 in [8, buffer size], got {b}"))),
     }
@@ -294,10 +294,10 @@ fn copy_blocks(
     // SAFETY: the four objects are borrowed until this function returns; the destinations
     // are disjoint from each other and from the sources (checked above).
     let (sk_s, sv_s, mut dk_s, mut dv_s) = unsafe { (sk.kv(), sv.kv(), dk.kv_mut()?, dv.kv_mut()?) };
-    let pool = core::threads::pool().map_err(core_err)?;
+    let team = core::threads::team().map_err(core_err)?;
     py.detach(|| -> core::Result<usize> {
-        core::copy::copy_blocks(&src_layout, &dst_layout, sk_s, &mut dk_s, &plan, pool.as_deref())?;
-        core::copy::copy_blocks(&src_layout, &dst_layout, sv_s, &mut dv_s, &plan, pool.as_deref())
+        core::copy::copy_blocks(&src_layout, &dst_layout, sk_s, &mut dk_s, &plan, Some(&team))?;
+        core::copy::copy_blocks(&src_layout, &dst_layout, sv_s, &mut dv_s, &plan, Some(&team))
     })
     .map_err(core_err)
 }

@@ -8,15 +8,14 @@
 
 use std::cell::RefCell;
 use std::ops::Range;
-
-use rayon::prelude::*;
-use rayon::ThreadPool;
+use std::sync::Mutex;
 
 use crate::dtype::{KvElem, KvSlice};
 use crate::error::{bail, Result};
 use crate::isa::Isa;
 use crate::layout::{DecodeArgs, Layout};
 use crate::partition::{partition, Item};
+use crate::team::Team;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -30,7 +29,7 @@ pub struct KernelConfig<'p> {
     /// SIMD path; `None` = [`Isa::selected`].
     pub isa: Option<Isa>,
     /// Threads to run items on; `None` = the calling thread only.
-    pub pool: Option<&'p ThreadPool>,
+    pub team: Option<&'p Team>,
     /// Forces items of at most this many blocks (tests); `None` = the automatic partition.
     pub max_item_blocks: Option<usize>,
 }
@@ -136,8 +135,8 @@ pub(crate) struct Seq<'a> {
     pub after: &'a [i32],
 }
 
-/// Calls reading less K+V than this stay on the calling thread (measured with a dedicated
-/// pool: two threads already win at ~600 KiB, batch 16 x context 50: 81 vs 131 us).
+/// Calls reading less K+V than this stay on the calling thread (two threads already won at
+/// ~600 KiB, batch 16 x context 50: 81 vs 131 us).
 const MIN_PARALLEL_BYTES: usize = 256 << 10;
 
 /// Per-thread working memory of one item, reused across items.
@@ -282,9 +281,9 @@ fn run<T: Backend>(
     // calling thread (unless splitting is forced). Depends on lengths only: deterministic.
     let tokens: usize = args.table.seq_lens.iter().map(|&n| n as usize).sum();
     let kv_bytes = 2 * tokens * layout.num_kv_heads * d * std::mem::size_of::<T>();
-    let threads = match config.pool {
+    let threads = match config.team {
         Some(_) if kv_bytes < MIN_PARALLEL_BYTES && config.max_item_blocks.is_none() => 1,
-        pool => pool.map_or(1, |p| p.current_num_threads()),
+        team => team.map_or(1, Team::num_threads),
     };
     let items = partition(args.table.seq_lens, layout.block_size, threads, config.max_item_blocks);
     let job = Job {
@@ -307,15 +306,16 @@ fn run<T: Backend>(
     let mut partials = vec![0.0f32; num_partials * partial_len];
     let mut outs: Vec<Option<&mut [f32]>> = out.chunks_mut(hq * d).map(Some).collect();
     let mut partial_slots = partials.chunks_mut(partial_len);
-    let mut work: Vec<(Item, Option<Item>, Dest<'_>)> = Vec::with_capacity(items.len());
-    let nexts: Vec<Option<Item>> = items.iter().skip(1).map(|&i| Some(i)).chain([None]).collect();
-    for (item, next) in items.into_iter().zip(nexts) {
+    // Each item is claimed by exactly one thread (see `Team::run`); the lock only hands over
+    // its `&mut` destination.
+    let mut work: Vec<Mutex<Option<(Item, Dest<'_>)>>> = Vec::with_capacity(items.len());
+    for &item in &items {
         let dest = if parts_of[item.seq] == 1 {
             Dest::Out(outs[item.seq].take().expect("one item per unsplit request"))
         } else {
             Dest::Partial(partial_slots.next().expect("a slot per partial"))
         };
-        work.push((item, next, dest));
+        work.push(Mutex::new(Some((item, dest))));
     }
 
     let row_ids = |b: usize| {
@@ -323,10 +323,12 @@ fn run<T: Backend>(
         let used = (args.table.seq_lens[b] as usize).div_ceil(layout.block_size);
         &args.table.block_ids[row * args.table.width..][..used]
     };
-    let run_one = |(item, next, dest): (Item, Option<Item>, Dest<'_>)| {
+    let run_one = |i: usize| {
+        let (item, dest) = work[i].lock().unwrap_or_else(|e| e.into_inner()).take().expect("each item runs once");
         let b = item.seq;
         let len = args.table.seq_lens[b] as usize;
-        let after = match next {
+        // Items are claimed in order, so this thread's next one is about `threads` ahead.
+        let after = match items.get(i + threads) {
             Some(n) => &row_ids(n.seq)[n.block_start..n.block_end.min(n.block_start + PREFETCH_BLOCKS)],
             None => &[],
         };
@@ -356,12 +358,11 @@ fn run<T: Backend>(
             }
         });
     };
-    match config.pool {
-        Some(pool) if threads > 1 && work.len() > 1 => {
-            pool.install(|| work.into_par_iter().with_max_len(1).for_each(run_one));
-        }
-        _ => work.into_iter().for_each(run_one),
+    match config.team {
+        Some(team) if threads > 1 => team.run(work.len(), &run_one),
+        _ => (0..work.len()).for_each(run_one),
     }
+    drop(work);
 
     // Merge partials of split requests, in item order.
     let mut offset = 0;
