@@ -122,12 +122,7 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
     let wide = D != 0 && D % 64 == 0 && !use_dot;
     let q_wide: *const f32 = if wide && T::DTYPE == KvDtype::Bf16 {
         q_evenodd.resize(q.len(), 0.0);
-        for (c, o) in q.chunks_exact(32).zip(q_evenodd.chunks_exact_mut(32)) {
-            for i in 0..16 {
-                o[i] = c[2 * i];
-                o[16 + i] = c[2 * i + 1];
-            }
-        }
+        permute_evenodd(q, q_evenodd);
         q_evenodd.as_ptr()
     } else {
         q.as_ptr()
@@ -149,7 +144,9 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
         let n_blk = (seq.len - j * bs).min(bs);
         job.prefetch_ahead(seq, &range, j);
         for h in 0..job.layout.num_kv_heads {
-            let kt = job.tile(job.k, block, h, n_blk);
+            // All `bs` rows of the K tile: rows past the length are read (in bounds, the tile
+            // is the block's) by the full-width score paths and masked out.
+            let kt = job.tile(job.k, block, h, bs);
             let vt = job.tile(job.v, block, h, n_blk);
             let q_h = q.as_ptr().add(h * g * d);
             let mut r0 = 0;
@@ -157,10 +154,15 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
                 let n = (n_blk - r0).min(LANES);
                 let krows = &kt[r0 * d..(r0 + n) * d];
                 let vrows = &vt[r0 * d..(r0 + n) * d];
+                // A fast head_dim with 16 rows left in the tile: the full-width score paths
+                // read all 16 (`krows16`), and lanes past `n` are masked in the softmax.
+                let full = D != 0 && bs - r0 >= LANES;
+                let krows16 = if full { &kt[r0 * d..(r0 + LANES) * d] } else { krows };
                 // K rows as f32 for the f32 path: in place for f32 pools, else widened (not
                 // read at all on the bf16 dot-product path).
-                let full = D != 0 && n == LANES;
-                let kptr: *const f32 = if use_dot || is_f32 || (wide && full) {
+                let kptr: *const f32 = if full && (use_dot || is_f32 || wide) {
+                    krows16.as_ptr().cast()
+                } else if use_dot || is_f32 {
                     krows.as_ptr().cast()
                 } else {
                     widen(krows, kf);
@@ -182,7 +184,7 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
                 let mut rescale = false;
                 if wide && full {
                     // Raw scores of every head, to `dots[gi]`.
-                    let (k, qw) = (krows.as_ptr(), q_wide.add(h * g * D));
+                    let (k, qw) = (krows16.as_ptr(), q_wide.add(h * g * D));
                     let mut g0 = 0;
                     while g0 < g {
                         let (qg, out) = (qw.add(g0 * D), dots.add(g0 * LANES));
@@ -205,7 +207,7 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
                         }
                         hsum16(dg)
                     } else if use_dot {
-                        scores_bf16::<D>(krows.as_ptr().cast(), q_bf16.as_ptr().add((h * g + gi) * D))
+                        scores_bf16::<D>(krows16.as_ptr().cast(), q_bf16.as_ptr().add((h * g + gi) * D))
                     } else {
                         scores_f32::<D>(kptr, q_h.add(gi * D))
                     };
@@ -290,6 +292,21 @@ unsafe fn widen_bf16_evenodd(rows: *const u16, len: usize, dst: &mut [f32]) {
         let x = _mm512_loadu_si512(rows.add(i).cast());
         _mm512_storeu_ps(out.add(i), _mm512_castsi512_ps(_mm512_slli_epi32::<16>(x)));
         _mm512_storeu_ps(out.add(i + 16), _mm512_castsi512_ps(_mm512_and_si512(x, hi)));
+    }
+}
+
+/// Copies `src` (a multiple of 32 elements) to `dst` in the (even, odd) chunk order of
+/// `widen_bf16_evenodd`: per 32-element chunk, the 16 even elements then the 16 odd ones.
+#[inline(always)]
+unsafe fn permute_evenodd(src: &[f32], dst: &mut [f32]) {
+    assert!(src.len() % 32 == 0 && dst.len() == src.len());
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let (s, o) = (src.as_ptr(), dst.as_mut_ptr());
+    for i in (0..src.len()).step_by(32) {
+        let (lo, hi) = (_mm512_loadu_ps(s.add(i)), _mm512_loadu_ps(s.add(i + 16)));
+        _mm512_storeu_ps(o.add(i), _mm512_permutex2var_ps(lo, even, hi));
+        _mm512_storeu_ps(o.add(i + 16), _mm512_permutex2var_ps(lo, odd, hi));
     }
 }
 
