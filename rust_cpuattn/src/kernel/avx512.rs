@@ -142,8 +142,16 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
     for j in blocks {
         let block = seq.block_ids[j] as usize;
         let n_blk = (seq.len - j * bs).min(bs);
-        job.prefetch_ahead(seq, &range, j);
+        // The item's first block by its pages; the block ahead tile by tile, as this one goes
+        // (see `Job::prefetch_tile_start`).
+        if j == range.start {
+            job.prefetch_slabs(block);
+        }
+        let ahead = job.block_ahead(seq, &range, j);
         for h in 0..job.layout.num_kv_heads {
+            if let Some(a) = ahead {
+                job.prefetch_tile_start(job.k, a, h);
+            }
             // All `bs` rows of the K tile: rows past the length are read (in bounds, the tile
             // is the block's) by the full-width score paths and masked out.
             let kt = job.tile(job.k, block, h, bs);
@@ -237,6 +245,9 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
                     };
                     m[hq] = m_new;
                     alpha[gi] = a;
+                }
+                if let (Some(a), 0) = (ahead, r0) {
+                    job.prefetch_tile_start(job.v, a, h);
                 }
                 // acc = acc * alpha + sum_t p[t] * V[t], for each head of the group.
                 let acc_h = acc.as_mut_ptr().add(h * g * d);

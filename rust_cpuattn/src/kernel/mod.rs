@@ -62,6 +62,25 @@ pub(crate) const PREFETCH_BLOCKS: usize = 1;
 pub(crate) const PAGE_BYTES: usize = 4096;
 /// Cache lines prefetched at the start of each page segment of a slab.
 pub(crate) const PREFETCH_LINES: usize = 12;
+/// Cache lines prefetched at the start of each tile of the block ahead (AVX-512 path).
+pub(crate) const TILE_PREFETCH_LINES: usize = 8;
+
+/// Prefetches (into L2) every line of the `bytes` bytes at `base`; a hint that never faults.
+#[inline(always)]
+fn prefetch_lines_l2(base: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: a prefetch never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(off).cast::<i8>()) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (base, bytes);
+}
 
 /// Prefetches (into L2) the first `PREFETCH_LINES` lines of each 4 KiB page segment of the
 /// `bytes` bytes at `base`. A prefetch is a hint that never faults, whatever the address.
@@ -107,6 +126,15 @@ impl<'a, T> Job<'a, T> {
         }
     }
 
+    /// The id of the block `PREFETCH_BLOCKS` after block index `j` of an item processing
+    /// `blocks` of `seq` (past the item's end, of the next item's first blocks), if known.
+    #[inline(always)]
+    pub fn block_ahead(&self, seq: &Seq<'_>, blocks: &Range<usize>, j: usize) -> Option<usize> {
+        let idx = j + PREFETCH_BLOCKS;
+        let id = if idx < blocks.end { seq.block_ids.get(idx) } else { seq.after.get(idx - blocks.end) };
+        id.map(|&id| id as usize)
+    }
+
     /// Prefetch for an item processing blocks `blocks` of `seq`, called as block index `j`
     /// starts: the slabs of the block `PREFETCH_BLOCKS` ahead (past the item's end, of the
     /// next item's first blocks); the item's first block also covers the blocks before that.
@@ -117,11 +145,25 @@ impl<'a, T> Job<'a, T> {
                 self.prefetch_slabs(seq.block_ids[jj] as usize);
             }
         }
-        let idx = j + PREFETCH_BLOCKS;
-        let id = if idx < blocks.end { seq.block_ids.get(idx) } else { seq.after.get(idx - blocks.end) };
-        if let Some(&id) = id {
-            self.prefetch_slabs(id as usize);
+        if let Some(id) = self.block_ahead(seq, blocks, j) {
+            self.prefetch_slabs(id);
         }
+    }
+
+    /// Prefetches (into L2) the first `TILE_PREFETCH_LINES` lines of the (block, kv_head)
+    /// tile of `pool` (K or V); the L2 streamer, triggered by them, fetches the rest.
+    ///
+    /// NOTE: the AVX-512 path starts the block ahead this way, tile by tile as it works
+    /// through the current block (K as a tile's scores start, V as its weighted sum starts)
+    /// rather than all of its pages at once when the current block starts. Measured with K/V
+    /// in DRAM, batch 16, bf16, 9/3/64 and 32/8/128: 4-16% faster at context 1024 and 5-10%
+    /// at 128, with 1 and 2 threads; 4 lines were slower, 12 about the same.
+    #[inline(always)]
+    pub fn prefetch_tile_start(&self, pool: &[T], block: usize, kv_head: usize) {
+        let start = self.layout.row_offset(self.layer, block, kv_head, 0);
+        let bytes = self.layout.block_size * self.layout.head_dim * std::mem::size_of::<T>();
+        // The tile of a validated block id lies inside the pool: `wrapping_add` never wraps.
+        prefetch_lines_l2(pool.as_ptr().wrapping_add(start).cast::<u8>(), bytes.min(TILE_PREFETCH_LINES * 64));
     }
 }
 
