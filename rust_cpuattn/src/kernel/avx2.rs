@@ -70,8 +70,16 @@ unsafe fn body<T: Wide8, const D: usize>(job: &Job<'_, T>, seq: &Seq<'_>, blocks
     for j in blocks {
         let block = seq.block_ids[j] as usize;
         let n_blk = (seq.len - j * bs).min(bs);
-        job.prefetch_ahead(seq, &range, j);
+        // As the AVX-512 path: the item's first block by its pages, the block ahead tile by
+        // tile (see `Job::prefetch_tile_start`).
+        if j == range.start {
+            job.prefetch_slabs(block);
+        }
+        let ahead = job.block_ahead(seq, &range, j);
         for h in 0..job.layout.num_kv_heads {
+            if let Some(a) = ahead {
+                job.prefetch_tile_start(job.k, a, h);
+            }
             let kt = job.tile(job.k, block, h, n_blk);
             let vt = job.tile(job.v, block, h, n_blk);
             let mut r0 = 0;
@@ -124,6 +132,9 @@ unsafe fn body<T: Wide8, const D: usize>(job: &Job<'_, T>, seq: &Seq<'_>, blocks
                     l[hq] = l[hq] * a + sum;
                     m[hq] = m_new;
                     alpha[gi] = a;
+                }
+                if let (Some(a), 0) = (ahead, r0) {
+                    job.prefetch_tile_start(job.v, a, h);
                 }
                 let vptr: *const f32 = if is_f32 {
                     vrows.as_ptr().cast()

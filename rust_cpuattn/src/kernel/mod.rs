@@ -62,7 +62,7 @@ pub(crate) const PREFETCH_BLOCKS: usize = 1;
 pub(crate) const PAGE_BYTES: usize = 4096;
 /// Cache lines prefetched at the start of each page segment of a slab.
 pub(crate) const PREFETCH_LINES: usize = 12;
-/// Cache lines prefetched at the start of each tile of the block ahead (AVX-512 path).
+/// Cache lines prefetched at the start of each tile of the block ahead (SIMD paths).
 pub(crate) const TILE_PREFETCH_LINES: usize = 8;
 
 /// Prefetches (into L2) every line of the `bytes` bytes at `base`; a hint that never faults.
@@ -153,7 +153,7 @@ impl<'a, T> Job<'a, T> {
     /// Prefetches (into L2) the first `TILE_PREFETCH_LINES` lines of the (block, kv_head)
     /// tile of `pool` (K or V); the L2 streamer, triggered by them, fetches the rest.
     ///
-    /// NOTE: the AVX-512 path starts the block ahead this way, tile by tile as it works
+    /// NOTE: the SIMD paths start the block ahead this way, tile by tile as it works
     /// through the current block (K as a tile's scores start, V as its weighted sum starts)
     /// rather than all of its pages at once when the current block starts. Measured with K/V
     /// in DRAM, batch 16, bf16, 9/3/64 and 32/8/128: 4-16% faster at context 1024 and 5-10%
