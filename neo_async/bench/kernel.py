@@ -2,11 +2,18 @@
 bandwidth and against torch, on the same data.
 
 Per case (batch, context, heads, dtype, threads): KV pools several times the last-level
-cache, a random block table, the layer rotated between calls so K/V come from DRAM; warm-ups,
-then the median of >= 20 timed calls. Reported: effective GB/s of K+V read, the read
-bandwidth measured in the same process at the same thread count (samples interleaved with
-the kernel calls), their ratio, and the speed-up over the best torch baseline (gather +
-scaled_dot_product_attention; gather + grouped matmul).
+cache, a random block table, the layer rotated on every call (continuing across cases) so
+K/V always come from DRAM; warm-ups, then the median of >= 20 timed calls. Reported:
+effective GB/s of K+V read, the read bandwidth measured in the same process at the same
+thread count (samples interleaved with the kernel calls), their ratio, and the speed-up over
+the best torch baseline (gather + scaled_dot_product_attention; gather + grouped matmul).
+
+Interleaving: the probes read more than the LLC, so they evict everything, code included.
+After a probe pair one untimed call brings the call path (Python, the binding, the kernel's
+code) back, then `--calls-per-probe` timed calls follow, as layers follow each other in a
+model (their K/V still from DRAM). `--cold-calls` times the call right after the probes
+instead: on the reference VM that adds 60-90 us to every call (a 16-element `np.add`
+takes 52 us there after such a flush, 0.5 us otherwise).
 """
 
 from __future__ import annotations
@@ -103,31 +110,48 @@ class Pools:
         self.q = (q.view(np.uint32) & 0xFFFF0000).view(np.float32)
         self.out = np.zeros_like(self.q)
         self.scale = 1.0 / float(np.sqrt(case.head_dim))
+        self._layer = 0
+
+    def next_layer(self) -> int:
+        """Layers in rotation: one is read again only after all the others (> 4x the LLC)."""
+        self._layer = (self._layer + 1) % self.num_layers
+        return self._layer
 
 
 def _median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1e3
 
 
-def time_kernel(case: Case, pools: Pools, warmup: int, iters: int, bw_buffer: np.ndarray) -> dict[str, Any]:
+def time_kernel(
+    case: Case, pools: Pools, warmup: int, iters: int, bw_buffer: np.ndarray, calls_per_probe: int = 4, cold: bool = False
+) -> dict[str, Any]:
+    """Kernel and probe timings of one case; see the module docstring for the interleaving."""
     import rust_cpuattn
 
     rust_cpuattn.set_num_threads(case.threads)
-    times: list[float] = []
-    bandwidths: list[float] = []
-    scattered: list[float] = []
-    for i in range(warmup + iters):
-        layer = i % pools.num_layers
+
+    def call() -> float:
+        layer = pools.next_layer()
         t0 = time.perf_counter()
         rust_cpuattn.paged_decode_attention(
             pools.q, pools.k, pools.v, pools.block_table, pools.rows, pools.seq_lens, layer, pools.scale, out=pools.out
         )
-        dt = time.perf_counter() - t0
-        if i >= warmup:
-            times.append(dt)
-            # Interleaved: one bandwidth sample per timed call, same threads, same process.
-            bandwidths.append(rust_cpuattn.read_bandwidth(bw_buffer))
-            scattered.append(rust_cpuattn.read_bandwidth(bw_buffer, slab_bytes=case.slab_bytes))
+        return time.perf_counter() - t0
+
+    for _ in range(warmup):
+        call()
+    times: list[float] = []
+    bandwidths: list[float] = []
+    scattered: list[float] = []
+    while len(times) < iters:
+        # Interleaved: a probe pair per group of calls, same threads, same process.
+        bandwidths.append(rust_cpuattn.read_bandwidth(bw_buffer))
+        scattered.append(rust_cpuattn.read_bandwidth(bw_buffer, slab_bytes=case.slab_bytes))
+        if cold:
+            times.append(call())
+            continue
+        call()
+        times.extend(call() for _ in range(min(calls_per_probe, iters - len(times))))
     kernel_s = statistics.median(times)
     read_bps = statistics.median(bandwidths)
     scat_bps = statistics.median(scattered)
@@ -190,8 +214,9 @@ def time_torch(case: Case, pools: Pools, warmup: int, iters: int) -> dict[str, A
             samples = []
             with torch.inference_mode():
                 for i in range(warmup + iters):
+                    layer = pools.next_layer()
                     t0 = time.perf_counter()
-                    fn(i % pools.num_layers)
+                    fn(layer)
                     if i >= warmup:
                         samples.append(time.perf_counter() - t0)
             ms = _median_ms(samples)
@@ -217,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", help="comma list (default 1,2)")
     p.add_argument("--iters", type=int, default=20, help="timed calls per case (>= 20 recommended)")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--calls-per-probe", type=int, default=4, help="timed calls after each probe pair (and its untimed call)")
+    p.add_argument("--cold-calls", action="store_true", help="time the call right after each probe pair (caches cold, code included)")
     llc = f"LLC {LLC_BYTES >> 20} MiB here"
     p.add_argument("--pool-mib", type=int, default=DEFAULT_POOL_MIB, help=f"KV pool size (all layers), default 4x LLC, at most {MAX_POOL_BYTES >> 20} ({llc})")
     p.add_argument("--bw-mib", type=int, default=DEFAULT_POOL_MIB, help="buffer read by the bandwidth probe (default as --pool-mib)")
@@ -269,7 +296,7 @@ def main(argv: list[str]) -> int:
                 pools = Pools(case, args.pool_mib << 20)
                 pools_key = key
             assert pools is not None
-            row.update(time_kernel(case, pools, args.warmup, args.iters, bw_buffer))
+            row.update(time_kernel(case, pools, args.warmup, args.iters, bw_buffer, max(1, args.calls_per_probe), args.cold_calls))
             if not args.no_torch and case.kv_bytes <= args.max_torch_mib << 20:
                 row.update(time_torch(case, pools, max(1, args.warmup // 2), args.iters))
                 row["speedup"] = row["torch_ms"] / row["kernel_ms"]
@@ -289,6 +316,8 @@ def main(argv: list[str]) -> int:
         "llc_mib": LLC_BYTES >> 20,
         "bw_mib": args.bw_mib,
         "iters": args.iters,
+        "calls_per_probe": args.calls_per_probe,
+        "cold_calls": args.cold_calls,
         "rows": rows,
     }
     write_json(args.output, payload)
