@@ -113,7 +113,8 @@ class Pools:
         self._layer = 0
 
     def next_layer(self) -> int:
-        """Layers in rotation: one is read again only after all the others (> 4x the LLC)."""
+        """Layers in rotation: one is read again only after all the others (the whole pool,
+        4x the LLC by default)."""
         self._layer = (self._layer + 1) % self.num_layers
         return self._layer
 
@@ -128,6 +129,7 @@ def time_kernel(
     """Kernel and probe timings of one case; see the module docstring for the interleaving."""
     import rust_cpuattn
 
+    calls_per_probe = max(1, calls_per_probe)
     rust_cpuattn.set_num_threads(case.threads)
 
     def call() -> float:
@@ -296,7 +298,7 @@ def main(argv: list[str]) -> int:
                 pools = Pools(case, args.pool_mib << 20)
                 pools_key = key
             assert pools is not None
-            row.update(time_kernel(case, pools, args.warmup, args.iters, bw_buffer, max(1, args.calls_per_probe), args.cold_calls))
+            row.update(time_kernel(case, pools, args.warmup, args.iters, bw_buffer, args.calls_per_probe, args.cold_calls))
             if not args.no_torch and case.kv_bytes <= args.max_torch_mib << 20:
                 row.update(time_torch(case, pools, max(1, args.warmup // 2), args.iters))
                 row["speedup"] = row["torch_ms"] / row["kernel_ms"]
@@ -316,7 +318,7 @@ def main(argv: list[str]) -> int:
         "llc_mib": LLC_BYTES >> 20,
         "bw_mib": args.bw_mib,
         "iters": args.iters,
-        "calls_per_probe": args.calls_per_probe,
+        "calls_per_probe": None if args.cold_calls else max(1, args.calls_per_probe),
         "cold_calls": args.cold_calls,
         "rows": rows,
     }

@@ -52,8 +52,8 @@ pub fn read_bandwidth(buf: &[u64], team: Option<&Team>) -> (f64, u64) {
 /// Reads all of `buf` once as `slab_words`-word slabs in a scattered (fixed, pseudo-random)
 /// order, in contiguous parts of that order shared by the threads of `team` (the calling
 /// thread when `None`); any tail shorter than a slab is not read. The next slab's pages are
-/// started while one is summed, the way the AVX2 and scalar kernels start blocks (see
-/// `Job::prefetch_slabs`). Returns (bytes per second, checksum).
+/// started while one is summed (see `Job::prefetch_slabs`: the scalar kernel starts every
+/// block so, the SIMD kernels an item's first block). Returns (bytes per second, checksum).
 pub fn read_bandwidth_scattered(buf: &[u64], slab_words: usize, team: Option<&Team>) -> (f64, u64) {
     let slab_words = slab_words.max(1);
     let n = buf.len() / slab_words;

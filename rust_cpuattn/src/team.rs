@@ -9,8 +9,9 @@
 //! After a call a helper polls for the next one for a while (the poll time) before it goes
 //! back to the pool: calls that come in quick succession, one per layer, find it awake.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::any::Any;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,7 +48,8 @@ struct Claims {
     generation: u64,
     next: AtomicUsize,
     done: AtomicUsize,
-    panicked: AtomicBool,
+    /// The first task panic's payload, re-raised by `run` once every task has ended.
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
     num_tasks: usize,
     /// The caller's task with its lifetime erased. Invariant: it is called only with an index
     /// claimed from `next` below `num_tasks`, and `run` does not return before `done` counts
@@ -70,9 +72,15 @@ impl Claims {
                 return;
             }
             // SAFETY: `i < num_tasks` was claimed just now, so `run` is still waiting.
-            let ran = catch_unwind(AssertUnwindSafe(|| unsafe { (*self.task)(i) }));
-            if ran.is_err() {
-                self.panicked.store(true, Ordering::Relaxed);
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| unsafe { (*self.task)(i) })) {
+                let mut first = self.panic.lock().unwrap_or_else(|e| e.into_inner());
+                if first.is_none() {
+                    *first = Some(payload);
+                } else {
+                    // Never dropped here: a payload whose drop panics must not unwind out of
+                    // `work` while other threads still run tasks borrowing the caller's stack.
+                    std::mem::forget(payload);
+                }
             }
             // Release: the task's writes are visible to the caller once it sees the count.
             self.done.fetch_add(1, Ordering::Release);
@@ -92,7 +100,7 @@ fn help(shared: &Shared, mut claims: Arc<Claims>) {
                 break shared.posted.lock().unwrap_or_else(|e| e.into_inner()).clone();
             }
             spins = spins.wrapping_add(1);
-            if spins % 64 == 0 && start.elapsed() >= shared.poll {
+            if spins.is_multiple_of(64) && start.elapsed() >= shared.poll {
                 break None;
             }
             std::hint::spin_loop();
@@ -141,7 +149,11 @@ impl Team {
     }
 
     /// Runs `task(i)` once for every `i` in `0..num_tasks`, on the caller and the helpers;
-    /// returns when all have run. A panic in a task is re-raised here after the others end.
+    /// returns when all have run. A panic in a task is re-raised here (with helpers, once
+    /// every other task has ended).
+    ///
+    /// Helper jobs woken for a call that polling helpers then serve find nothing to do and
+    /// poll in turn: after a burst of calls a helper may spin for more than one poll time.
     pub fn run(&self, num_tasks: usize, task: &(dyn Fn(usize) + Sync)) {
         let helpers = match &self.helpers {
             Some(pool) if num_tasks > 1 => pool,
@@ -156,7 +168,7 @@ impl Team {
                 generation,
                 next: AtomicUsize::new(0),
                 done: AtomicUsize::new(0),
-                panicked: AtomicBool::new(false),
+                panic: Mutex::new(None),
                 num_tasks,
                 task,
             });
@@ -182,8 +194,9 @@ impl Team {
                 std::thread::yield_now();
             }
         }
-        if claims.panicked.load(Ordering::Relaxed) {
-            panic!("a rust_cpuattn task panicked");
+        let payload = claims.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(payload) = payload {
+            resume_unwind(payload);
         }
     }
 }
@@ -235,7 +248,9 @@ mod tests {
                 assert!(i != 7, "task 7 fails");
             })
         }));
-        assert!(result.is_err());
+        let payload = result.expect_err("the panic is re-raised");
+        let message = payload.downcast_ref::<String>().map(String::as_str).or(payload.downcast_ref::<&str>().copied());
+        assert_eq!(message, Some("task 7 fails"));
         let mut ran = ran.into_inner().unwrap();
         ran.sort();
         assert_eq!(ran, (0..20).collect::<Vec<_>>());

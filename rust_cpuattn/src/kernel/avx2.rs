@@ -73,7 +73,7 @@ unsafe fn body<T: Wide8, const D: usize>(job: &Job<'_, T>, seq: &Seq<'_>, blocks
         // As the AVX-512 path: the item's first block by its pages, the block ahead tile by
         // tile (see `Job::prefetch_tile_start`).
         if j == range.start {
-            job.prefetch_slabs(block);
+            job.prefetch_item_start(seq, &range);
         }
         let ahead = job.block_ahead(seq, &range, j);
         for h in 0..job.layout.num_kv_heads {

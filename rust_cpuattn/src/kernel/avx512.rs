@@ -145,7 +145,7 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
         // The item's first block by its pages; the block ahead tile by tile, as this one goes
         // (see `Job::prefetch_tile_start`).
         if j == range.start {
-            job.prefetch_slabs(block);
+            job.prefetch_item_start(seq, &range);
         }
         let ahead = job.block_ahead(seq, &range, j);
         for h in 0..job.layout.num_kv_heads {

@@ -135,15 +135,21 @@ impl<'a, T> Job<'a, T> {
         id.map(|&id| id as usize)
     }
 
+    /// The slabs of an item's first blocks, up to the one `block_ahead` starts.
+    #[inline(always)]
+    pub fn prefetch_item_start(&self, seq: &Seq<'_>, blocks: &Range<usize>) {
+        for jj in blocks.start..(blocks.start + PREFETCH_BLOCKS).min(blocks.end) {
+            self.prefetch_slabs(seq.block_ids[jj] as usize);
+        }
+    }
+
     /// Prefetch for an item processing blocks `blocks` of `seq`, called as block index `j`
     /// starts: the slabs of the block `PREFETCH_BLOCKS` ahead (past the item's end, of the
     /// next item's first blocks); the item's first block also covers the blocks before that.
     #[inline(always)]
     pub fn prefetch_ahead(&self, seq: &Seq<'_>, blocks: &Range<usize>, j: usize) {
         if j == blocks.start {
-            for jj in j..(j + PREFETCH_BLOCKS).min(blocks.end) {
-                self.prefetch_slabs(seq.block_ids[jj] as usize);
-            }
+            self.prefetch_item_start(seq, blocks);
         }
         if let Some(id) = self.block_ahead(seq, blocks, j) {
             self.prefetch_slabs(id);
