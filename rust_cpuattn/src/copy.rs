@@ -3,12 +3,11 @@
 //! source and destination blocks: one memcpy per (layer, run).
 
 use std::ops::Range;
-use std::sync::Mutex;
 
 use crate::dtype::{KvSlice, KvSliceMut};
 use crate::error::{bail, Result};
 use crate::layout::Layout;
-use crate::team::Team;
+use crate::team::{run_each, Team};
 
 /// Which slabs to copy: `src_block_ids[i]` of the source goes to `dst_block_ids[i]` of the
 /// destination, in every layer of `layers`.
@@ -97,9 +96,6 @@ pub fn copy_blocks(
 /// Largest piece one task copies (keeps threads balanced when runs are long).
 const MAX_TASK_BYTES: usize = 1 << 20;
 
-/// A source range and the destination range it is copied to.
-type Piece<'a, T> = (&'a [T], &'a mut [T]);
-
 fn copy_runs<T: Copy + Send + Sync>(
     src_layout: &Layout,
     dst_layout: &Layout,
@@ -128,7 +124,7 @@ fn copy_runs<T: Copy + Send + Sync>(
     // Tasks write disjoint ranges of `dst` (distinct destination blocks, checked by
     // `plan_runs`); hand each its own `&mut` piece by splitting `dst` in offset order.
     tasks.sort_unstable_by_key(|t| t.1);
-    let mut pieces: Vec<Mutex<Option<Piece<'_, T>>>> = Vec::with_capacity(tasks.len());
+    let mut pieces: Vec<(&[T], &mut [T])> = Vec::with_capacity(tasks.len());
     let mut rest: &mut [T] = dst;
     let mut consumed = 0;
     for (s, d, n) in tasks {
@@ -136,17 +132,9 @@ fn copy_runs<T: Copy + Send + Sync>(
         let (piece, tail) = tail.split_at_mut(n);
         rest = tail;
         consumed = d + n;
-        pieces.push(Mutex::new(Some((&src[s..s + n], piece))));
+        pieces.push((&src[s..s + n], piece));
     }
-    // Each piece is claimed by exactly one thread; the lock only hands over its `&mut`.
-    let copy_one = |i: usize| {
-        let (s, d) = pieces[i].lock().unwrap_or_else(|e| e.into_inner()).take().expect("each piece copied once");
-        d.copy_from_slice(s);
-    };
-    match team {
-        Some(team) => team.run(pieces.len(), &copy_one),
-        None => (0..pieces.len()).for_each(copy_one),
-    }
+    run_each(team, pieces, &|_, (s, d): (&[T], &mut [T])| d.copy_from_slice(s));
 }
 
 #[cfg(test)]

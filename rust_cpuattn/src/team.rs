@@ -201,6 +201,20 @@ impl Team {
     }
 }
 
+/// Runs `f(i, item)` once for each of `items`, the item moved to the thread that claims
+/// index `i` (on the calling thread alone when `team` is `None`).
+pub fn run_each<T: Send>(team: Option<&Team>, items: Vec<T>, f: &(dyn Fn(usize, T) + Sync)) {
+    let Some(team) = team else {
+        return items.into_iter().enumerate().for_each(|(i, item)| f(i, item));
+    };
+    // Each index is claimed by exactly one thread; the lock only hands its item over.
+    let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|item| Mutex::new(Some(item))).collect();
+    team.run(slots.len(), &|i| {
+        let item = slots[i].lock().unwrap_or_else(|e| e.into_inner()).take().expect("each index is claimed once");
+        f(i, item);
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +231,20 @@ mod tests {
                 });
                 assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "threads {threads} tasks {n}");
             }
+        }
+    }
+
+    #[test]
+    fn run_each_moves_every_item_to_one_call() {
+        let team = Team::new(3).unwrap();
+        for team in [None, Some(&team)] {
+            let seen = Mutex::new(Vec::new());
+            let items: Vec<String> = (0..50).map(|i| format!("item {i}")).collect();
+            run_each(team, items, &|i, item| seen.lock().unwrap().push((i, item)));
+            let mut seen = seen.into_inner().unwrap();
+            seen.sort();
+            let want: Vec<(usize, String)> = (0..50).map(|i| (i, format!("item {i}"))).collect();
+            assert_eq!(seen, want);
         }
     }
 

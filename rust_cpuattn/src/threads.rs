@@ -13,13 +13,13 @@ pub const NUM_THREADS_ENV: &str = "RUST_CPUATTN_NUM_THREADS";
 pub const POLL_US_ENV: &str = "RUST_CPUATTN_POLL_US";
 const MAX_THREADS: usize = 1024;
 
-struct PoolState {
+struct TeamState {
     /// Requested size; 0 until set (then the default applies).
     num_threads: usize,
     team: Option<Arc<Team>>,
 }
 
-static POOL: Mutex<PoolState> = Mutex::new(PoolState { num_threads: 0, team: None });
+static TEAM: Mutex<TeamState> = Mutex::new(TeamState { num_threads: 0, team: None });
 
 fn default_num_threads() -> usize {
     std::env::var(NUM_THREADS_ENV)
@@ -41,7 +41,7 @@ pub fn set_num_threads(num_threads: usize) -> Result<()> {
     if !(1..=MAX_THREADS).contains(&num_threads) {
         bail!("num_threads must be in [1, {MAX_THREADS}], got {num_threads}");
     }
-    let mut state = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut state = TEAM.lock().unwrap_or_else(|e| e.into_inner());
     if state.num_threads != num_threads {
         state.num_threads = num_threads;
         state.team = None;
@@ -51,7 +51,7 @@ pub fn set_num_threads(num_threads: usize) -> Result<()> {
 
 /// The number of kernel threads calls will use.
 pub fn num_threads() -> usize {
-    let state = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let state = TEAM.lock().unwrap_or_else(|e| e.into_inner());
     if state.num_threads == 0 {
         default_num_threads()
     } else {
@@ -61,7 +61,7 @@ pub fn num_threads() -> usize {
 
 /// The team for the configured size, built on first use.
 pub fn team() -> Result<Arc<Team>> {
-    let mut state = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut state = TEAM.lock().unwrap_or_else(|e| e.into_inner());
     if state.num_threads == 0 {
         state.num_threads = default_num_threads();
     }

@@ -8,14 +8,13 @@
 
 use std::cell::RefCell;
 use std::ops::Range;
-use std::sync::Mutex;
 
 use crate::dtype::{KvElem, KvSlice};
 use crate::error::{bail, Result};
 use crate::isa::Isa;
 use crate::layout::{DecodeArgs, Layout};
 use crate::partition::{partition, Item};
-use crate::team::Team;
+use crate::team::{run_each, Team};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -86,23 +85,12 @@ fn prefetch_lines_l2(base: *const u8, bytes: usize) {
 /// `bytes` bytes at `base`. A prefetch is a hint that never faults, whatever the address.
 #[inline(always)]
 pub(crate) fn prefetch_page_starts(base: *const u8, bytes: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        let mut off = 0;
-        while off < bytes {
-            let seg_end = (((base as usize + off) / PAGE_BYTES + 1) * PAGE_BYTES - base as usize).min(bytes);
-            let mut line = off;
-            while line < seg_end.min(off + PREFETCH_LINES * 64) {
-                // SAFETY: a prefetch never faults.
-                unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(line).cast::<i8>()) };
-                line += 64;
-            }
-            off = seg_end;
-        }
+    let mut off = 0;
+    while off < bytes {
+        let seg_end = (((base as usize + off) / PAGE_BYTES + 1) * PAGE_BYTES - base as usize).min(bytes);
+        prefetch_lines_l2(base.wrapping_add(off), (seg_end - off).min(PREFETCH_LINES * 64));
+        off = seg_end;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (base, bytes);
 }
 
 impl<'a, T> Job<'a, T> {
@@ -162,7 +150,7 @@ impl<'a, T> Job<'a, T> {
     /// NOTE: the SIMD paths start the block ahead this way, tile by tile as it works
     /// through the current block (K as a tile's scores start, V as its weighted sum starts)
     /// rather than all of its pages at once when the current block starts. Measured with K/V
-    /// in DRAM, batch 16, bf16, 9/3/64 and 32/8/128: 4-16% faster at context 1024 and 5-10%
+    /// in DRAM, batch 16, bf16, 9/3/64 and 32/8/128: 4-16% faster at context 1024 and 3-21%
     /// at 128, with 1 and 2 threads; 4 lines were slower, 12 about the same.
     #[inline(always)]
     pub fn prefetch_tile_start(&self, pool: &[T], block: usize, kv_head: usize) {
@@ -354,16 +342,14 @@ fn run<T: Backend>(
     let mut partials = vec![0.0f32; num_partials * partial_len];
     let mut outs: Vec<Option<&mut [f32]>> = out.chunks_mut(hq * d).map(Some).collect();
     let mut partial_slots = partials.chunks_mut(partial_len);
-    // Each item is claimed by exactly one thread (see `Team::run`); the lock only hands over
-    // its `&mut` destination.
-    let mut work: Vec<Mutex<Option<(Item, Dest<'_>)>>> = Vec::with_capacity(items.len());
+    let mut work: Vec<(Item, Dest<'_>)> = Vec::with_capacity(items.len());
     for &item in &items {
         let dest = if parts_of[item.seq] == 1 {
             Dest::Out(outs[item.seq].take().expect("one item per unsplit request"))
         } else {
             Dest::Partial(partial_slots.next().expect("a slot per partial"))
         };
-        work.push(Mutex::new(Some((item, dest))));
+        work.push((item, dest));
     }
 
     let row_ids = |b: usize| {
@@ -371,8 +357,7 @@ fn run<T: Backend>(
         let used = (args.table.seq_lens[b] as usize).div_ceil(layout.block_size);
         &args.table.block_ids[row * args.table.width..][..used]
     };
-    let run_one = |i: usize| {
-        let (item, dest) = work[i].lock().unwrap_or_else(|e| e.into_inner()).take().expect("each item runs once");
+    let run_one = |i: usize, (item, dest): (Item, Dest<'_>)| {
         let b = item.seq;
         let len = args.table.seq_lens[b] as usize;
         // Items are claimed in order, so this thread's next one is about `threads` ahead.
@@ -406,11 +391,7 @@ fn run<T: Backend>(
             }
         });
     };
-    match config.team {
-        Some(team) if threads > 1 => team.run(work.len(), &run_one),
-        _ => (0..work.len()).for_each(run_one),
-    }
-    drop(work);
+    run_each(config.team.filter(|_| threads > 1), work, &run_one);
 
     // Merge partials of split requests, in item order.
     let mut offset = 0;
