@@ -2,7 +2,8 @@
 
 On the CPU, the weight is reordered once into oneDNN's blocked layout: plain-layout bf16
 weights are re-laid-out inside every call, which halves small-batch decode throughput.
-Elsewhere (CUDA) the weight stays plain and F.linear runs.
+Where oneDNN refuses the reorder (bf16 on a CPU without AVX-512 or AVX-NE-CONVERT), and on
+CUDA, the weight stays plain and F.linear runs.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ class Linear:
         self.is_packed = False
         self.weight = weight
         if weight.device.type == "cpu" and weight.dtype in _PACKABLE and _mkldnn_packing_available():
-            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, _BATCH_HINT)
-            self.is_packed = True
+            try:
+                self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, _BATCH_HINT)
+                self.is_packed = True
+            except RuntimeError:  # this CPU lacks the ISA oneDNN's packed path needs for this dtype
+                pass
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, in_features] -> [T, out_features] in x's dtype."""
