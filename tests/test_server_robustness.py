@@ -67,6 +67,9 @@ MALFORMED = [
     ("messages-empty", "POST", H, {"messages": []}, 400, "messages", "invalid_value"),
     ("unknown-role", "POST", H, {"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0].role", "invalid_value"),
     ("message-without-role", "POST", H, {"messages": [{"content": "hi"}]}, 400, "messages[0].role", "missing_required_parameter"),
+    ("message-without-content", "POST", H, {"messages": [{"role": "user"}]}, 400, "messages[0].content", "missing_required_parameter"),
+    ("message-content-null", "POST", H, {"messages": [{"role": "system", "content": None}, *CHAT]}, 400, "messages[0].content", "invalid_type"),
+    ("assistant-without-content", "POST", H, {"messages": [*CHAT, {"role": "assistant"}, *CHAT]}, 400, "messages[1].content", "missing_required_parameter"),
     ("image-content", "POST", H, {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400, "messages[0].content", "invalid_value"),
     ("unknown-model", "POST", C, {"prompt": "hi", "model": "gpt-4"}, 404, "model", "model_not_found"),
     ("chat-unknown-model", "POST", H, {"messages": CHAT, "model": "gpt-4"}, 404, "model", "model_not_found"),
@@ -100,6 +103,14 @@ def test_unknown_fields_are_ignored(server):
     status, _, raw = http("POST", server.base_url + C, body)
     assert status == 200, raw
     assert json.loads(raw)["usage"]["completion_tokens"] <= 2
+
+
+def test_assistant_tool_call_needs_no_content(server):
+    call = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}
+    messages = [*CHAT, {"role": "assistant", "tool_calls": [call]}, {"role": "tool", "tool_call_id": "call_1", "content": "3"}]
+    status, _, raw = http("POST", server.base_url + H, {"messages": messages, "max_tokens": 2})
+    assert status == 200, raw
+    assert json.loads(raw)["usage"]["prompt_tokens"] > 0
 
 
 def test_rejections_are_counted_and_serving_continues(server):

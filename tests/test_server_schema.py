@@ -73,6 +73,13 @@ def test_nested_missing_field_has_a_path():
     assert info.value.param == "messages[1].role"
 
 
+def test_absent_chat_content_is_not_null():
+    req = decode_request(b'{"messages": [{"role": "user"}, {"role": "user", "content": null}, {"role": "assistant", "tool_calls": [{"id": "c"}]}]}', CHAT)
+    absent, null, call = req.messages
+    assert absent.content is msgspec.UNSET and null.content is None
+    assert call.has_tool_calls and not absent.has_tool_calls
+
+
 def test_responses_keep_nulls_and_chunks_omit_absent_usage():
     usage = Usage(prompt_tokens=2, completion_tokens=3, total_tokens=5)
     full = json.loads(msgspec.json.encode(Completion("c", "text_completion", 1, "m", [CompletionChoice(0, "t", None, "stop")], usage)))

@@ -80,6 +80,14 @@ class APIError(Exception):
         )
 
 
+def missing_required(param: str) -> APIError:
+    return APIError(400, f"missing required field: {param}", param=param, code="missing_required_parameter")
+
+
+def invalid_type(message: str, param: str) -> APIError:
+    return APIError(400, message, param=param, code="invalid_type")
+
+
 def invalid_value(message: str, param: str | None) -> APIError:
     return APIError(400, message, param=param, code="invalid_value")
 

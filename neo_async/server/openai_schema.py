@@ -9,11 +9,11 @@ struct serves both endpoints' defaults. Responses are encoded with every field p
 from __future__ import annotations
 
 import re
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
-from neo_async.server.errors import APIError
+from neo_async.server.errors import APIError, invalid_type, missing_required
 
 # ----------------------------------------------------------------------------- requests
 
@@ -60,8 +60,16 @@ class ContentPart(msgspec.Struct):
 
 class ChatMessage(msgspec.Struct):
     role: str
-    content: str | list[ContentPart] | None = None
+    # UNSET (absent) is not None (null): the route tells the two apart in its 400s.
+    content: str | list[ContentPart] | None | msgspec.UnsetType = msgspec.UNSET
     name: str | None = None
+    # An assistant message carrying either may omit content; only their presence is used.
+    tool_calls: list[dict[str, Any]] | None = None
+    function_call: dict[str, Any] | None = None
+
+    @property
+    def has_tool_calls(self) -> bool:
+        return bool(self.tool_calls) or self.function_call is not None
 
 
 class ChatCompletionRequest(GenerationRequest, kw_only=True):
@@ -212,9 +220,9 @@ def decode_request(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
         missing = _MISSING.match(message)
         if missing:
             param = f"{path}.{missing.group(1)}" if path else missing.group(1)
-            raise APIError(400, f"missing required field: {param}", param=param, code="missing_required_parameter") from None
+            raise missing_required(param) from None
         if not path:  # the body itself (an array, a string, ...)
             raise APIError(400, f"the request body must be a JSON object: {message}", code="invalid_type") from None
-        raise APIError(400, f"invalid type for {path}: {message}", param=path, code="invalid_type") from None
+        raise invalid_type(f"invalid type for {path}: {message}", path) from None
     except msgspec.DecodeError as exc:
         raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None

@@ -8,7 +8,7 @@ import msgspec
 from aiohttp import web
 
 from neo_async.outputs import RequestDelta, TokenLogprob
-from neo_async.server.errors import invalid_value
+from neo_async.server.errors import invalid_type, invalid_value, missing_required
 from neo_async.server.generation import Choice
 from neo_async.server.openai_schema import (
     ChatChoice,
@@ -53,17 +53,27 @@ def template_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
         role = ROLES.get(m.role)
         if role is None:
             raise invalid_value(f"unknown role {m.role!r}; expected one of {sorted(ROLES)}", f"messages[{i}].role")
-        if m.content is None or isinstance(m.content, str):
-            content = m.content or ""
-        else:
-            texts = []
-            for part in m.content:
-                if part.type != "text" or part.text is None:
-                    raise invalid_value(f"only text content parts are supported, got {part.type!r}", f"messages[{i}].content")
-                texts.append(part.text)
-            content = "\n".join(texts)
-        out.append({"role": role, "content": content})
+        out.append({"role": role, "content": message_text(m, f"messages[{i}].content")})
     return out
+
+
+def message_text(m: ChatMessage, param: str) -> str:
+    """A message's text; content is required, as OpenAI requires it, unless an assistant message
+    carries tool calls."""
+    if m.content is msgspec.UNSET or m.content is None:
+        if m.role == "assistant" and m.has_tool_calls:
+            return ""
+        if m.content is None:
+            raise invalid_type(f"{param} must be a string or a list of content parts, got null", param)
+        raise missing_required(param)
+    if isinstance(m.content, str):
+        return m.content
+    texts = []
+    for part in m.content:
+        if part.type != "text" or part.text is None:
+            raise invalid_value(f"only text content parts are supported, got {part.type!r}", param)
+        texts.append(part.text)
+    return "\n".join(texts)
 
 
 def prepare(body: bytes, state: AppState, request_id: str) -> Prepared:
