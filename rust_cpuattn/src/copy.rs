@@ -1,12 +1,16 @@
 //! Batched copies of (layer, block) slabs between two pools of the same block shape and
 //! dtype (device <-> host swaps). Pairs are sorted and coalesced into runs of consecutive
 //! source and destination blocks: one memcpy per (layer, run).
+//!
+//! A copy reads only the source slabs it names and writes only the destination slabs it
+//! names (the pool contract of [`crate::pool`]): other threads may use the other slabs of
+//! both pools meanwhile.
 
 use std::ops::Range;
 
-use crate::dtype::{KvSlice, KvSliceMut};
 use crate::error::{bail, Result};
 use crate::layout::Layout;
+use crate::pool::{KvPool, KvPoolMut, PoolMut, PoolRef};
 use crate::team::{run_each, Team};
 
 /// Which slabs to copy: `src_block_ids[i]` of the source goes to `dst_block_ids[i]` of the
@@ -71,23 +75,26 @@ pub fn plan_runs(src: &Layout, dst: &Layout, copy: &BlockCopy<'_>) -> Result<Vec
 }
 
 /// Copies the slabs of `copy` from `src` to `dst` (same dtype) on `team` (or the calling
-/// thread). Returns the number of coalesced runs per layer.
-pub fn copy_blocks(
+/// thread): reads slabs (layer, `src_block_ids[i]`) of `src` and writes slabs (layer,
+/// `dst_block_ids[i]`) of `dst` for each layer of `copy.layers`, nothing else. Returns the
+/// number of coalesced runs per layer.
+pub fn copy_blocks<'s, 'd>(
     src_layout: &Layout,
     dst_layout: &Layout,
-    src: KvSlice<'_>,
-    dst: &mut KvSliceMut<'_>,
+    src: impl Into<KvPool<'s>>,
+    dst: impl Into<KvPoolMut<'d>>,
     copy: &BlockCopy<'_>,
     team: Option<&Team>,
 ) -> Result<usize> {
+    let (src, dst) = (src.into(), dst.into());
     let runs = plan_runs(src_layout, dst_layout, copy)?;
     if src.len() != src_layout.numel() || dst.len() != dst_layout.numel() {
         bail!("pool lengths do not match their shapes");
     }
     match (src, dst) {
-        (KvSlice::F32(s), KvSliceMut::F32(d)) => copy_runs(src_layout, dst_layout, s, d, &runs, &copy.layers, team),
-        (KvSlice::F16(s), KvSliceMut::F16(d)) => copy_runs(src_layout, dst_layout, s, d, &runs, &copy.layers, team),
-        (KvSlice::Bf16(s), KvSliceMut::Bf16(d)) => copy_runs(src_layout, dst_layout, s, d, &runs, &copy.layers, team),
+        (KvPool::F32(s), KvPoolMut::F32(d)) => copy_runs(src_layout, dst_layout, s, &d, &runs, &copy.layers, team),
+        (KvPool::F16(s), KvPoolMut::F16(d)) => copy_runs(src_layout, dst_layout, s, &d, &runs, &copy.layers, team),
+        (KvPool::Bf16(s), KvPoolMut::Bf16(d)) => copy_runs(src_layout, dst_layout, s, &d, &runs, &copy.layers, team),
         (s, d) => bail!("source is {} but destination is {}", s.dtype().name(), d.dtype().name()),
     }
     Ok(runs.len())
@@ -96,11 +103,12 @@ pub fn copy_blocks(
 /// Largest piece one task copies (keeps threads balanced when runs are long).
 const MAX_TASK_BYTES: usize = 1 << 20;
 
+/// Requires `runs` from `plan_runs` and pools checked against their layouts.
 fn copy_runs<T: Copy + Send + Sync>(
     src_layout: &Layout,
     dst_layout: &Layout,
-    src: &[T],
-    dst: &mut [T],
+    src: PoolRef<'_, T>,
+    dst: &PoolMut<'_, T>,
     runs: &[Run],
     layers: &Range<usize>,
     team: Option<&Team>,
@@ -121,20 +129,15 @@ fn copy_runs<T: Copy + Send + Sync>(
             }
         }
     }
-    // Tasks write disjoint ranges of `dst` (distinct destination blocks, checked by
-    // `plan_runs`); hand each its own `&mut` piece by splitting `dst` in offset order.
-    tasks.sort_unstable_by_key(|t| t.1);
-    let mut pieces: Vec<(&[T], &mut [T])> = Vec::with_capacity(tasks.len());
-    let mut rest: &mut [T] = dst;
-    let mut consumed = 0;
-    for (s, d, n) in tasks {
-        let (_, tail) = std::mem::take(&mut rest).split_at_mut(d - consumed);
-        let (piece, tail) = tail.split_at_mut(n);
-        rest = tail;
-        consumed = d + n;
-        pieces.push((&src[s..s + n], piece));
-    }
-    run_each(team, pieces, &|_, (s, d): (&[T], &mut [T])| d.copy_from_slice(s));
+    run_each(team, tasks, &|_, (s, d, n)| {
+        // SAFETY: the source piece lies in slabs the call reads, which nobody writes during
+        // the call (pool contract). The destination piece lies in slabs the call writes, which
+        // nobody else touches during the call (pool contract, `src` included), and tasks
+        // write disjoint pieces (distinct destination blocks, checked by `plan_runs`), so
+        // this slice is the only reference to it.
+        let (s, d) = unsafe { (src.slice(s, n), dst.slice_mut(d, n)) };
+        d.copy_from_slice(s);
+    });
 }
 
 #[cfg(test)]

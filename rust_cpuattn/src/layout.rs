@@ -5,6 +5,7 @@
 
 use crate::dtype::{KvDtype, KvSlice};
 use crate::error::{bail, Result};
+use crate::pool::KvPool;
 
 /// Shape of one KV pool: `[num_layers, num_blocks, num_kv_heads, block_size, head_dim]`,
 /// row-major. The K and V pools share one layout. One (layer, block) "slab" over all KV heads
@@ -93,6 +94,10 @@ impl Layout {
 /// Request `b` reads block table row `rows[b]`; its first `seq_lens[b]` tokens are cached in
 /// blocks `block_table[rows[b], 0..ceil(seq_lens[b] / block_size)]` (entries past that are
 /// never read and may hold anything, e.g. -1). `seq_lens` include the token being decoded.
+///
+/// These "used" blocks are all a call for `layer` touches in the pools (the pool contract of
+/// [`crate::pool`]): it reads their (layer, block) slabs, whole (rows past a request's length
+/// in its last block may be read, never used), and a store writes one row of each request.
 #[derive(Debug, Clone, Copy)]
 pub struct BlockTable<'a> {
     /// `[num_rows, width]`, row-major, block ids into the pool.
@@ -188,7 +193,7 @@ impl<'a> DecodeArgs<'a> {
     }
 
     /// Checks the whole call: shapes, dtypes and every index the kernel will follow.
-    pub fn validate(&self, layout: &Layout, k: KvSlice<'_>, v: KvSlice<'_>, out_len: usize) -> Result<()> {
+    pub fn validate(&self, layout: &Layout, k: KvPool<'_>, v: KvPool<'_>, out_len: usize) -> Result<()> {
         self.table.validate(layout, self.layer)?;
         check_pool("k_cache", layout, k)?;
         check_pool("v_cache", layout, v)?;
@@ -223,7 +228,7 @@ impl<'a> DecodeArgs<'a> {
 }
 
 /// Checks that a pool view matches its layout.
-pub fn check_pool(name: &str, layout: &Layout, pool: KvSlice<'_>) -> Result<()> {
+pub fn check_pool(name: &str, layout: &Layout, pool: KvPool<'_>) -> Result<()> {
     if pool.len() != layout.numel() {
         bail!("{name} has {} elements, expected {:?}", pool.len(), layout.shape());
     }

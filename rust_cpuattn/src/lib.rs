@@ -3,6 +3,13 @@
 //! Pure Rust core (the Python binding lives in `python/`): typed slices in, `Result` out.
 //! Pools are `[num_layers, num_blocks, num_kv_heads, block_size, head_dim]` (see [`Layout`]).
 //!
+//! Calls take pools as views ([`KvPool`], [`KvPoolMut`], built from slices or, unsafely,
+//! from raw parts) and touch only the (layer, block) slabs they name; with raw views, other
+//! threads may read and write the other slabs of the same pools meanwhile (the pool contract
+//! of [`pool`]). A decode call reads the slabs of the blocks its requests use in `layer` and
+//! writes only its output and the stored rows; a block copy reads the source slabs it names
+//! and writes the destination slabs it names.
+//!
 //! - [`paged_decode_attention_reference`]: the plain reference kernel (the oracle).
 //! - [`paged_decode_attention`]: the fast kernel (SIMD path chosen at run time, the crate's
 //!   thread team); [`paged_decode_attention_with`] takes an explicit [`KernelConfig`].
@@ -19,6 +26,7 @@ pub mod isa;
 mod kernel;
 pub mod layout;
 pub mod partition;
+pub mod pool;
 pub mod reference;
 pub mod rowops;
 pub mod store;
@@ -31,6 +39,7 @@ pub use half::{bf16, f16};
 pub use isa::Isa;
 pub use kernel::{paged_decode_attention_with, KernelConfig};
 pub use layout::{BlockTable, DecodeArgs, Layout};
+pub use pool::{KvPool, KvPoolMut, PoolMut, PoolRef};
 pub use reference::paged_decode_attention_reference;
 pub use store::store_new_rows;
 
@@ -38,11 +47,11 @@ pub use store::store_new_rows;
 /// ([`threads::set_num_threads`]) and the selected ISA ([`Isa::selected`]). Same contract
 /// and results (to f32 rounding) as [`paged_decode_attention_reference`]; bitwise repeatable
 /// for a given thread count and ISA.
-pub fn paged_decode_attention(
+pub fn paged_decode_attention<'k>(
     args: &DecodeArgs<'_>,
     layout: &Layout,
-    k_cache: KvSlice<'_>,
-    v_cache: KvSlice<'_>,
+    k_cache: impl Into<KvPool<'k>>,
+    v_cache: impl Into<KvPool<'k>>,
     out: &mut [f32],
 ) -> Result<()> {
     let team = threads::team()?;

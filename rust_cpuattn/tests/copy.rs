@@ -24,7 +24,7 @@ fn copies_exactly_the_requested_slabs() {
             rng.shuffle(&mut pairs);
             let (s_ids, d_ids): (Vec<i64>, Vec<i64>) = pairs.iter().cloned().unzip();
             let copy = BlockCopy { src_block_ids: &s_ids, dst_block_ids: &d_ids, layers: layers.clone() };
-            let runs = copy_blocks(&src_l, &dst_l, src.view(), &mut dst.view_mut(), &copy, threads).unwrap();
+            let runs = copy_blocks(&src_l, &dst_l, src.view(), dst.view_mut(), &copy, threads).unwrap();
             assert_eq!(runs, 5, "the six consecutive pairs coalesce into one run");
             let slab = src_l.slab_len();
             for layer in 0..4 {
@@ -50,5 +50,5 @@ fn dtype_mismatch_is_an_error() {
     let src = Pool::from_f32(KvDtype::F16, &vec![0.0; l.numel()]);
     let mut dst = Pool::from_f32(KvDtype::Bf16, &vec![0.0; l.numel()]);
     let copy = BlockCopy { src_block_ids: &[0], dst_block_ids: &[1], layers: 0..1 };
-    assert!(copy_blocks(&l, &l, src.view(), &mut dst.view_mut(), &copy, None).is_err());
+    assert!(copy_blocks(&l, &l, src.view(), dst.view_mut(), &copy, None).is_err());
 }

@@ -43,8 +43,7 @@ fn store_writes_exactly_one_row_per_head() {
             };
             let (layout, layer) = (p.layout, p.layer);
             let (mut kv, mut vv) = (p.k.clone(), p.v.clone());
-            store_new_rows(&layout, &table, layer, &mut kv.view_mut(), &mut vv.view_mut(), k_new.view(), v_new.view())
-                .unwrap();
+            store_new_rows(&layout, &table, layer, kv.view_mut(), vv.view_mut(), k_new.view(), v_new.view()).unwrap();
             p.k = kv;
             p.v = vv;
             let mut expected = std::collections::HashMap::new();
@@ -79,8 +78,7 @@ fn store_rejects_other_dtype() {
     let p = Problem::new(&Spec::new(&[5], 2, 1, 64, 16, KvDtype::Bf16), 3);
     let (mut k, mut v) = (p.k.clone(), p.v.clone());
     let rows = common::Pool::from_f32(KvDtype::F16, &[0.0; 64]);
-    let e =
-        store_new_rows(&p.layout, &p.table(), p.layer, &mut k.view_mut(), &mut v.view_mut(), rows.view(), rows.view());
+    let e = store_new_rows(&p.layout, &p.table(), p.layer, k.view_mut(), v.view_mut(), rows.view(), rows.view());
     assert!(e.unwrap_err().message().contains("k_new"));
 }
 

@@ -78,10 +78,10 @@ unsafe fn body<T: Wide8, const D: usize>(job: &Job<'_, T>, seq: &Seq<'_>, blocks
         let ahead = job.block_ahead(seq, &range, j);
         for h in 0..job.layout.num_kv_heads {
             if let Some(a) = ahead {
-                job.prefetch_tile_start(job.k, a, h);
+                job.prefetch_tile_start(&job.k, a, h);
             }
-            let kt = job.tile(job.k, block, h, n_blk);
-            let vt = job.tile(job.v, block, h, n_blk);
+            // SAFETY: `block` comes from the item's `Seq` and `n_blk <= block_size`.
+            let (kt, vt) = unsafe { (job.tile(&job.k, block, h, n_blk), job.tile(&job.v, block, h, n_blk)) };
             let mut r0 = 0;
             while r0 < n_blk {
                 let n = (n_blk - r0).min(LANES);
@@ -134,7 +134,7 @@ unsafe fn body<T: Wide8, const D: usize>(job: &Job<'_, T>, seq: &Seq<'_>, blocks
                     alpha[gi] = a;
                 }
                 if let (Some(a), 0) = (ahead, r0) {
-                    job.prefetch_tile_start(job.v, a, h);
+                    job.prefetch_tile_start(&job.v, a, h);
                 }
                 let vptr: *const f32 = if is_f32 {
                     vrows.as_ptr().cast()

@@ -150,12 +150,12 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
         let ahead = job.block_ahead(seq, &range, j);
         for h in 0..job.layout.num_kv_heads {
             if let Some(a) = ahead {
-                job.prefetch_tile_start(job.k, a, h);
+                job.prefetch_tile_start(&job.k, a, h);
             }
             // All `bs` rows of the K tile: rows past the length are read (in bounds, the tile
             // is the block's) by the full-width score paths and masked out.
-            let kt = job.tile(job.k, block, h, bs);
-            let vt = job.tile(job.v, block, h, n_blk);
+            // SAFETY: `block` comes from the item's `Seq` and `n_blk <= bs`.
+            let (kt, vt) = unsafe { (job.tile(&job.k, block, h, bs), job.tile(&job.v, block, h, n_blk)) };
             let q_h = q.as_ptr().add(h * g * d);
             let mut r0 = 0;
             while r0 < n_blk {
@@ -247,7 +247,7 @@ unsafe fn body<T: Wide16, const D: usize, const DOT: bool>(
                     alpha[gi] = a;
                 }
                 if let (Some(a), 0) = (ahead, r0) {
-                    job.prefetch_tile_start(job.v, a, h);
+                    job.prefetch_tile_start(&job.v, a, h);
                 }
                 // acc = acc * alpha + sum_t p[t] * V[t], for each head of the group.
                 let acc_h = acc.as_mut_ptr().add(h * g * d);

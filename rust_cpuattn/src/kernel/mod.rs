@@ -9,11 +9,12 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use crate::dtype::{KvElem, KvSlice};
+use crate::dtype::KvElem;
 use crate::error::{bail, Result};
 use crate::isa::Isa;
 use crate::layout::{DecodeArgs, Layout};
 use crate::partition::{partition, Item};
+use crate::pool::{KvPool, PoolRef};
 use crate::team::{run_each, Team};
 
 #[cfg(target_arch = "x86_64")]
@@ -34,9 +35,12 @@ pub struct KernelConfig<'p> {
 }
 
 /// The pools and shapes shared by all items of a call.
+///
+/// Invariant: built only by `run` for a validated call; the call reads only the slabs of the
+/// blocks in its `Seq`s (in `layer`), which the pool contract keeps unwritten until it returns.
 pub(crate) struct Job<'a, T> {
-    pub k: &'a [T],
-    pub v: &'a [T],
+    pub k: PoolRef<'a, T>,
+    pub v: PoolRef<'a, T>,
     pub layout: Layout,
     pub layer: usize,
     pub num_q_heads: usize,
@@ -47,11 +51,19 @@ pub(crate) struct Job<'a, T> {
 }
 
 impl<'a, T> Job<'a, T> {
-    /// Rows `[0, n)` of the (block, kv head) tile of `pool`: `[n, head_dim]`, bounds-checked.
+    /// Rows `[0, n)` of the (block, kv head) tile of `pool` (`self.k` or `self.v`):
+    /// `[n, head_dim]`, bounds-checked.
+    ///
+    /// # Safety
+    /// `block` is one of the call's blocks (from a `Seq` of this job) and `n <= block_size`,
+    /// so the rows lie in a slab the call reads.
     #[inline]
-    pub fn tile<'s>(&self, pool: &'s [T], block: usize, kv_head: usize, n: usize) -> &'s [T] {
+    pub unsafe fn tile<'s>(&'s self, pool: &'s PoolRef<'a, T>, block: usize, kv_head: usize, n: usize) -> &'s [T] {
+        debug_assert!(n <= self.layout.block_size);
         let start = self.layout.row_offset(self.layer, block, kv_head, 0);
-        &pool[start..start + n * self.layout.head_dim]
+        // SAFETY: the rows lie in a slab the call reads (this function's contract), which
+        // nobody writes until the call returns (the job's invariant).
+        unsafe { pool.slice(start, n * self.layout.head_dim) }
     }
 }
 
@@ -153,7 +165,7 @@ impl<'a, T> Job<'a, T> {
     /// in DRAM, batch 16, bf16, 9/3/64 and 32/8/128: 4-16% faster at context 1024 and 3-21%
     /// at 128, with 1 and 2 threads; 4 lines were slower, 12 about the same.
     #[inline(always)]
-    pub fn prefetch_tile_start(&self, pool: &[T], block: usize, kv_head: usize) {
+    pub fn prefetch_tile_start(&self, pool: &PoolRef<'a, T>, block: usize, kv_head: usize) {
         let start = self.layout.row_offset(self.layer, block, kv_head, 0);
         let bytes = self.layout.block_size * self.layout.head_dim * std::mem::size_of::<T>();
         // The tile of a validated block id lies inside the pool: `wrapping_add` never wraps.
@@ -272,14 +284,15 @@ fn effective_isa(isa: Isa, dtype: crate::KvDtype, head_dim: usize) -> Isa {
 }
 
 /// Paged decode attention with an explicit configuration (see [`crate::paged_decode_attention`]).
-pub fn paged_decode_attention_with(
+pub fn paged_decode_attention_with<'k>(
     args: &DecodeArgs<'_>,
     layout: &Layout,
-    k_cache: KvSlice<'_>,
-    v_cache: KvSlice<'_>,
+    k_cache: impl Into<KvPool<'k>>,
+    v_cache: impl Into<KvPool<'k>>,
     out: &mut [f32],
     config: &KernelConfig<'_>,
 ) -> Result<()> {
+    let (k_cache, v_cache) = (k_cache.into(), v_cache.into());
     args.validate(layout, k_cache, v_cache, out.len())?;
     let isa = match config.isa {
         Some(isa) => isa,
@@ -289,9 +302,9 @@ pub fn paged_decode_attention_with(
         bail!("ISA {} is not supported by this CPU", isa.name());
     }
     match (k_cache, v_cache) {
-        (KvSlice::F32(k), KvSlice::F32(v)) => run(args, layout, k, v, out, isa, config),
-        (KvSlice::F16(k), KvSlice::F16(v)) => run(args, layout, k, v, out, isa, config),
-        (KvSlice::Bf16(k), KvSlice::Bf16(v)) => run(args, layout, k, v, out, isa, config),
+        (KvPool::F32(k), KvPool::F32(v)) => run(args, layout, k, v, out, isa, config),
+        (KvPool::F16(k), KvPool::F16(v)) => run(args, layout, k, v, out, isa, config),
+        (KvPool::Bf16(k), KvPool::Bf16(v)) => run(args, layout, k, v, out, isa, config),
         _ => unreachable!("validate checks that K and V share a dtype"),
     }
     Ok(())
@@ -300,8 +313,8 @@ pub fn paged_decode_attention_with(
 fn run<T: Backend>(
     args: &DecodeArgs<'_>,
     layout: &Layout,
-    k: &[T],
-    v: &[T],
+    k: PoolRef<'_, T>,
+    v: PoolRef<'_, T>,
     out: &mut [f32],
     isa: Isa,
     config: &KernelConfig<'_>,

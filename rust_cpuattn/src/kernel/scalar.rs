@@ -17,8 +17,8 @@ pub(crate) fn attend<T: KvElem>(job: &Job<'_, T>, seq: &Seq<'_>, blocks: Range<u
         let n = (seq.len - j * bs).min(bs);
         job.prefetch_ahead(seq, &range, j);
         for h in 0..job.layout.num_kv_heads {
-            let kt = job.tile(job.k, block, h, n);
-            let vt = job.tile(job.v, block, h, n);
+            // SAFETY: `block` comes from the item's `Seq` and `n <= block_size`.
+            let (kt, vt) = unsafe { (job.tile(&job.k, block, h, n), job.tile(&job.v, block, h, n)) };
             for hq in h * g..(h + 1) * g {
                 let qh = &q[hq * d..][..d];
                 let s = &mut p[..n];
