@@ -87,15 +87,8 @@ class AsyncEngine:
             raise EngineDeadError("the engine is not running")
         if request_id in self._queues:
             raise ValueError(f"request id {request_id!r} is already in use")
-        waiting = len(self.engine.scheduler.waiting) + len(self._pending_adds)
-        if waiting >= self.engine.config.scheduler.max_waiting:
-            raise EngineOverloadedError(f"{waiting} requests are waiting; try again later")
         request = self.engine.make_request(prompt, params, request_id=request_id)
-        capacity = self.engine.pool.num_blocks * self.engine.pool.block_size
-        if request.max_total_tokens > capacity:
-            raise ValueError(
-                f"request needs up to {request.max_total_tokens} tokens of KV cache, more than the pool holds ({capacity})"
-            )
+        self.engine.check_admission(request, num_pending=len(self._pending_adds))
         queue: asyncio.Queue[RequestDelta | BaseException] = asyncio.Queue()
         self._queues[request_id] = queue
         self._pending_adds.append(request)

@@ -38,22 +38,49 @@ class ModelConfig:
             raise ValueError("max_model_len must be >= 16")
 
 
+OFFLOAD_MODES = ("off", "neo", "full")
+AUTO = "auto"
+CPU_DEVICE_KV_TOKENS = 32768  # device_kv_tokens' default when the CPU plays the device
+
+
 @dataclass(frozen=True)
 class CacheConfig:
     block_size: int = 16
-    device_kv_tokens: int | None = 32768  # None = sized from free device memory
-    host_kv_tokens: int = 0  # 0 = no host pool (device-only)
-    device_memory_fraction: float = 0.9  # used when device_kv_tokens is None
+    # off: device only (recompute preemption); neo: device and host pools, placement decided
+    # every iteration; full: every request's KV and decode attention on the host
+    offload: str = "neo"
+    # tokens, or "auto" (sized from free device memory); None = "auto" on a GPU, 32768 on the CPU
+    device_kv_tokens: int | str | None = None
+    # tokens, "auto" (host_memory_fraction of available RAM, at most host_kv_auto_max_gib), or 0 (no host pool)
+    host_kv_tokens: int | str = AUTO
+    device_memory_fraction: float = 0.9  # share of free device memory for device_kv_tokens="auto"
+    host_memory_fraction: float = 0.4  # share of available RAM for host_kv_tokens="auto"
+    host_kv_auto_max_gib: float = 2.0  # bounds an "auto" host pool (it is touched at start-up)
 
     def validate(self) -> None:
         if self.block_size < 1 or self.block_size % 8:
             raise ValueError("block_size must be a positive multiple of 8")
-        if self.device_kv_tokens is not None and self.device_kv_tokens < self.block_size:
-            raise ValueError("device_kv_tokens must hold at least one block")
-        if self.host_kv_tokens < 0:
-            raise ValueError("host_kv_tokens must be >= 0")
+        if self.offload not in OFFLOAD_MODES:
+            raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {self.offload!r}")
+        _check_tokens("device_kv_tokens", self.device_kv_tokens, minimum=self.block_size)
+        _check_tokens("host_kv_tokens", self.host_kv_tokens, minimum=0)
+        if self.offload == "full" and self.host_kv_tokens == 0:
+            raise ValueError("offload='full' needs a host KV pool: host_kv_tokens must not be 0")
         if not 0.05 <= self.device_memory_fraction <= 1.0:
             raise ValueError("device_memory_fraction must be in [0.05, 1]")
+        if not 0.0 < self.host_memory_fraction <= 0.9:
+            raise ValueError("host_memory_fraction must be in (0, 0.9]")
+        if self.host_kv_auto_max_gib <= 0:
+            raise ValueError("host_kv_auto_max_gib must be > 0")
+
+
+def _check_tokens(name: str, value: object, minimum: int) -> None:
+    if value is None or value == AUTO:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be a number of tokens or {AUTO!r}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum} (got {value})" + (": one block at least" if minimum else ""))
 
 
 @dataclass(frozen=True)
@@ -61,8 +88,12 @@ class SchedulerConfig:
     max_num_seqs: int = 64  # running requests per iteration
     max_num_batched_tokens: int = 512  # tokens per iteration (prefill chunks + decodes)
     max_waiting: int = 1024  # queued requests beyond which new ones are refused
+    # host requests swap back in while the device pool stays under this share of its blocks
+    swap_in_watermark: float = 0.95
 
     def validate(self) -> None:
+        if not 0.0 < self.swap_in_watermark <= 1.0:
+            raise ValueError("swap_in_watermark must be in (0, 1]")
         if self.max_num_seqs < 1:
             raise ValueError("max_num_seqs must be >= 1")
         if self.max_num_batched_tokens < self.max_num_seqs:
@@ -171,8 +202,21 @@ def config_from_args(args: argparse.Namespace, groups: tuple[str, ...] | None = 
     return config.override(**flat).validate()
 
 
-def _scalar_type(annotation: Any) -> type:
+def _scalar_type(annotation: Any) -> Any:
     hint = eval(annotation, vars(typing)) if isinstance(annotation, str) else annotation  # noqa: S307
     if isinstance(hint, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if set(options) == {int, str}:
+            return _int_or_auto
+        hint = options[0]
     return hint
+
+
+def _int_or_auto(text: str) -> int | str:
+    """A CLI value that is a number of tokens or "auto"."""
+    if text == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of tokens or {AUTO!r}, got {text!r}") from None

@@ -7,7 +7,9 @@ import uuid
 
 import structlog
 
-from neo_async.config import Config
+import torch
+
+from neo_async.config import AUTO, CPU_DEVICE_KV_TOKENS, Config
 from neo_async.engine_stats import EngineStats, StepStats
 from neo_async.errors import EngineOverloadedError
 from neo_async.kv.block_pool import BlockPool
@@ -16,10 +18,11 @@ from neo_async.model.loader import load_model
 from neo_async.output_processor import OutputProcessor
 from neo_async.outputs import RequestDelta
 from neo_async.runner.attention import KVCache
-from neo_async.runner.device import configure_threads, device_free_bytes, pick_device, torch_dtype
+from neo_async.runner.device import configure_threads, device_free_bytes, host_available_bytes, pick_device, torch_dtype
 from neo_async.runner.executor import Executor
 from neo_async.runner.sampler import Sampler
 from neo_async.sampling_params import SamplingParams
+from neo_async.sched.plan import Plan
 from neo_async.sched.request import Request
 from neo_async.sched.scheduler import Scheduler
 
@@ -43,26 +46,36 @@ class Engine:
         self.max_model_len = min(config.model.max_model_len or self.spec.max_position_embeddings, self.spec.max_position_embeddings)
         self.model = LlamaModel(self.spec, loaded.weights, self.max_model_len)
         cache_cfg = config.cache
+        block_size = cache_cfg.block_size
+        kv_shape = (self.spec.num_layers, self.spec.num_kv_heads, block_size, self.spec.head_dim)
         num_blocks = self._num_device_blocks(dtype.itemsize)
-        self.cache = KVCache(
-            self.spec.num_layers, num_blocks, self.spec.num_kv_heads, cache_cfg.block_size, self.spec.head_dim, dtype, self.device
-        )
-        self.pool = BlockPool(num_blocks, cache_cfg.block_size, "device")
-        self.scheduler = Scheduler(config.scheduler, self.pool)
+        self.cache = KVCache(kv_shape[0], num_blocks, *kv_shape[1:], dtype, self.device)
+        self.device_pool = BlockPool(num_blocks, block_size, "device")
+        num_host_blocks = self._num_host_blocks(dtype.itemsize)
+        self.host_cache = None
+        if num_host_blocks:
+            cpu = torch.device("cpu")
+            self.host_cache = KVCache(kv_shape[0], num_host_blocks, *kv_shape[1:], dtype, cpu, pin_for_cuda=self.device.type == "cuda")
+        self.host_pool = BlockPool(num_host_blocks, block_size, "host")
+        self.scheduler = Scheduler(config.scheduler, self.device_pool, self.host_pool, cache_cfg.offload)
         self.sampler = Sampler(self.spec.vocab_size, self.spec.eos_token_ids, self.device)
-        self.executor = Executor(self.model, self.cache, self.sampler)
+        self.executor = Executor(self.model, self.cache, self.sampler, self.host_cache)
         self.outputs = OutputProcessor(self.tokenizer, self.spec.eos_token_ids)
         self.num_prompt_tokens_total = 0
         self.num_generation_tokens_total = 0
         self.num_iterations_total = 0
+        self.num_swap_bytes_total = {"out": 0, "in": 0}
+        self.num_host_prefill_tokens_total = 0
         self.last_step: StepStats | None = None
         log.info(
             "engine_ready",
             model=self.model_name,
             device=str(self.device),
             dtype=config.model.dtype,
+            offload=self.scheduler.placement.offload,
             device_kv_blocks=num_blocks,
-            block_size=cache_cfg.block_size,
+            host_kv_blocks=num_host_blocks,
+            block_size=block_size,
             max_model_len=self.max_model_len,
             torch_threads=self.num_torch_threads,
             kernel_threads=self.num_kernel_threads,
@@ -71,12 +84,31 @@ class Engine:
 
     def _num_device_blocks(self, dtype_bytes: int) -> int:
         cfg = self.config.cache
-        if cfg.device_kv_tokens is not None:
-            return max(1, cfg.device_kv_tokens // cfg.block_size)
-        per_block = self.spec.kv_bytes_per_token(dtype_bytes) * cfg.block_size
+        tokens = cfg.device_kv_tokens
+        if tokens is None:
+            tokens = AUTO if self.device.type == "cuda" else CPU_DEVICE_KV_TOKENS
+        if tokens != AUTO:
+            return max(1, int(tokens) // cfg.block_size)
         budget = int(device_free_bytes(self.device) * cfg.device_memory_fraction)
-        cap = -(-self.max_model_len // cfg.block_size) * 256  # never more than 256 full contexts
-        return max(1, min(budget // per_block, cap))
+        return max(1, self._blocks_within(budget, dtype_bytes))
+
+    def _num_host_blocks(self, dtype_bytes: int) -> int:
+        """0 when offload is off; host_kv_tokens' blocks, or for "auto" a share of available RAM
+        bounded by host_kv_auto_max_gib (the pool is touched at start-up)."""
+        cfg = self.config.cache
+        if cfg.offload == "off":
+            return 0
+        if cfg.host_kv_tokens != AUTO:
+            return int(cfg.host_kv_tokens) // cfg.block_size
+        budget = min(int(host_available_bytes() * cfg.host_memory_fraction), int(cfg.host_kv_auto_max_gib * 2**30))
+        return self._blocks_within(budget, dtype_bytes)
+
+    def _blocks_within(self, budget_bytes: int, dtype_bytes: int) -> int:
+        """Blocks of KV that fit in budget_bytes, never more than 256 full contexts."""
+        block_size = self.config.cache.block_size
+        per_block = self.spec.kv_bytes_per_token(dtype_bytes) * block_size
+        cap = -(-self.max_model_len // block_size) * 256
+        return min(budget_bytes // per_block, cap)
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -108,9 +140,18 @@ class Engine:
             max_total_tokens=min(len(token_ids) + params.max_tokens, self.max_model_len),
         )
 
+    def check_admission(self, request: Request, num_pending: int = 0) -> None:
+        """Raise EngineOverloadedError when the queue (with num_pending requests not yet added) is
+        full, ValueError when the request can never fit a KV pool."""
+        waiting = len(self.scheduler.waiting) + num_pending
+        if waiting >= self.config.scheduler.max_waiting:
+            raise EngineOverloadedError(f"{waiting} requests are waiting; try again later")
+        error = self.scheduler.capacity_error(request.max_total_tokens)
+        if error is not None:
+            raise ValueError(error)
+
     def add_request(self, request: Request) -> None:
-        if len(self.scheduler.waiting) >= self.config.scheduler.max_waiting:
-            raise EngineOverloadedError(f"{len(self.scheduler.waiting)} requests are waiting; try again later")
+        self.check_admission(request)
         self.scheduler.add(request)
         self.outputs.add(request)
         self.num_prompt_tokens_total += request.num_prompt_tokens
@@ -134,6 +175,7 @@ class Engine:
         plan = self.scheduler.schedule()
         output = self.executor.execute(plan)
         advanced = self.scheduler.update(plan, output)
+        moved = self._account_movement(plan)
         deltas = []
         for request in advanced:
             delta = self.outputs.on_token(request, output.logprobs.get(request.request_id))
@@ -152,24 +194,58 @@ class Engine:
             num_prefill_tokens=num_prefill,
             num_decode_tokens=plan.num_batched_tokens - num_prefill,
             num_preempted=len(plan.preempted_ids),
+            num_host_seqs=plan.num_host_chunks,
+            num_swapped_out=len(plan.swapped_out_ids),
+            num_swapped_in=len(plan.swapped_in_ids),
+            num_swap_out_bytes=moved["out"],
+            num_swap_in_bytes=moved["in"],
+            num_host_prefill_tokens=moved["host_prefill_tokens"],
         )
         return deltas
+
+    def _account_movement(self, plan: Plan) -> dict[str, int]:
+        """Bytes swapped and host prefill tokens of this plan (added to the totals), and debug
+        events for placements and swaps."""
+        per_block = self.cache.bytes_per_block
+        moved = {
+            "out": Plan.num_run_blocks(plan.swap_out) * per_block,
+            "in": Plan.num_run_blocks(plan.swap_in) * per_block,
+            "host_prefill_tokens": sum(c.num_tokens for c in plan.chunks if c.is_host and not c.is_decode),
+        }
+        self.num_swap_bytes_total["out"] += moved["out"]
+        self.num_swap_bytes_total["in"] += moved["in"]
+        self.num_host_prefill_tokens_total += moved["host_prefill_tokens"]
+        for chunk in plan.chunks:
+            if chunk.start_pos == 0:
+                log.debug("kv_placed", request_id=chunk.request_id, location=chunk.location.value, num_tokens=len(chunk.prompt_token_ids))
+        for direction, ids in (("out", plan.swapped_out_ids), ("in", plan.swapped_in_ids)):
+            for request_id in ids:
+                log.debug("kv_swapped", request_id=request_id, direction=direction)
+        for request_id in plan.preempted_ids:
+            log.debug("kv_preempted", request_id=request_id)
+        return moved
 
     def stats(self) -> EngineStats:
         return EngineStats(
             num_running=len(self.scheduler.running),
             num_waiting=len(self.scheduler.waiting),
-            num_device_blocks_total=self.pool.num_blocks,
-            num_device_blocks_used=self.pool.num_used,
-            num_host_blocks_total=0,
-            num_host_blocks_used=0,
-            num_requests_on_host=0,
+            num_device_blocks_total=self.device_pool.num_blocks,
+            num_device_blocks_used=self.device_pool.num_used,
+            num_host_blocks_total=self.host_pool.num_blocks,
+            num_host_blocks_used=self.host_pool.num_used,
+            num_requests_on_host=self.scheduler.num_running_on_host,
             num_preemptions_total=self.scheduler.num_preemptions_total,
+            num_swapped_out_total=self.scheduler.num_swapped_out_total,
+            num_swapped_in_total=self.scheduler.num_swapped_in_total,
+            num_swap_out_bytes_total=self.num_swap_bytes_total["out"],
+            num_swap_in_bytes_total=self.num_swap_bytes_total["in"],
+            num_host_prefill_tokens_total=self.num_host_prefill_tokens_total,
             num_prompt_tokens_total=self.num_prompt_tokens_total,
             num_generation_tokens_total=self.num_generation_tokens_total,
             num_iterations_total=self.num_iterations_total,
         )
 
     def check(self) -> None:
-        """Raise AssertionError if any KV accounting invariant is broken."""
+        """Raise AssertionError if any KV accounting invariant (both pools, every request's
+        location) is broken."""
         self.scheduler.check()

@@ -18,6 +18,9 @@ class StepStats:
     num_host_seqs: int = 0  # requests whose KV lives on the host
     num_swapped_out: int = 0
     num_swapped_in: int = 0
+    num_swap_out_bytes: int = 0
+    num_swap_in_bytes: int = 0
+    num_host_prefill_tokens: int = 0
     is_pipelined: bool = False
 
 
@@ -36,6 +39,11 @@ class EngineStats:
     num_prompt_tokens_total: int
     num_generation_tokens_total: int
     num_iterations_total: int
+    num_swapped_out_total: int = 0  # requests moved device -> host
+    num_swapped_in_total: int = 0  # requests moved host -> device
+    num_swap_out_bytes_total: int = 0
+    num_swap_in_bytes_total: int = 0
+    num_host_prefill_tokens_total: int = 0  # prompt tokens whose KV was written to the host pool
 
     @property
     def device_kv_usage(self) -> float:

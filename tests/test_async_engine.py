@@ -25,7 +25,7 @@ async def engine():
     eng.engine.check()
     await eng.stop()
     eng.engine.check()
-    assert eng.engine.pool.num_used == 0
+    assert eng.engine.device_pool.num_used == 0
 
 
 async def collect(stream):

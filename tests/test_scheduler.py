@@ -40,7 +40,7 @@ def test_chunked_prefill_under_the_token_budget_then_decode():
         plan = run_step(s)
         sizes.append([(c.request_id, c.num_tokens, c.is_sampling) for c in plan.chunks])
     assert sizes == [[("a", 10, False)], [("a", 10, False)], [("a", 5, True)], [("a", 1, True)]]
-    assert s.pool.num_used == 0
+    assert s.device_pool.num_used == 0
 
 
 def test_running_decodes_go_before_new_prefills_and_fcfs_is_kept():
@@ -72,7 +72,7 @@ def test_preemption_takes_the_newest_and_everyone_finishes():
     assert preempted and preempted[0] == "r2"  # the newest goes first
     assert sorted(finished_order) == ["r0", "r1", "r2"]
     assert s.num_preemptions_total == len(preempted)
-    assert s.pool.num_used == 0
+    assert s.device_pool.num_used == 0
 
 
 def test_max_num_seqs_caps_the_running_set():
@@ -88,16 +88,16 @@ def test_finish_of_waiting_or_running_frees_blocks():
     s.add(make_request("a", 5))
     s.add(make_request("b", 5))
     run_step(s)
-    assert s.pool.num_used > 0
+    assert s.device_pool.num_used > 0
     assert s.finish("a") is not None and s.finish("b") is not None
     assert s.finish("nope") is None
     s.check()
-    assert s.pool.num_used == 0 and s.num_unfinished == 0
+    assert s.device_pool.num_used == 0 and s.num_unfinished == 0
 
 
 def test_a_request_larger_than_the_pool_is_refused():
     s = make_scheduler(num_blocks=2, block_size=4)
-    with pytest.raises(ValueError, match="more than the whole pool"):
+    with pytest.raises(ValueError, match="more than any KV pool holds"):
         s.add(make_request("big", 6, max_tokens=4))
     with pytest.raises(ValueError, match="already in use"):
         s.add(make_request("x", 1, max_tokens=2))

@@ -1,17 +1,20 @@
-"""Paged attention over the device KV pool.
+"""Paged KV pools and attention over them.
 
-Pool layout, shared with the host pool and rust_cpuattn:
+Pool layout, the same for the device pool, the host pool and rust_cpuattn:
   k_cache, v_cache: [num_layers, num_blocks, num_kv_heads, block_size, head_dim]
 A token at position p of a request lives in block block_ids[p // block_size], row p % block_size.
 
-Decode attention runs in torch on CUDA; when the CPU plays the device, the pool is host
-memory and rust_cpuattn's kernel reads it in place (the torch path stays as the reference).
+Decode attention over a pool in host memory (the host pool, or the device pool when the CPU
+plays the device) runs in rust_cpuattn's kernel, in place; over a CUDA pool, in torch (the
+torch path stays as the reference). Inputs may live on another device than the pool (a GPU
+step using the host pool): they are staged to the pool's device and the output back.
 """
 
 from __future__ import annotations
 
 import torch
 
+from neo_async.kv.host_memory import host_tensor
 from neo_async.native import rust_cpuattn
 
 
@@ -25,13 +28,27 @@ class KVCache:
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device,
+        pin_for_cuda: bool = False,
     ) -> None:
         shape = (num_layers, num_blocks, num_kv_heads, block_size, head_dim)
-        # NOTE: zeros, not empty: touching every page at start-up keeps first-touch cost out of steps.
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        if device.type == "cpu":  # huge pages, touched once (and pinned when a GPU copies to it)
+            self.k = host_tensor(shape, dtype, pin_for_cuda)
+            self.v = host_tensor(shape, dtype, pin_for_cuda)
+        else:
+            self.k = torch.zeros(shape, dtype=dtype, device=device)
+            self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.block_size = block_size
+        self.device = device
         self.use_rust_decode = device.type == "cpu" and rust_cpuattn is not None
+
+    @property
+    def num_blocks(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def bytes_per_block(self) -> int:
+        """Bytes of one block over every layer, K and V."""
+        return 2 * self.k[:, 0].numel() * self.k.element_size()
 
     def decode(
         self,
@@ -46,8 +63,9 @@ class KVCache:
     ) -> None:
         """Stores each request's new K/V row at position seq_len - 1, then attends over its seq_len tokens.
 
-        q [B, Hq, D]; block_tables [B, W] int32; seq_lens [B] int32 (the new token included);
-        k_new, v_new [B, Hkv, D]; out [B, Hq, D] float32, contiguous, written in place.
+        q [B, Hq, D], k_new, v_new [B, Hkv, D] and out [B, Hq, D] (float32, contiguous, written
+        in place) on any device; block_tables [B, W] int32 and seq_lens [B] int32 (the new token
+        included) on the pool's device.
         """
         if not self.use_rust_decode:
             positions = seq_lens.long() - 1
@@ -55,8 +73,9 @@ class KVCache:
             self.store(layer, k_new, v_new, blocks, positions % self.block_size)
             out.copy_(decode_attention(self, layer, q, block_tables, seq_lens, scale))
             return
+        staged = out if out.device == self.device else torch.empty(out.shape, dtype=torch.float32)
         rust_cpuattn.paged_decode_attention(
-            q.to(torch.float32).contiguous(),
+            q.to(self.device, torch.float32).contiguous(),
             self.k,
             self.v,
             block_tables,
@@ -64,15 +83,18 @@ class KVCache:
             seq_lens,
             layer,
             scale,
-            out=out,
-            k_new=k_new.to(self.k.dtype).contiguous(),
-            v_new=v_new.to(self.v.dtype).contiguous(),
+            out=staged,
+            k_new=k_new.to(self.device, self.k.dtype).contiguous(),
+            v_new=v_new.to(self.device, self.v.dtype).contiguous(),
         )
+        if staged is not out:
+            out.copy_(staged)
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, block_ids: torch.Tensor, offsets: torch.Tensor) -> None:
-        """k, v [T, Hkv, D] written at (block_ids[t], offsets[t]) for each token t."""
-        self.k[layer][block_ids, :, offsets] = k.to(self.k.dtype)
-        self.v[layer][block_ids, :, offsets] = v.to(self.v.dtype)
+        """k, v [T, Hkv, D] (any device) written at (block_ids[t], offsets[t]) for each token t;
+        block_ids and offsets on the pool's device."""
+        self.k[layer][block_ids, :, offsets] = k.to(self.device, self.k.dtype)
+        self.v[layer][block_ids, :, offsets] = v.to(self.device, self.v.dtype)
 
     def gather(self, layer: int, block_ids: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first `length` tokens of one request: K, V [Hkv, length, D]."""

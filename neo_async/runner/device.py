@@ -42,6 +42,11 @@ def device_free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
+    return host_available_bytes()
+
+
+def host_available_bytes() -> int:
+    """MemAvailable: host memory that can be allocated without swapping."""
     with open("/proc/meminfo") as f:
         info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
     return info.get("MemAvailable", 0)

@@ -1,64 +1,57 @@
-"""Turns a Plan into tensors, runs the model layer by layer, samples (device-only mode).
+"""Turns a Plan into tensors, runs the model layer by layer, samples (sequential mode).
 
-All of a plan's tokens run as one flat batch: prefill chunks first, then decodes. Per layer:
-pre -> store K/V -> attention (per prefill chunk, one batched paged call for decodes) -> post.
+All of a plan's tokens run as one flat batch (see `batch.py` for the row order). Per layer:
+swap copies of the layer (device -> host, host -> device) -> pre -> prefill K/V stores into
+each chunk's pool -> prefill attention per chunk -> device decode attention on the device
+pool -> host decode attention (rust_cpuattn) on the host pool -> post.
 """
 
 from __future__ import annotations
 
 import torch
 
+from neo_async.kv.swap import LayerCopy
 from neo_async.model.llama import LlamaModel
-from neo_async.runner.attention import KVCache, pad_block_tables, prefill_attention
+from neo_async.runner.attention import KVCache, prefill_attention
+from neo_async.runner.batch import BatchTensors
 from neo_async.runner.sampler import SampleRow, Sampler
-from neo_async.sched.plan import ExecuteOutput, Plan, ScheduledChunk
+from neo_async.sched.plan import ExecuteOutput, KVLocation, Plan
 
 
 class Executor:
-    def __init__(self, model: LlamaModel, cache: KVCache, sampler: Sampler) -> None:
+    def __init__(self, model: LlamaModel, cache: KVCache, sampler: Sampler, host_cache: KVCache | None = None) -> None:
         self.model = model
-        self.cache = cache
+        self.caches = {KVLocation.DEVICE: cache}
+        if host_cache is not None:
+            self.caches[KVLocation.HOST] = host_cache
         self.sampler = sampler
         self.device = model.device
+        self.block_size = cache.block_size
+        self.pool_devices = {loc: c.device for loc, c in self.caches.items()}
         self.keep_logits = False  # when set, outputs carry each sampling row's raw logits (tests)
 
     @torch.inference_mode()
     def execute(self, plan: Plan) -> ExecuteOutput:
-        if plan.is_empty:
+        copies = []
+        if plan.swap_out or plan.swap_in:
+            device, host = self.caches[KVLocation.DEVICE], self.caches[KVLocation.HOST]
+            copies = [LayerCopy(plan.swap_out, device, host), LayerCopy(plan.swap_in, host, device)]
+        if not plan.chunks:
+            for layer in range(self.model.spec.num_layers):
+                for copy in copies:
+                    copy.copy_layer(layer)
             return ExecuteOutput()
-        prefills = [c for c in plan.chunks if not c.is_decode]
-        decodes = [c for c in plan.chunks if c.is_decode]
-        chunks = prefills + decodes
-        batch = _BatchTensors(chunks, self.cache.block_size, self.device)
+        batch = BatchTensors(plan.chunks, self.block_size, self.device, self.pool_devices)
+        chunks = batch.chunks
         spec, model = self.model.spec, self.model
         hidden = model.embed(batch.token_ids)  # [T, hidden]
-        num_prefill_tokens = sum(c.num_tokens for c in prefills)
         rope = model.rope(batch.positions)
         for layer in range(spec.num_layers):
+            for copy in copies:  # before any K/V of this layer is read or written (Plan's contract)
+                copy.copy_layer(layer)
             q, k, v = model.pre(layer, hidden, rope)
-            if prefills:
-                self.cache.store(layer, k[:num_prefill_tokens], v[:num_prefill_tokens], batch.slot_blocks, batch.slot_offsets)
             out = torch.empty(q.shape, dtype=torch.float32, device=self.device)  # [T, Hq, D]
-            offset = 0
-            for chunk in prefills:
-                end = offset + chunk.num_tokens
-                if chunk.start_pos == 0:
-                    kc, vc = k[offset:end].transpose(0, 1), v[offset:end].transpose(0, 1)
-                else:
-                    kc, vc = self.cache.gather(layer, batch.block_ids[chunk.request_id], chunk.seq_len)
-                out[offset:end] = prefill_attention(q[offset:end], kc, vc, chunk.start_pos, spec.attn_scale)
-                offset = end
-            if decodes:
-                self.cache.decode(
-                    layer,
-                    q[num_prefill_tokens:],
-                    batch.decode_tables,
-                    batch.decode_seq_lens,
-                    spec.attn_scale,
-                    k_new=k[num_prefill_tokens:],
-                    v_new=v[num_prefill_tokens:],
-                    out=out[num_prefill_tokens:],
-                )
+            self._attention(layer, batch, q, k, v, out)
             hidden = model.post(layer, hidden, out.view(out.shape[0], -1))
         sampling = [(i, c) for i, c in enumerate(chunks) if c.is_sampling]
         if not sampling:
@@ -76,37 +69,23 @@ class Executor:
                 output.logprobs[chunk.request_id] = lp
         return output
 
-
-class _BatchTensors:
-    """Flat token ids and positions of an ordered list of chunks (prefills first), KV slots of the
-    prefill tokens, block tables and lengths of the decodes."""
-
-    def __init__(self, chunks: list[ScheduledChunk], block_size: int, device: torch.device) -> None:
-        token_ids: list[int] = []
-        positions: list[int] = []
-        slot_blocks: list[int] = []
-        slot_offsets: list[int] = []
-        self.last_row: list[int] = []
-        self.block_ids: dict[str, torch.Tensor] = {}
-        decode_tables, decode_lens = [], []
-        for chunk in chunks:
-            token_ids.extend(chunk.token_ids)
-            positions.extend(range(chunk.start_pos, chunk.seq_len))
-            if not chunk.is_decode:  # decode tokens are stored by the decode attention call
-                for pos in range(chunk.start_pos, chunk.seq_len):
-                    slot_blocks.append(chunk.block_ids[pos // block_size])
-                    slot_offsets.append(pos % block_size)
-            self.last_row.append(len(token_ids) - 1)
-            if chunk.is_decode:
-                decode_tables.append(chunk.block_ids[: -(-chunk.seq_len // block_size)])
-                decode_lens.append(chunk.seq_len)
-            elif chunk.start_pos > 0:
-                used = -(-chunk.seq_len // block_size)
-                self.block_ids[chunk.request_id] = torch.tensor(chunk.block_ids[:used], device=device)
-        self.token_ids = torch.tensor(token_ids, dtype=torch.long, device=device)
-        self.positions = torch.tensor(positions, dtype=torch.long, device=device)
-        self.slot_blocks = torch.tensor(slot_blocks, dtype=torch.long, device=device)
-        self.slot_offsets = torch.tensor(slot_offsets, dtype=torch.long, device=device)
-        if decode_tables:
-            self.decode_tables = pad_block_tables(decode_tables, device)
-            self.decode_seq_lens = torch.tensor(decode_lens, dtype=torch.int32, device=device)
+    def _attention(
+        self, layer: int, batch: BatchTensors, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
+    ) -> None:
+        """q [T, Hq, D], k, v [T, Hkv, D] of every row -> out [T, Hq, D] float32, K/V stored."""
+        scale = self.model.spec.attn_scale
+        for store in batch.prefill_stores:
+            cache = self.caches[store.location]
+            cache.store(layer, k[store.start : store.end], v[store.start : store.end], store.slot_blocks, store.slot_offsets)
+        for p in batch.prefills:
+            chunk = p.chunk
+            if p.block_ids is None:
+                kc, vc = k[p.start : p.end].transpose(0, 1), v[p.start : p.end].transpose(0, 1)
+            else:
+                kc, vc = self.caches[chunk.location].gather(layer, p.block_ids, chunk.seq_len)
+                kc, vc = kc.to(self.device), vc.to(self.device)
+            out[p.start : p.end] = prefill_attention(q[p.start : p.end], kc, vc, chunk.start_pos, scale)
+        for group in batch.decodes:
+            rows = slice(group.start, group.end)
+            cache = self.caches[group.location]
+            cache.decode(layer, q[rows], group.block_tables, group.seq_lens, scale, k_new=k[rows], v_new=v[rows], out=out[rows])

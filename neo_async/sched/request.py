@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from neo_async.sampling_params import SamplingParams
+from neo_async.sched.plan import KVLocation
 
 
 class RequestStatus(str, Enum):
@@ -20,7 +21,9 @@ class Request:
     - token_ids = prompt tokens followed by output tokens; num_prompt_tokens <= len(token_ids);
     - 0 <= num_computed_tokens <= len(token_ids): tokens whose K/V are in the cache;
     - a request with num_computed_tokens == len(token_ids) - 1 ... len(token_ids) is decoding;
-      below that it is (re)filling its cache (prefill, chunked or after preemption).
+      below that it is (re)filling its cache (prefill, chunked or after preemption);
+    - location is where its blocks are (exactly one pool) while it is running, None while it
+      waits (a waiting request holds no blocks).
     """
 
     request_id: str
@@ -32,6 +35,8 @@ class Request:
     num_computed_tokens: int = 0
     status: RequestStatus = RequestStatus.WAITING
     num_preemptions: int = 0
+    num_swaps: int = 0
+    location: KVLocation | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -1,12 +1,21 @@
-"""Continuous batching with chunked prefill and preemption by recompute (pure logic).
+"""Continuous batching over two KV pools, device and host (pure logic: no torch, no clock).
 
-Each iteration hands out {request: num_tokens} under a token budget:
-1. running requests first, oldest first: a decode gets 1 token, an unfinished prefill the
-   rest of its prompt (as much as the budget allows); when the pool cannot hold a running
-   request's next tokens, the newest running request is preempted (its blocks freed, its
-   tokens recomputed later), so older requests always make progress;
-2. then waiting requests, first come first served, chunked to the remaining budget; the
-   queue never skips its head (no starvation), and preempted requests rejoin at its head.
+Each iteration hands out {request: num_tokens} under a token budget; every running request's
+KV lives in exactly one pool, and its decode attention runs where its KV is.
+0. (neo) swap in: host requests, oldest first, move back to the device while the device pool
+   stays under the swap-in watermark (hysteresis against the swap-out below);
+1. running requests, oldest first: a decode gets 1 token, an unfinished prefill the rest of
+   its prompt (as much as the budget allows). When the device pool cannot hold a request's next
+   tokens, the newest device request not yet scheduled is swapped out to the host (its blocks
+   copied, not recomputed); only when that is impossible (host full, or no host pool) is the
+   newest request of the pool preempted by recompute. Older requests always make progress;
+2. waiting requests, first come first served, chunked to the remaining budget, placed where
+   their KV fits (see `placement.py`); the queue never skips its head, and preempted requests
+   rejoin at its head.
+
+Offload modes: "off" (device only, recompute preemption: the baseline), "neo" (both pools,
+placement decided every iteration), "full" (every request on the host; the device runs the
+linear layers and prefill attention only).
 """
 
 from __future__ import annotations
@@ -15,75 +24,149 @@ from collections import deque
 
 from neo_async.config import SchedulerConfig
 from neo_async.kv.block_pool import BlockPool
-from neo_async.sched.plan import ExecuteOutput, Plan, ScheduledChunk
+from neo_async.sched.placement import Placement
+from neo_async.sched.plan import ExecuteOutput, KVLocation, Plan, ScheduledChunk, coalesce
 from neo_async.sched.request import Request, RequestStatus
+
+DEVICE, HOST = KVLocation.DEVICE, KVLocation.HOST
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, pool: BlockPool) -> None:
+    def __init__(
+        self, config: SchedulerConfig, device_pool: BlockPool, host_pool: BlockPool | None = None, offload: str = "off"
+    ) -> None:
         self.config = config
-        self.pool = pool
+        self.host_pool = host_pool if host_pool is not None else BlockPool(0, device_pool.block_size, "host")
+        self.pools = {DEVICE: device_pool, HOST: self.host_pool}
+        self.device_pool = device_pool
+        self.placement = Placement(offload, device_pool, self.host_pool, config.swap_in_watermark)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions_total = 0
+        self.num_swapped_out_total = 0
+        self.num_swapped_in_total = 0
+        self.num_blocks_swapped_out_total = 0
+        self.num_blocks_swapped_in_total = 0
+        # (request id, src block, dst block) of this iteration's swaps, until the plan is built
+        self._out_pairs: list[tuple[str, int, int]] = []
+        self._in_pairs: list[tuple[str, int, int]] = []
 
     @property
     def num_unfinished(self) -> int:
         return len(self.requests)
 
+    @property
+    def num_running_on_host(self) -> int:
+        return sum(r.location is HOST for r in self.running)
+
+    def capacity_error(self, max_total_tokens: int) -> str | None:
+        """Why a request of up to `max_total_tokens` tokens can never run, or None if it can."""
+        capacity = self.placement.capacity_tokens()
+        if max_total_tokens <= capacity:
+            return None
+        return (
+            f"request needs up to {max_total_tokens} tokens of KV cache, more than any KV pool holds "
+            f"({self.placement.describe_capacity()}); lower max_tokens or the prompt"
+        )
+
     def add(self, request: Request) -> None:
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} is already in use")
-        capacity = self.pool.num_blocks * self.pool.block_size
-        if request.max_total_tokens > capacity:
-            raise ValueError(
-                f"request needs up to {request.max_total_tokens} tokens of KV cache, "
-                f"more than the whole pool holds ({capacity}); lower max_tokens or the prompt"
-            )
+        error = self.capacity_error(request.max_total_tokens)
+        if error is not None:
+            raise ValueError(error)
         request.status = RequestStatus.WAITING
+        request.location = None
         self.requests[request.request_id] = request
         self.waiting.append(request)
 
+    # ---- the iteration --------------------------------------------------------------------
+
     def schedule(self) -> Plan:
         plan = Plan()
+        self._out_pairs, self._in_pairs = [], []
+        self._swap_in(plan)
         budget = self.config.max_num_batched_tokens
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
             num_new = min(request.num_uncomputed_tokens, budget)
-            if not self._reserve(request, num_new, plan):
-                break  # the request preempted itself: everything after it is gone too
+            if not self._reserve(request, num_new, index, plan):
+                continue  # the request preempted itself; the next one moved into its index
             plan.chunks.append(self._chunk(request, num_new))
             budget -= num_new
             index += 1
+        is_host_round = False
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
             num_new = min(request.num_uncomputed_tokens, budget)
-            if not self.pool.can_grow(request.request_id, request.num_computed_tokens + num_new):
+            location = self.placement.place(request, request.num_computed_tokens + num_new, is_host_round)
+            if location is None:
                 break
-            self.pool.grow(request.request_id, request.num_computed_tokens + num_new)
+            is_host_round = is_host_round or location is HOST
+            self.pools[location].grow(request.request_id, request.num_computed_tokens + num_new)
             self.waiting.popleft()
             request.status = RequestStatus.RUNNING
+            request.location = location
             self.running.append(request)
             plan.chunks.append(self._chunk(request, num_new))
             budget -= num_new
+        plan.swap_out = coalesce([s for _, s, _ in self._out_pairs], [d for _, _, d in self._out_pairs])
+        plan.swap_in = coalesce([s for _, s, _ in self._in_pairs], [d for _, _, d in self._in_pairs])
         return plan
 
-    def _reserve(self, request: Request, num_new: int, plan: Plan) -> bool:
-        """Grow the request's blocks, preempting the newest running requests as needed."""
+    def _swap_in(self, plan: Plan) -> None:
+        for request in [r for r in self.running if r.location is HOST]:
+            if not self.placement.can_swap_in(request, len(self.host_pool.block_ids(request.request_id))):
+                break  # oldest first: a younger host request never jumps the queue
+            self._move(request, HOST, DEVICE, self._in_pairs)
+            self.num_swapped_in_total += 1
+            plan.swapped_in_ids.append(request.request_id)
+
+    def _reserve(self, request: Request, num_new: int, index: int, plan: Plan) -> bool:
+        """Grow the request's blocks, making room by swap-out or, as a last resort, preemption
+        of the newest requests not yet scheduled (running[index:])."""
         target = request.num_computed_tokens + num_new
-        while not self.pool.can_grow(request.request_id, target):
-            victim = self.running[-1]
+        while not self.pools[request.location].can_grow(request.request_id, target):
+            victim = self._newest(request.location, index, plan)
+            if victim is not None and victim.location is DEVICE and self.placement.can_swap_out(victim, target if victim is request else None):
+                self._move(victim, DEVICE, HOST, self._out_pairs)
+                self.num_swapped_out_total += 1
+                plan.swapped_out_ids.append(victim.request_id)
+                continue
+            victim = victim or self._newest(request.location, index, None)
+            assert victim is not None  # the request itself is always a candidate
             self._preempt(victim, plan)
             if victim is request:
                 return False
-        self.pool.grow(request.request_id, target)
+        self.pools[request.location].grow(request.request_id, target)
         return True
+
+    def _newest(self, location: KVLocation, index: int, plan: Plan | None) -> Request | None:
+        """The newest request in `location` among running[index:]; with a plan, one that was not
+        swapped in this iteration (those are never swapped straight back out)."""
+        swapped_in = set(plan.swapped_in_ids) if plan is not None else set()
+        for request in reversed(self.running[index:]):
+            if request.location is location and request.request_id not in swapped_in:
+                return request
+        return None
+
+    def _move(self, request: Request, src: KVLocation, dst: KVLocation, pairs: list[tuple[str, int, int]]) -> None:
+        src_ids = list(self.pools[src].block_ids(request.request_id))
+        dst_ids = self.pools[dst].grow(request.request_id, len(src_ids) * self.device_pool.block_size)
+        self.pools[src].free(request.request_id)
+        pairs.extend((request.request_id, s, d) for s, d in zip(src_ids, dst_ids))
+        request.location = dst
+        request.num_swaps += 1
+        if dst is HOST:
+            self.num_blocks_swapped_out_total += len(src_ids)
+        else:
+            self.num_blocks_swapped_in_total += len(src_ids)
 
     def _preempt(self, request: Request, plan: Plan) -> None:
         self.running.remove(request)
-        self.pool.free(request.request_id)
+        self._release(request)
         request.num_computed_tokens = 0
         request.num_preemptions += 1
         request.status = RequestStatus.WAITING
@@ -91,17 +174,27 @@ class Scheduler:
         self.num_preemptions_total += 1
         plan.preempted_ids.append(request.request_id)
 
+    def _release(self, request: Request) -> None:
+        """Free the request's blocks and cancel its copies planned this iteration."""
+        if request.location is not None:
+            self.pools[request.location].free(request.request_id)
+        self._out_pairs = [p for p in self._out_pairs if p[0] != request.request_id]
+        self._in_pairs = [p for p in self._in_pairs if p[0] != request.request_id]
+        request.location = None
+
     def _chunk(self, request: Request, num_new: int) -> ScheduledChunk:
         start = request.num_computed_tokens
+        assert request.location is not None
         return ScheduledChunk(
             request_id=request.request_id,
             token_ids=request.token_ids[start : start + num_new],
             start_pos=start,
-            block_ids=list(self.pool.block_ids(request.request_id)),
+            block_ids=list(self.pools[request.location].block_ids(request.request_id)),
             is_sampling=start + num_new == request.num_tokens,
             params=request.params,
             prompt_token_ids=request.prompt_token_ids,
             output_token_ids=request.output_token_ids,
+            location=request.location,
         )
 
     def update(self, plan: Plan, output: ExecuteOutput) -> list[Request]:
@@ -127,13 +220,23 @@ class Scheduler:
             self.running.remove(request)
         else:
             self.waiting.remove(request)
-        self.pool.free(request_id)
+        self._release(request)
         request.status = RequestStatus.FINISHED
         return request
 
     def check(self) -> None:
-        self.pool.check()
-        owners = set(self.pool.owners())
-        running = {r.request_id for r in self.running}
-        assert owners <= running, f"blocks held by requests not running: {owners - running}"
-        assert running | {r.request_id for r in self.waiting} == set(self.requests), "request sets disagree"
+        """Raise AssertionError if the pools or any request's location disagree."""
+        for location, pool in self.pools.items():
+            pool.check()
+            for owner in pool.owners():
+                request = self.requests.get(owner)
+                assert request is not None and request.status is RequestStatus.RUNNING, f"{pool.name}: {owner} is not running"
+                assert request.location is location, f"{owner} holds {pool.name} blocks but lives in {request.location}"
+        for request in self.running:
+            assert request.location is not None, f"running request {request.request_id} has no location"
+            held = len(self.pools[request.location].block_ids(request.request_id))
+            needed = self.device_pool.blocks_for_tokens(request.num_computed_tokens)
+            assert held >= needed, f"{request.request_id} holds {held} blocks for {request.num_computed_tokens} tokens"
+        for request in self.waiting:
+            assert request.location is None and request.num_computed_tokens == 0, f"waiting {request.request_id} holds KV"
+        assert {r.request_id for r in self.running} | {r.request_id for r in self.waiting} == set(self.requests), "request sets disagree"

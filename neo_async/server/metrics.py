@@ -65,6 +65,13 @@ STEP_COUNTERS: list[tuple[str, str, tuple[str, ...], Callable[[StepStats], list[
         ("direction",),
         lambda s: [(("out",), s.num_swapped_out), (("in",), s.num_swapped_in)],
     ),
+    (
+        "neo:swap_bytes",
+        "KV bytes copied between device and host pools, by direction.",
+        ("direction",),
+        lambda s: [(("out",), s.num_swap_out_bytes), (("in",), s.num_swap_in_bytes)],
+    ),
+    ("neo:host_prefill_tokens", "Prompt tokens whose KV was written to the host pool.", (), lambda s: [((), s.num_host_prefill_tokens)]),
     ("neo:pipelined_iterations", "Iterations run in pipelined (two sub-batch) mode.", (), lambda s: [((), float(s.is_pipelined))]),
     ("neo:prefill_tokens", "Prompt tokens run (recomputation included).", (), lambda s: [((), s.num_prefill_tokens)]),
 ]

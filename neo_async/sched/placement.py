@@ -1,0 +1,95 @@
+"""Where a request's KV cache goes: admission, swap-out and swap-in rules (pure logic).
+
+- off: everything on the device.
+- full: everything on the host.
+- neo: a prompt goes to the device when its whole KV fits there, next to one block of growth
+  for each running device request; else to the host when it fits there (and once one prompt
+  of an admission round goes to the host, the later ones do too, so that the device's free
+  blocks are not taken by younger prompts); a prompt that fits neither waits. A request is
+  never placed in a pool that cannot hold its longest possible sequence. Swap-out needs room
+  in the host pool; swap-in moves a request back while the device pool, with it and one more
+  block of growth, stays under `swap_in_watermark` of its blocks.
+"""
+
+from __future__ import annotations
+
+from neo_async.config import OFFLOAD_MODES
+from neo_async.kv.block_pool import BlockPool
+from neo_async.sched.plan import KVLocation
+from neo_async.sched.request import Request
+
+
+class Placement:
+    def __init__(self, offload: str, device_pool: BlockPool, host_pool: BlockPool, swap_in_watermark: float) -> None:
+        if offload not in OFFLOAD_MODES:
+            raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
+        if offload == "full" and host_pool.num_blocks == 0:
+            raise ValueError("offload='full' needs a host KV pool: set host_kv_tokens > 0 (or 'auto')")
+        self.offload = offload if host_pool.num_blocks > 0 else "off"
+        self.device_pool = device_pool
+        self.host_pool = host_pool
+        self.swap_in_watermark = swap_in_watermark
+
+    @property
+    def uses_device(self) -> bool:
+        return self.offload != "full"
+
+    @property
+    def uses_host(self) -> bool:
+        return self.offload != "off"
+
+    def _capacity(self, pool: BlockPool) -> int:
+        return pool.num_blocks * pool.block_size
+
+    def capacity_tokens(self) -> int:
+        """The longest sequence any pool in use can hold."""
+        return max(
+            self._capacity(self.device_pool) if self.uses_device else 0,
+            self._capacity(self.host_pool) if self.uses_host else 0,
+        )
+
+    def describe_capacity(self) -> str:
+        parts = []
+        if self.uses_device:
+            parts.append(f"device pool {self._capacity(self.device_pool)} tokens")
+        if self.uses_host:
+            parts.append(f"host pool {self._capacity(self.host_pool)} tokens")
+        return ", ".join(parts)
+
+    def place(self, request: Request, num_tokens: int, is_host_round: bool) -> KVLocation | None:
+        """Where a waiting request starts, given the tokens its first chunk needs; None = wait."""
+        rid = request.request_id
+        if self.offload == "off":
+            return KVLocation.DEVICE if self.device_pool.can_grow(rid, num_tokens) else None
+        if self.offload == "full":
+            return KVLocation.HOST if self._fits_whole(self.host_pool, request, reserve=0) else None
+        if not is_host_round and self._fits_whole(self.device_pool, request, reserve=self._num_owners(self.device_pool)):
+            return KVLocation.DEVICE
+        if self._fits_whole(self.host_pool, request, reserve=self._num_owners(self.host_pool)):
+            return KVLocation.HOST
+        return None
+
+    def _fits_whole(self, pool: BlockPool, request: Request, reserve: int) -> bool:
+        if request.max_total_tokens > self._capacity(pool):
+            return False
+        return pool.blocks_for_tokens(request.num_tokens) + reserve <= pool.num_free
+
+    @staticmethod
+    def _num_owners(pool: BlockPool) -> int:
+        return len(pool.owners())
+
+    def can_swap_out(self, request: Request, num_tokens: int | None) -> bool:
+        """Whether the host pool can take the request's device blocks (and `num_tokens` in all,
+        when it is to run on the host this iteration)."""
+        if self.offload != "neo" or request.max_total_tokens > self._capacity(self.host_pool):
+            return False
+        num_blocks = len(self.device_pool.block_ids(request.request_id))
+        if num_tokens is not None:
+            num_blocks = max(num_blocks, self.host_pool.blocks_for_tokens(num_tokens))
+        return num_blocks <= self.host_pool.num_free
+
+    def can_swap_in(self, request: Request, num_blocks: int) -> bool:
+        if self.offload != "neo" or request.max_total_tokens > self._capacity(self.device_pool):
+            return False
+        used = self.device_pool.num_used + num_blocks + 1
+        return used <= self.swap_in_watermark * self.device_pool.num_blocks
