@@ -7,7 +7,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyType};
-use rust_cpuattn::{self as core, bf16, f16, KvSlice, KvSliceMut};
+use rust_cpuattn::{self as core, bf16, f16, KvPool, KvPoolMut, KvSlice, PoolMut, PoolRef};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Elem {
@@ -241,14 +241,38 @@ impl Array {
         }
     }
 
-    /// SAFETY: as `slice_mut`.
-    pub(crate) unsafe fn kv_mut<'a>(&self) -> PyResult<KvSliceMut<'a>> {
-        // SAFETY: forwarded contract; the element type matches the variant.
+    /// A KV pool view that never references the whole array (see `rust_cpuattn::pool`).
+    ///
+    /// SAFETY (callers): the Python object behind `self` is alive for `'a`, and each core call
+    /// given the view meets the pool contract of `rust_cpuattn::pool` within `'a`.
+    pub(crate) unsafe fn pool<'a>(&self) -> KvPool<'a> {
+        let n = self.numel();
+        // SAFETY: `array` checked alignment and contiguity and that the pointer is non-null
+        // unless the array is empty; the buffer holds `n` elements of `elem` (the variant's
+        // type); lifetime and the pool contract are the caller's contract above.
+        unsafe {
+            match self.elem {
+                Elem::F32 => KvPool::F32(PoolRef::from_raw_parts(self.addr as *const f32, n)),
+                Elem::F16 => KvPool::F16(PoolRef::from_raw_parts(self.addr as *const f16, n)),
+                _ => KvPool::Bf16(PoolRef::from_raw_parts(self.addr as *const bf16, n)),
+            }
+        }
+    }
+
+    /// A writable KV pool view (as `pool`); an error for a read-only array.
+    ///
+    /// SAFETY (callers): as `pool`.
+    pub(crate) unsafe fn pool_mut<'a>(&self) -> PyResult<KvPoolMut<'a>> {
+        if !self.writable {
+            return Err(err(format!("{} is read-only", self.name)));
+        }
+        let n = self.numel();
+        // SAFETY: as in `pool`, and the buffer is writable (checked above).
         unsafe {
             Ok(match self.elem {
-                Elem::F32 => KvSliceMut::F32(self.slice_mut::<f32>(Elem::F32)?),
-                Elem::F16 => KvSliceMut::F16(self.slice_mut::<f16>(Elem::F16)?),
-                _ => KvSliceMut::Bf16(self.slice_mut::<bf16>(Elem::Bf16)?),
+                Elem::F32 => KvPoolMut::F32(PoolMut::from_raw_parts(self.addr as *mut f32, n)),
+                Elem::F16 => KvPoolMut::F16(PoolMut::from_raw_parts(self.addr as *mut f16, n)),
+                _ => KvPoolMut::Bf16(PoolMut::from_raw_parts(self.addr as *mut bf16, n)),
             })
         }
     }

@@ -2,8 +2,18 @@
 //! (zero-copy), validates, releases the GIL for the whole call and calls the core crate.
 //! The row operations' bindings live in `rowops.rs`.
 //!
-//! Contract with callers: the arrays must not be resized, freed or written by another thread
-//! during a call (the GIL is released while the kernel runs).
+//! Contract with callers (the GIL is released while a call runs): until a call returns, no
+//! other thread resizes or frees any array passed to it, reads `out`, or writes any array
+//! but the KV pools. Pools are shared per (layer, block) slab, the pool contract of
+//! `rust_cpuattn::pool`: a call touches only the slabs listed below, nobody else writes a
+//! slab it reads or reads or writes a slab it writes, and other threads may read and write
+//! every other slab of the same pools meanwhile (pools are viewed through raw pointers here,
+//! never as references to the whole array).
+//! - decode: reads the slabs (layer, block_table[rows[b], j]) of k_cache and v_cache, for
+//!   each request b and j < ceil(seq_lens[b] / block_size); with k_new/v_new it first writes
+//!   row seq_lens[b] - 1 of each request, inside those slabs.
+//! - copy_blocks: reads the slabs (l, src_block_ids[i]) of src_k and src_v and writes the
+//!   slabs (l, dst_block_ids[i]) of dst_k and dst_v, for l in layers.
 
 mod array;
 mod rowops;
@@ -11,12 +21,18 @@ mod rowops;
 use array::{array, core_err, err, Elem, KV};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use rust_cpuattn::{self as core, BlockTable, DecodeArgs, Layout};
+use rust_cpuattn::{self as core, BlockTable, DecodeArgs, KvPool, KvPoolMut, KvSlice, Layout};
 
 #[derive(Clone, Copy)]
 enum Kernel {
     Fast,
     Reference,
+}
+
+/// The pools of a decode call: read only, or written first by a store of new rows.
+enum Pools<'a> {
+    Read(KvPool<'a>, KvPool<'a>),
+    Store { k: KvPoolMut<'a>, v: KvPoolMut<'a>, k_new: KvSlice<'a>, v_new: KvSlice<'a> },
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -111,7 +127,7 @@ fn decode<'py>(
         }
     }
     // SAFETY: every object behind these arrays is borrowed by this function until it returns,
-    // and the checks above make each `&mut` view disjoint from every other view.
+    // and the checks above make the `&mut` view of `out` disjoint from every other view.
     let (qs, table_ids, row_ids, lens, out_s) = unsafe {
         (
             qa.slice::<f32>(Elem::F32),
@@ -121,27 +137,29 @@ fn decode<'py>(
             oa.slice_mut::<f32>(Elem::F32)?,
         )
     };
-    // SAFETY: as above; the caches are viewed mutably only when a store is requested.
-    let (kv, new_s) = unsafe {
+    // SAFETY: as above; the pools are viewed writable only when a store is requested. The
+    // call touches only the slabs the module header lists, which the caller keeps from other
+    // threads (the pool contract), and the checks above keep the written pools apart from
+    // every other array of the call.
+    let pools = unsafe {
         match &new {
-            None => ((Err(ka.kv()), Err(va.kv())), None),
-            Some((kn, vn)) => ((Ok(ka.kv_mut()?), Ok(va.kv_mut()?)), Some((kn.kv(), vn.kv()))),
+            None => Pools::Read(ka.pool(), va.pool()),
+            Some((kn, vn)) => Pools::Store { k: ka.pool_mut()?, v: va.pool_mut()?, k_new: kn.kv(), v_new: vn.kv() },
         }
     };
     let table = BlockTable { block_ids: table_ids, width: ta.shape[1], rows: row_ids, seq_lens: lens };
     let args = DecodeArgs { q: qs, num_q_heads, table, layer: layer as usize, scale: scale as f32 };
     py.detach(move || -> core::Result<()> {
-        let (k, v) = match (kv, new_s) {
-            ((Ok(mut k), Ok(mut v)), Some((kn, vn))) => {
-                core::store_new_rows(&layout, &table, args.layer, &mut k, &mut v, kn, vn)?;
-                (k.into_slice(), v.into_slice())
-            }
-            ((Err(k), Err(v)), _) => (k, v),
-            _ => unreachable!("caches are viewed mutably exactly when new rows are given"),
-        };
-        match kernel {
+        let mut attend = |k: KvPool<'_>, v: KvPool<'_>| match kernel {
             Kernel::Fast => core::paged_decode_attention(&args, &layout, k, v, out_s),
             Kernel::Reference => core::paged_decode_attention_reference(&args, &layout, k, v, out_s),
+        };
+        match pools {
+            Pools::Read(k, v) => attend(k, v),
+            Pools::Store { mut k, mut v, k_new, v_new } => {
+                core::store_new_rows(&layout, &table, args.layer, &mut k, &mut v, k_new, v_new)?;
+                attend(k.read_only(), v.read_only())
+            }
         }
     })
     .map_err(core_err)?;
@@ -291,13 +309,15 @@ fn copy_blocks(
     }
     let plan = core::copy::BlockCopy { src_block_ids: &src_ids, dst_block_ids: &dst_ids, layers };
     core::copy::plan_runs(&src_layout, &dst_layout, &plan).map_err(core_err)?;
-    // SAFETY: the four objects are borrowed until this function returns; the destinations
-    // are disjoint from each other and from the sources (checked above).
-    let (sk_s, sv_s, mut dk_s, mut dv_s) = unsafe { (sk.kv(), sv.kv(), dk.kv_mut()?, dv.kv_mut()?) };
+    // SAFETY: the four objects are borrowed until this function returns. The call reads only
+    // the source slabs and writes only the destination slabs it names, which the caller keeps
+    // from other threads (the pool contract); the destinations are disjoint from each other
+    // and from the sources (checked above).
+    let (sk_p, sv_p, dk_p, dv_p) = unsafe { (sk.pool(), sv.pool(), dk.pool_mut()?, dv.pool_mut()?) };
     let team = core::threads::team().map_err(core_err)?;
-    py.detach(|| -> core::Result<usize> {
-        core::copy::copy_blocks(&src_layout, &dst_layout, sk_s, &mut dk_s, &plan, Some(&team))?;
-        core::copy::copy_blocks(&src_layout, &dst_layout, sv_s, &mut dv_s, &plan, Some(&team))
+    py.detach(move || -> core::Result<usize> {
+        core::copy::copy_blocks(&src_layout, &dst_layout, sk_p, dk_p, &plan, Some(&team))?;
+        core::copy::copy_blocks(&src_layout, &dst_layout, sv_p, dv_p, &plan, Some(&team))
     })
     .map_err(core_err)
 }
