@@ -2,9 +2,17 @@
 
 Arrays may be torch CPU tensors or numpy arrays; they are read in place (zero-copy) and must
 be C-contiguous. bfloat16 KV pools may also travel as 16-bit integers (numpy has no bf16).
-Every call validates shapes, dtypes and indices and raises ValueError on bad input. The GIL
-is released while the kernel runs: do not resize or write the arrays from another thread
-during a call.
+Every call validates shapes, dtypes and indices and raises ValueError on bad input.
+
+Memory contract. The GIL is released while a call runs. Until it returns, no other thread may
+resize or free any array passed to it, read `out`, or write any array but the KV pools.
+KV pools ([L, num_blocks, Hkv, block_size, D]) are shared per slab, a slab being
+pool[layer, block] (all KV heads and rows of one block in one layer): a call touches only the
+slabs its function names (paged_decode_attention, copy_blocks), and until it returns nobody
+else may write a slab it reads, nor read or write a slab it writes. Every other slab of the
+same pools may be read and written by other threads meanwhile (a swap into other blocks, a
+prefill writing other blocks, another kernel call): the extension never holds a reference to
+a whole pool.
 """
 
 from typing import Any, TypeAlias
@@ -35,6 +43,14 @@ def paged_decode_attention(
     k_new, v_new: [B, Hkv, D] in the cache dtype or float32; when given they are first stored
     at position seq_lens[b] - 1 of each request (in `layer`).
     out: [B, Hq, D] float32, written and returned; a new numpy array when None.
+
+    Slabs touched (see the module's memory contract): reads the slabs
+    [layer, block_table[rows[b], j]] of k_cache and v_cache for each request b and
+    j < ceil(seq_lens[b] / block_size), whole (rows past seq_lens[b] in the last block may be
+    read, never used); nothing else of the pools. With k_new/v_new, writes only the row
+    [layer, block_table[rows[b], (seq_lens[b] - 1) // block_size], :, (seq_lens[b] - 1) %
+    block_size] of each request, inside those slabs. Other slabs, other layers of the same
+    blocks included, are free for other threads.
     """
 
 def reference_paged_decode_attention(
@@ -50,8 +66,8 @@ def reference_paged_decode_attention(
     k_new: Array | None = None,
     v_new: Array | None = None,
 ) -> Array:
-    """Same contract as paged_decode_attention, computed by the plain reference kernel
-    (single thread, float64 arithmetic): for tests."""
+    """Same contract as paged_decode_attention (the same slabs at most), computed by the plain
+    reference kernel (single thread, float64 arithmetic): for tests."""
 
 def set_num_threads(num_threads: int) -> None:
     """Sets the size of the kernel's thread team (1 = run on the calling thread): the calling
@@ -94,6 +110,11 @@ def copy_blocks(
     length; destination ids distinct. Pairs are coalesced into runs of consecutive blocks
     (one memcpy per layer and run) and copied on the kernel's threads with the GIL released.
     Returns the number of runs per layer. Raises ValueError on bad input.
+
+    Slabs touched (see the module's memory contract): reads only the slabs
+    [l, src_block_ids[i]] of src_k and src_v and writes only the slabs [l, dst_block_ids[i]]
+    of dst_k and dst_v, for l in layers. Other slabs of the four pools are free for other
+    threads. The destination pools must not overlap each other or the source pools.
     """
 
 # Row-wise layer operations. Rows: 2-D C-contiguous float32, float16 or bfloat16 arrays;
