@@ -5,10 +5,9 @@ import json
 
 import numpy as np
 import pytest
+import rust_cpuattn
 
 from neo_async.bench import kernel as bench_kernel
-
-rust_cpuattn = pytest.importorskip("rust_cpuattn")
 
 
 @pytest.mark.parametrize("cold", [False, True])

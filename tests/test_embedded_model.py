@@ -21,7 +21,8 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def hf_tokenizer():
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     path = default_model_path()
     return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
@@ -38,7 +39,8 @@ def test_tokenizer_matches_transformers(hf_tokenizer):
 
 @pytest.mark.slow
 def test_prompt_logits_match_transformers_on_the_gguf_weights():
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     path = default_model_path()
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
     llm = LLM(dtype="float32", device_kv_tokens=1024)

@@ -75,7 +75,6 @@ def test_trace_replay_writes_a_valid_result(served, tmp_path, capsys):
 
 
 def test_sweep_draws_the_curve(served, tmp_path, capsys):
-    pytest.importorskip("matplotlib")
     fake, url = served
     argv = [
         "--base-url",

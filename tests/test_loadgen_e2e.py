@@ -48,7 +48,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    pytest.importorskip("neo_async.server.serve")
+    import neo_async.server.serve  # noqa: F401 - the child runs it: a broken import fails here, at once
     port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     command = [

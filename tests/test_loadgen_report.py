@@ -114,7 +114,6 @@ def test_rate_of_trace_runs_is_the_achieved_throughput():
 
 
 def test_plot_compare(tmp_path):
-    pytest.importorskip("matplotlib")
     from loadgen.plot import finite_points, plot_load_latency
 
     a = sweep_doc("neo", {0.5: 100.0, 1.0: 150.0, math.inf: 9.0})
