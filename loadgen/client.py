@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import structlog
 
-from loadgen import sse
+from loadgen import keepalive, sse
 from loadgen.prompts import Prompt
 from loadgen.records import RequestRecord
 
@@ -66,65 +66,102 @@ def build_payload(config: ClientConfig, prompt: str | list[int], max_tokens: int
 
 
 def new_session(config: ClientConfig) -> aiohttp.ClientSession:
+    """Connections are kept alive; `send` needs the keepalive trace to tell a reused one."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0),
         timeout=aiohttp.ClientTimeout(total=config.request_timeout_s),
         read_bufsize=READ_BUFSIZE,
+        trace_configs=[keepalive.trace_config()],
     )
+
+
+class _LostOnClosedConnection(Exception):
+    """Raised from the failure of a request that no response had started for, on a reused connection."""
 
 
 async def send(
     session: aiohttp.ClientSession, config: ClientConfig, prompt: Prompt, record: RequestRecord, run_start: float
 ) -> None:
-    """Send one streaming request and fill `record` in place; never raises for a failed request."""
+    """Send one streaming request and fill `record` in place; never raises for a failed request.
+
+    A request lost on a kept-alive connection that the server had closed (see keepalive) is sent
+    once more on a new connection and counted in `record.num_reconnects`; times then run from
+    that second send.
+    """
     payload = build_payload(config, prompt.prompt, record.output_len)
     text_parts: list[str] = []
-    sent = time.perf_counter()
     record.is_sent = True
-    record.sent_s = sent - run_start
-    last_choice_s: float | None = None
     try:
-        async with session.post(config.url, json=payload, headers=config.headers()) as response:
-            record.http_status = response.status
-            if response.status != 200:
-                body = (await response.text())[:MAX_ERROR_BODY]
-                record.error = f"HTTP {response.status}: {body}"
-                return
-            async for line in response.content:
-                data = sse.data_of(line)
-                if data is None:
-                    continue
-                now_s = time.perf_counter() - sent
-                if data == sse.DONE:
-                    break
-                chunk = json.loads(data)
-                if (error := sse.error_of(chunk)) is not None:
-                    record.error = f"server error: {error}"
-                    return
-                if (usage := chunk.get("usage")) is not None:
-                    record.usage_prompt_tokens = usage.get("prompt_tokens")
-                    record.usage_completion_tokens = usage.get("completion_tokens")
-                text = sse.choice_text(chunk)
-                if text is None:
-                    continue
-                last_choice_s = now_s
-                record.finish_reason = sse.finish_reason_of(chunk) or record.finish_reason
-                if text:
-                    if record.ttft_s is None:
-                        record.ttft_s = now_s
-                    record.chunk_times_s.append(now_s)
-                    text_parts.append(text)
-        if last_choice_s is None:
-            record.error = "stream ended without any choice"
-            return
-        record.e2el_s = last_choice_s
-        record.success = True
+        try:
+            await _stream(session, config, payload, record, run_start, text_parts)
+        except _LostOnClosedConnection as lost:
+            record.num_reconnects += 1
+            log.debug("reconnect", request_id=record.request_id, error=str(lost.__cause__))
+            async with new_session(config) as fresh:  # an empty pool: a new connection
+                await _stream(fresh, config, payload, record, run_start, text_parts)
     except Exception as e:  # NOTE: any failure becomes the record's error; only cancellation propagates
         record.error = f"{type(e).__name__}: {e}"
     finally:
         record.generated_text = "".join(text_parts)
         if not record.success:
             log.debug("request_failed", request_id=record.request_id, error=record.error)
+
+
+async def _stream(
+    session: aiohttp.ClientSession,
+    config: ClientConfig,
+    payload: dict,
+    record: RequestRecord,
+    run_start: float,
+    text_parts: list[str],
+) -> None:
+    """One send on `session`: fills `record`, or raises _LostOnClosedConnection before any of it
+    but `sent_s` is set."""
+    use = keepalive.ConnectionUse()
+    sent = time.perf_counter()
+    record.sent_s = sent - run_start
+    last_choice_s: float | None = None
+    try:
+        response = await session.post(config.url, json=payload, headers=config.headers(), trace_request_ctx=use)
+    except Exception as e:
+        if keepalive.is_lost_on_closed_connection(e, use):
+            raise _LostOnClosedConnection from e
+        raise
+    async with response:
+        record.http_status = response.status
+        if response.status != 200:
+            body = (await response.text())[:MAX_ERROR_BODY]
+            record.error = f"HTTP {response.status}: {body}"
+            return
+        async for line in response.content:
+            data = sse.data_of(line)
+            if data is None:
+                continue
+            now_s = time.perf_counter() - sent
+            if data == sse.DONE:
+                break
+            chunk = json.loads(data)
+            if (error := sse.error_of(chunk)) is not None:
+                record.error = f"server error: {error}"
+                return
+            if (usage := chunk.get("usage")) is not None:
+                record.usage_prompt_tokens = usage.get("prompt_tokens")
+                record.usage_completion_tokens = usage.get("completion_tokens")
+            text = sse.choice_text(chunk)
+            if text is None:
+                continue
+            last_choice_s = now_s
+            record.finish_reason = sse.finish_reason_of(chunk) or record.finish_reason
+            if text:
+                if record.ttft_s is None:
+                    record.ttft_s = now_s
+                record.chunk_times_s.append(now_s)
+                text_parts.append(text)
+    if last_choice_s is None:
+        record.error = "stream ended without any choice"
+        return
+    record.e2el_s = last_choice_s
+    record.success = True
 
 
 async def fetch_models(session: aiohttp.ClientSession, config: ClientConfig) -> list[str]:

@@ -103,6 +103,7 @@ def summarize(
         "num_unsent": sum(not r.is_sent for r in records),
         "completed": len(completed),
         "failed": len(failed),
+        "num_reconnects": sum(r.num_reconnects for r in records),
         "duration": duration_s,
         "total_input_tokens": total_input,
         "total_output_tokens": total_output,

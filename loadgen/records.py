@@ -24,6 +24,7 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     success: bool = False
     error: str = ""
     http_status: int | None = None
+    num_reconnects: int = 0  # sends lost on a kept-alive connection the server had closed (not failures)
     sent_s: float | None = None
     ttft_s: float | None = None  # first chunk with text
     e2el_s: float | None = None  # last chunk with a choice (text or finish)

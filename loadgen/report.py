@@ -78,6 +78,8 @@ def format_table(result: dict, percentiles: tuple[float, ...]) -> str:
     row("Failed requests:", result["failed"], "<10")
     if result.get("num_unsent"):
         row("Requests not sent:", result["num_unsent"], "<10")
+    if result.get("num_reconnects"):
+        row("Reconnects (server closed keep-alive):", result["num_reconnects"], "<10")
     row("Benchmark duration (s):", result["duration"])
     row("Total input tokens:", result["total_input_tokens"], "<10")
     row("Total generated tokens:", result["total_output_tokens"], "<10")

@@ -20,6 +20,7 @@ class ResultCore(msgspec.Struct, forbid_unknown_fields=False):
     num_unsent: int
     completed: int
     failed: int
+    num_reconnects: int
     duration: float
     total_input_tokens: int
     total_output_tokens: int
