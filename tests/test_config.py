@@ -23,6 +23,12 @@ def test_toml_then_flags_override(tmp_path):
         ("[cache]\nnope = 1\n", "unknown keys"),
         ("[nope]\n", "unknown config sections"),
         ('[model]\ndtype = "float64"\n', "dtype"),
+        ('[cache]\noffload = "sometimes"\n', "offload must be one of"),
+        ('[cache]\nhost_kv_tokens = "lots"\n', "host_kv_tokens must be a number of tokens or 'auto'"),
+        ("[cache]\nhost_kv_tokens = -1\n", "host_kv_tokens must be >= 0"),
+        ("[cache]\ndevice_kv_tokens = 8\n", "device_kv_tokens must be >= 16"),
+        ('[cache]\noffload = "full"\nhost_kv_tokens = 0\n', "offload='full' needs a host KV pool"),
+        ("[scheduler]\nswap_in_watermark = 1.5\n", "swap_in_watermark"),
     ],
 )
 def test_bad_config_is_a_clear_value_error(tmp_path, text, message):
@@ -37,3 +43,23 @@ def test_shipped_configs_load():
 
     for path in sorted(Path(__file__).parent.parent.glob("configs/*.toml")):
         Config.from_toml(path).validate()
+
+
+def test_kv_token_counts_accept_auto_in_toml_and_on_the_cli(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[cache]\ndevice_kv_tokens = "auto"\nhost_kv_tokens = 4096\noffload = "full"\n')
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    config = config_from_args(parser.parse_args(["--config", str(path), "--host-kv-tokens", "auto"]))
+    assert (config.cache.device_kv_tokens, config.cache.host_kv_tokens, config.cache.offload) == ("auto", "auto", "full")
+    config = config_from_args(parser.parse_args(["--device-kv-tokens", "2048", "--offload", "off"]))
+    assert (config.cache.device_kv_tokens, config.cache.offload) == (2048, "off")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--device-kv-tokens", "many"])
+
+
+def test_api_overrides_are_validated_naming_the_field():
+    with pytest.raises(ValueError, match="offload must be one of"):
+        Config().override(offload="fast").validate()
+    with pytest.raises(ValueError, match="host_kv_tokens must be a number of tokens or 'auto'"):
+        Config().override(host_kv_tokens=1.5).validate()
