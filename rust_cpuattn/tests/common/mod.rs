@@ -201,6 +201,11 @@ impl Problem {
 
     /// Float64 oracle: gather the request's K/V rows, softmax, weighted sum.
     pub fn oracle(&self) -> Vec<f64> {
+        self.oracle_on(&self.k, &self.v)
+    }
+
+    /// The oracle over other pools of the same layout.
+    pub fn oracle_on(&self, k: &Pool, v: &Pool) -> Vec<f64> {
         let l = &self.layout;
         let d = l.head_dim;
         let g = self.num_q_heads / l.num_kv_heads;
@@ -214,8 +219,8 @@ impl Problem {
                 for t in 0..len {
                     let id = self.block_ids[row * self.width + t / l.block_size] as usize;
                     let o = l.row_offset(self.layer, id, h, t % l.block_size);
-                    keys.push((0..d).map(|i| self.k.get(o + i)).collect::<Vec<_>>());
-                    values.push((0..d).map(|i| self.v.get(o + i)).collect::<Vec<_>>());
+                    keys.push((0..d).map(|i| k.get(o + i)).collect::<Vec<_>>());
+                    values.push((0..d).map(|i| v.get(o + i)).collect::<Vec<_>>());
                 }
                 for j in 0..g {
                     let hq = h * g + j;
