@@ -9,11 +9,12 @@ import sys
 COMMANDS = {
     "serve": ("neo_async.server.serve:main", "run the OpenAI-compatible HTTP server"),
     "generate": ("neo_async.generate_cli:main", "generate text for one prompt and print it"),
-    "bench": (None, "benchmarks: offline | kernel | serve"),
+    "bench": (None, "benchmarks: offline | kernel | offload | serve"),
 }
 BENCHES = {
     "offline": "neo_async.bench.offline:main",
     "kernel": "neo_async.bench.kernel:main",
+    "offload": "neo_async.bench.offload:main",
     "serve": "loadgen.cli:main",
 }
 

@@ -1,0 +1,96 @@
+"""`neo-async bench offload`: output tokens/s of the offload modes (off, neo, full) in one
+process, on the same prompts, with the device KV pool capped (the paper's throughput
+experiment scaled to this machine): prompts of input_len +-10% tokens, outputs of each
+output_len +-10% tokens, all submitted at once, `ignore_eos`."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import time
+from typing import Any
+
+from neo_async.bench.common import machine_info, print_table, write_json
+
+COLUMNS = ["output_len", "device_kv_tokens", "mode", "tok_s", "seconds", "ratio_vs_off", "swaps_out", "swaps_in",
+           "host_prefill_tokens", "preemptions", "host_kv_blocks"]
+
+
+def make_workload(num_prompts: int, input_len: int, output_len: int, vocab_size: int, seed: int) -> list[tuple[list[int], int]]:
+    """(prompt token ids, max_tokens) pairs, lengths uniform in +-10%."""
+    rng = random.Random(seed)
+    spread = lambda n: rng.randint(int(n * 0.9), int(n * 1.1))  # noqa: E731
+    return [([rng.randrange(100, vocab_size) for _ in range(spread(input_len))], spread(output_len)) for _ in range(num_prompts)]
+
+
+def run_case(config_overrides: dict[str, Any], workload_args: tuple[int, int, int, int]) -> dict[str, Any]:
+    """One engine, one run of the workload (the same prompts for every case: same seed, same vocab)."""
+    from neo_async import LLM, SamplingParams
+
+    llm = LLM(**config_overrides)
+    num_prompts, input_len, output_len, seed = workload_args
+    workload = make_workload(num_prompts, input_len, output_len, llm.engine.spec.vocab_size, seed)
+    params = [SamplingParams(temperature=0.0, max_tokens=m, ignore_eos=True) for _, m in workload]
+    started = time.perf_counter()
+    outs = llm.generate([p for p, _ in workload], params)
+    seconds = time.perf_counter() - started
+    llm.engine.check()
+    stats = llm.engine.stats()
+    tokens = sum(len(o.token_ids) for o in outs)
+    row = {
+        "tok_s": tokens / seconds,
+        "seconds": seconds,
+        "swaps_out": stats.num_swapped_out_total,
+        "swaps_in": stats.num_swapped_in_total,
+        "host_prefill_tokens": stats.num_host_prefill_tokens_total,
+        "preemptions": stats.num_preemptions_total,
+        "host_kv_blocks": stats.num_host_blocks_total,
+    }
+    del llm
+    gc.collect()
+    return row
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="neo-async bench offload", description=__doc__)
+    parser.add_argument("--modes", default="off,neo,full")
+    parser.add_argument("--device-kv-tokens", default="2048", help="comma-separated caps of the device pool")
+    parser.add_argument("--host-kv-tokens", default="auto")
+    parser.add_argument("--num-prompts", type=int, default=32)
+    parser.add_argument("--input-len", type=int, default=1000)
+    parser.add_argument("--output-lens", default="200", help="comma-separated output lengths")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--max-num-seqs", type=int, default=64)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=512)
+    parser.add_argument("--model", default=None, help="GGUF file or HF directory (default: the embedded model)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default="results/bench_offload.json")
+    args = parser.parse_args(argv)
+    from neo_async.logging_setup import configure_logging
+
+    configure_logging("console", "warning")
+    modes = args.modes.split(",")
+    host_kv_tokens: int | str = args.host_kv_tokens if args.host_kv_tokens == "auto" else int(args.host_kv_tokens)
+    base = dict(model=args.model, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
+                max_num_batched_tokens=args.max_num_batched_tokens, host_kv_tokens=host_kv_tokens)
+    rows = []
+    for output_len in [int(x) for x in args.output_lens.split(",")]:
+        workload = (args.num_prompts, args.input_len, output_len, args.seed)
+        for cap in [int(x) for x in args.device_kv_tokens.split(",")]:
+            case_rows = []
+            for mode in modes:
+                row = {"output_len": output_len, "device_kv_tokens": cap, "mode": mode}
+                row |= run_case({**base, "offload": mode, "device_kv_tokens": cap}, workload)
+                case_rows.append(row)
+                print_table([row], COLUMNS[:5])
+            off = next((r for r in case_rows if r["mode"] == "off"), None)
+            for row in case_rows:
+                row["ratio_vs_off"] = row["tok_s"] / off["tok_s"] if off else None
+            rows += case_rows
+    print()
+    print_table(rows, COLUMNS)
+    write_json(args.output, {"bench": "offload", "dtype": args.dtype, "num_prompts": args.num_prompts,
+                             "input_len": args.input_len, "machine": machine_info(), "rows": rows})
+    return 0
+
