@@ -1,11 +1,14 @@
 """rust_cpuattn: both kernels against a float64 numpy reference, zero-copy inputs (numpy and
-torch), the fused K/V store, and validation of bad inputs."""
+torch), the fused K/V store, validation of bad inputs, and pools shared per slab between
+threads."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -380,3 +383,135 @@ def test_copy_blocks_bad_inputs_raise(name, mutate):
     mutate(a)
     with pytest.raises(ValueError):
         rust_cpuattn.copy_blocks(**a)
+
+
+def _block_sets(p):
+    """(blocks the requests use, blocks holding a request's last token, unused blocks)."""
+    bs = p["k_cache"].shape[3]
+    used, last = set(), set()
+    for b, n in enumerate(p["seq_lens"]):
+        ids = p["block_table"][p["rows"][b], : -(-int(n) // bs)]
+        used.update(int(i) for i in ids)
+        last.add(int(ids[-1]))
+    free = sorted(set(range(p["k_cache"].shape[1])) - used)
+    return sorted(used), sorted(last), free
+
+
+def _run_threads(body, workers, deadline_s=120.0):
+    """Runs each worker(stop) on its own thread and body(stop, deadline) on this one; `stop`
+    is set when body returns or a worker fails. Re-raises the first worker failure."""
+    stop, errors = threading.Event(), []
+
+    def guarded(fn):
+        def run():
+            try:
+                fn(stop)
+            except BaseException as e:  # re-raised on the test's thread
+                errors.append(e)
+                stop.set()
+        return run
+
+    threads = [threading.Thread(target=guarded(w), daemon=True) for w in workers]
+    for t in threads:
+        t.start()
+    try:
+        body(stop, time.monotonic() + deadline_s)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    if errors:
+        raise errors[0]
+    assert not any(t.is_alive() for t in threads)
+
+
+def test_pools_shared_per_slab_across_threads(restore_threads):
+    """While one thread rewrites the slabs no call touches (every layer of the unused blocks
+    with torch writes and copy_blocks in turn, the other layers of the used blocks), the
+    kernel (storing new rows) and a copy_blocks out of the used slabs run on other threads,
+    GIL released, over the same torch bf16 pools: outputs are bitwise those of a quiet run
+    and match the reference kernel on a snapshot; every written slab holds what was written."""
+    p = make_problem([1, 17, 40, 300], 8, 2, 64, 16, "bfloat16", seed=21, extra_blocks=9, bf16_q=True)
+    layer, num_layers = p["layer"], p["k_cache"].shape[0]
+    used, last, free = _block_sets(p)
+    read_only = [b for b in used if b not in last]  # read by the kernel and the copy, written by nobody
+    assert layer == num_layers - 1 >= 1 and free and read_only
+    rust_cpuattn.set_num_threads(2)
+    torch_args = [torch.from_numpy(p[n]) for n in ("q", "block_table", "rows", "seq_lens")]
+    bs = p["k_cache"].shape[3]
+
+    # Alternate calls store the rows the pools hold, then other rows; a quiet run of each on a
+    # snapshot gives the exact output to expect and the pools' state afterwards.
+    held = [np.stack([pool[layer, p["block_table"][p["rows"][b], (n - 1) // bs], :, (n - 1) % bs]
+                      for b, n in enumerate(p["seq_lens"])]) for pool in (p["k_cache"], p["v_cache"])]
+    rng = np.random.default_rng(3)
+    other = [bf16_bits(rng.uniform(-1, 1, held[0].shape).astype(np.float32)) for _ in range(2)]
+    cases = []
+    for k_new, v_new in (held, other):
+        k_snap, v_snap = p["k_cache"].copy(), p["v_cache"].copy()
+        kw = dict(k_new=to_torch(k_new, "bfloat16"), v_new=to_torch(v_new, "bfloat16"))
+        args = (torch_args[0], to_torch(k_snap, "bfloat16"), to_torch(v_snap, "bfloat16"), *torch_args[1:])
+        want = rust_cpuattn.paged_decode_attention(*args, layer, p["scale"], **kw)
+        ref = rust_cpuattn.reference_paged_decode_attention(*args, layer, p["scale"])
+        np.testing.assert_allclose(want, ref, atol=ATOL, rtol=0)
+        cases.append((kw, want, ref, k_snap, v_snap))
+
+    k, v = to_torch(p["k_cache"].copy(), "bfloat16"), to_torch(p["v_cache"].copy(), "bfloat16")
+    snapshot = [k.clone(), v.clone()]
+    free_idx, used_idx = torch.tensor(free), torch.tensor(used)
+    # What the writer writes: values and NaN in turn (a call reading them would notice).
+    values = np.linspace(-2, 2, k.numel(), dtype=np.float32).reshape(k.shape)
+    nans = torch.full(k.shape, float("nan"), dtype=torch.bfloat16)
+    sources = [to_torch(stored(values, "bfloat16"), "bfloat16"), nans]
+    rounds = [0]
+
+    def bits(t):
+        return t.view(torch.int16)
+
+    def writer(stop):
+        while not stop.is_set():
+            src = sources[rounds[0] % 2]
+            if rounds[0] % 2 == 0:
+                for pool in (k, v):
+                    pool.index_copy_(1, free_idx, src.index_select(1, free_idx))
+                    pool[:layer].index_copy_(1, used_idx, src[:layer].index_select(1, used_idx))
+            else:
+                rust_cpuattn.copy_blocks(src, src, k, v, free, free, layers=(0, num_layers))
+                rust_cpuattn.copy_blocks(src, src, k, v, used, used, layers=(0, layer))
+            for pool in (k, v):
+                assert torch.equal(bits(pool.index_select(1, free_idx)), bits(src.index_select(1, free_idx)))
+                below = pool[:layer].index_select(1, used_idx)
+                assert torch.equal(bits(below), bits(src[:layer].index_select(1, used_idx)))
+            rounds[0] += 1
+
+    copies = [0]
+
+    def copier(stop):
+        dst = [torch.zeros_like(k), torch.zeros_like(v)]
+        ids = torch.tensor(read_only)
+        while not stop.is_set():
+            rust_cpuattn.copy_blocks(k, v, dst[0], dst[1], read_only, read_only, layers=(layer, layer + 1))
+            for got, want in zip(dst, snapshot):
+                assert torch.equal(bits(got[layer].index_select(0, ids)), bits(want[layer].index_select(0, ids)))
+            copies[0] += 1
+
+    calls = [0]
+
+    def kernel(stop, deadline):
+        out = torch.empty(p["q"].shape)
+        while (calls[0] < 200 or rounds[0] < 30) and not stop.is_set() and time.monotonic() < deadline:
+            kw, want, ref, _, _ = cases[calls[0] % 2]
+            rust_cpuattn.paged_decode_attention(torch_args[0], k, v, *torch_args[1:], layer, p["scale"], out=out, **kw)
+            assert np.array_equal(out.numpy(), want), f"call {calls[0]}"
+            np.testing.assert_allclose(out.numpy(), ref, atol=ATOL, rtol=0)
+            calls[0] += 1
+
+    _run_threads(kernel, [writer, copier])
+    assert calls[0] >= 200 and rounds[0] >= 30 and copies[0] > 0, (calls, rounds, copies)
+    # The used slabs of `layer` hold the last call's state, every other slab the last round's.
+    _, _, _, k_end, v_end = cases[(calls[0] - 1) % 2]
+    last_src = bits(sources[(rounds[0] - 1) % 2])
+    for pool, end in ((k, k_end), (v, v_end)):
+        want = last_src.clone()
+        want[layer, used_idx] = bits(to_torch(end, "bfloat16"))[layer, used_idx]
+        assert torch.equal(bits(pool), want)
