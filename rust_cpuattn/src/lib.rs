@@ -44,9 +44,10 @@ pub use reference::paged_decode_attention_reference;
 pub use store::store_new_rows;
 
 /// Paged decode attention with the fast kernel on the crate's thread team
-/// ([`threads::set_num_threads`]) and the selected ISA ([`Isa::selected`]). Same contract
-/// and results (to f32 rounding) as [`paged_decode_attention_reference`]; bitwise repeatable
-/// for a given thread count and ISA.
+/// ([`threads::set_num_threads`]) and the selected ISA ([`Isa::selected`]). Same results (to
+/// f32 rounding) as [`paged_decode_attention_reference`]; bitwise repeatable for a given
+/// thread count and ISA. Reads, of the pools, the whole (layer, block) slabs of the blocks the
+/// requests use (see [`BlockTable`]) and nothing else; writes only `out`.
 pub fn paged_decode_attention<'k>(
     args: &DecodeArgs<'_>,
     layout: &Layout,

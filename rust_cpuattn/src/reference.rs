@@ -8,7 +8,8 @@ use crate::pool::KvPool;
 /// Paged decode attention, one (request, query head) at a time:
 /// `out[b, hq] = softmax(scale * q[b, hq] . K[b, hq / G]) V[b, hq / G]` over the request's
 /// first `seq_lens[b]` cached tokens, with `G = num_q_heads / num_kv_heads`.
-/// `out` is `[num_seqs, num_q_heads, head_dim]`. Reads only the rows of those tokens.
+/// `out` is `[num_seqs, num_q_heads, head_dim]`. Reads, of the pools, only the rows of those
+/// tokens (within the slabs the fast kernel reads); writes only `out`.
 pub fn paged_decode_attention_reference<'k>(
     args: &DecodeArgs<'_>,
     layout: &Layout,
