@@ -26,6 +26,8 @@ class ModelConfig:
     served_model_name: str | None = None
     torch_threads: int | None = None  # None = every core this process may use
     kernel_threads: int | None = None  # rust_cpuattn's pool; None = 1 on the CPU device, else every core
+    # no tokenizer: prompts and outputs are token ids, text fields stay empty, stop strings are refused
+    skip_tokenizer_init: bool = False
 
     def validate(self) -> None:
         for name in ("torch_threads", "kernel_threads"):
@@ -55,7 +57,7 @@ class CacheConfig:
     host_kv_tokens: int | str = AUTO
     device_memory_fraction: float = 0.9  # share of free device memory for device_kv_tokens="auto"
     host_memory_fraction: float = 0.4  # share of available RAM for host_kv_tokens="auto"
-    host_kv_auto_max_gib: float = 2.0  # bounds an "auto" host pool (it is touched at start-up)
+    host_kv_auto_max_gib: float = 1.0  # bounds an "auto" host pool (it is touched at start-up)
 
     def validate(self) -> None:
         if self.block_size < 1 or self.block_size % 8:
