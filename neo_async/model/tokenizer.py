@@ -100,7 +100,15 @@ def _raise_template_error(message: str) -> None:
 
 
 def tokenizer_from_hf_dir(path: Path) -> Tokenizer:
-    backend = HFTokenizer.from_file(str(path / "tokenizer.json"))
+    """Raises ValueError naming the file when the directory has no tokenizer.json."""
+    tokenizer_file = path / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise ValueError(
+            f"{tokenizer_file} does not exist: the tokenizer is read from it. Copy the model's tokenizer.json "
+            "there, or pass skip_tokenizer_init=True (--skip-tokenizer-init) to serve token-id prompts "
+            "without a tokenizer (outputs are then token ids only)"
+        )
+    backend = HFTokenizer.from_file(str(tokenizer_file))
     cfg: dict[str, Any] = {}
     if (path / "tokenizer_config.json").exists():
         cfg = json.loads((path / "tokenizer_config.json").read_text())
