@@ -39,7 +39,7 @@ class Engine:
         )
         dtype = torch_dtype(config.model.dtype)
         started = time.perf_counter()
-        loaded = load_model(config.model.model, dtype, self.device)
+        loaded = load_model(config.model.model, dtype, self.device, config.model.skip_tokenizer_init)
         self.spec = loaded.spec
         self.tokenizer = loaded.tokenizer
         self.model_name = config.model.served_model_name or loaded.spec.name
@@ -115,9 +115,17 @@ class Engine:
     def make_request(
         self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None, arrival_time: float | None = None
     ) -> Request:
-        """Validate and tokenize; raises ValueError on bad input. Does not queue."""
+        """Validate and tokenize; raises ValueError on bad input. Does not queue.
+
+        Without a tokenizer (skip_tokenizer_init) only token-id prompts are taken, and stop
+        strings are refused: matching them needs the output as text.
+        """
         params.validate()
+        if self.tokenizer is None and params.stop:
+            raise ValueError("stop strings need a tokenizer, and this engine runs with skip_tokenizer_init; use stop_token_ids")
         if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("prompt must be token ids: this engine runs with skip_tokenizer_init and cannot tokenize text")
             if not prompt:
                 raise ValueError("prompt must not be empty")
             token_ids = self.tokenizer.encode(prompt)

@@ -16,6 +16,10 @@ class LLM:
 
     Keyword arguments are config fields by name (`dtype`, `device_kv_tokens`, `block_size`,
     `max_num_seqs`, ...), applied over `config` (or the defaults).
+
+    With `skip_tokenizer_init=True` no tokenizer is loaded (`self.tokenizer` is None): prompts
+    must be token ids, outputs carry `token_ids` with empty `text`, and `chat`, string prompts
+    and stop strings raise ValueError.
     """
 
     def __init__(self, model: str | None = None, config: Config | None = None, **overrides: Any) -> None:
@@ -77,6 +81,8 @@ class LLM:
         params: SamplingParams | None = None,
     ) -> list[RequestOutput]:
         """Apply the model's chat template to one conversation (or a list of them) and generate."""
+        if self.tokenizer is None:
+            raise ValueError("chat needs the model's tokenizer and chat template; this LLM runs with skip_tokenizer_init")
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True) for c in conversations]  # type: ignore[arg-type]
         return self.generate(prompts, params)

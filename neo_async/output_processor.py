@@ -1,4 +1,8 @@
-"""Detokenizes sampled tokens, applies stop conditions, and produces per-request deltas."""
+"""Detokenizes sampled tokens, applies stop conditions, and produces per-request deltas.
+
+Without a tokenizer (skip_tokenizer_init) deltas carry token ids and empty text, and a
+logprob's token text is `token_id:<id>`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from neo_async.sched.request import Request
 
 @dataclass
 class _State:
-    stream: DecodeStream
+    stream: DecodeStream | None  # None without a tokenizer
     text: str = ""  # decoded output so far (cut at a stop string once one matched)
     num_sent_chars: int = 0
     num_sent_tokens: int = 0
@@ -20,14 +24,17 @@ class _State:
 
 
 class OutputProcessor:
-    def __init__(self, tokenizer: Tokenizer, eos_token_ids: tuple[int, ...]) -> None:
+    def __init__(self, tokenizer: Tokenizer | None, eos_token_ids: tuple[int, ...]) -> None:
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(eos_token_ids)
         self._states: dict[str, _State] = {}
 
     def add(self, request: Request) -> None:
         max_stop = max((len(s) for s in request.params.stop), default=0)
-        self._states[request.request_id] = _State(self.tokenizer.decode_stream(), max_stop_len=max_stop)
+        self._states[request.request_id] = _State(self._decode_stream(), max_stop_len=max_stop)
+
+    def _decode_stream(self) -> DecodeStream | None:
+        return None if self.tokenizer is None else self.tokenizer.decode_stream()
 
     def drop(self, request_id: str) -> None:
         self._states.pop(request_id, None)
@@ -48,7 +55,7 @@ class OutputProcessor:
             finish, stop_reason = FinishReason.STOP, token
         elif token in self.eos_token_ids and not p.ignore_eos:
             finish, stop_reason = FinishReason.STOP, None
-        else:
+        elif state.stream is not None:
             new_text = state.stream.step(token)
             if new_text:
                 state.text += new_text
@@ -61,7 +68,7 @@ class OutputProcessor:
         return self._delta(request, state, finish, stop_reason)
 
     def finish_aborted(self, request: Request) -> RequestDelta:
-        state = self._states.get(request.request_id) or _State(self.tokenizer.decode_stream())
+        state = self._states.get(request.request_id) or _State(self._decode_stream())
         delta = self._delta(request, state, FinishReason.ABORT, None)
         assert delta is not None
         return delta
@@ -109,5 +116,9 @@ class OutputProcessor:
 
     def _token_logprob(self, token: int, logprob: tuple[float, list[tuple[int, float]]]) -> TokenLogprob:
         chosen, top = logprob
-        text = self.tokenizer.decode([token], skip_special_tokens=False)
-        return TokenLogprob(token, text, chosen, tuple((t, self.tokenizer.decode([t], skip_special_tokens=False), lp) for t, lp in top))
+        return TokenLogprob(token, self._token_text(token), chosen, tuple((t, self._token_text(t), lp) for t, lp in top))
+
+    def _token_text(self, token: int) -> str:
+        if self.tokenizer is None:
+            return f"token_id:{token}"
+        return self.tokenizer.decode([token], skip_special_tokens=False)

@@ -20,16 +20,20 @@ from neo_async.model.weights import LlamaWeights
 class LoadedModel:
     spec: ModelSpec
     weights: LlamaWeights
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | None  # None when loaded with skip_tokenizer_init
     path: Path
 
 
-def load_model(model: str | Path | None, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+def load_model(
+    model: str | Path | None, dtype: torch.dtype, device: torch.device, skip_tokenizer_init: bool = False
+) -> LoadedModel:
+    """With skip_tokenizer_init no tokenizer is built (nor its file required); EOS ids then come
+    from the model's own config only."""
     path = resolve_model_path(model)
     name = model_display_name(model)
     if path.is_dir():
         spec = spec_from_hf_config(read_hf_config(path), name)
-        tokenizer = tokenizer_from_hf_dir(path)
+        tokenizer = None if skip_tokenizer_init else tokenizer_from_hf_dir(path)
         tensors = ((n, t) for n, t in iter_hf_tensors(path))
     else:
         from gguf import GGUFReader
@@ -39,9 +43,9 @@ def load_model(model: str | Path | None, dtype: torch.dtype, device: torch.devic
         reader = GGUFReader(str(path))
         meta = read_gguf_metadata(path, reader)
         spec = spec_from_gguf(meta, {t.name for t in reader.tensors}, name)
-        tokenizer = tokenizer_from_gguf_fields(meta)
+        tokenizer = None if skip_tokenizer_init else tokenizer_from_gguf_fields(meta)
         tensors = ((n, torch.from_numpy(a)) for n, a in iter_gguf_tensors(reader, spec))
-    if not spec.eos_token_ids and tokenizer.eos_token_id is not None:
+    if not spec.eos_token_ids and tokenizer is not None and tokenizer.eos_token_id is not None:
         spec = dataclasses.replace(spec, eos_token_ids=(tokenizer.eos_token_id,))
     builder = LlamaWeights.builder(spec, dtype, device)
     for name_, tensor in tensors:
