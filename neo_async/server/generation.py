@@ -31,6 +31,7 @@ class Choice:
     num_prompt_tokens: int
     times: RequestTimes
     text_parts: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)  # the output so far
     num_output_tokens: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)
     num_logprob_chars: int = 0  # text length covered by the logprob tokens sent so far
@@ -122,6 +123,7 @@ class Generation:
             self.metrics.on_token(choice.times, now)
         if delta.text:
             choice.text_parts.append(delta.text)
+        choice.token_ids.extend(delta.token_ids)
         # num_output_tokens is the engine's running count; the sum of deltas is the fallback.
         choice.num_output_tokens = max(choice.num_output_tokens + len(delta.token_ids), delta.num_output_tokens)
         if delta.num_prompt_tokens:

@@ -102,6 +102,9 @@ class CompletionChoice(msgspec.Struct):
     logprobs: CompletionLogprobs | None
     finish_reason: str | None
     stop_reason: int | str | None = None
+    # The output's token ids (this chunk's, when streaming); sent only by a server without a
+    # tokenizer (skip_tokenizer_init), absent otherwise.
+    token_ids: list[int] | msgspec.UnsetType = msgspec.UNSET
 
 
 class Completion(msgspec.Struct):

@@ -42,6 +42,13 @@ def check_n(req: GenerationRequest, max_n: int) -> int:
     return n
 
 
+def prompt_vocab_size(engine: AsyncEngine) -> int:
+    """Token ids a prompt may hold: the tokenizer's vocabulary, or the model's without one."""
+    if engine.tokenizer is not None:
+        return engine.tokenizer.vocab_size
+    return engine.engine.spec.vocab_size
+
+
 def check_token_ids(ids: list[int], vocab_size: int, param: str) -> None:
     if not ids:
         raise invalid_value("the prompt is empty", param)

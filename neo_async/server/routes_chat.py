@@ -81,6 +81,12 @@ def prepare(body: bytes, state: AppState, request_id: str) -> Prepared:
     engine = state.engine
     assert engine is not None
     check_model(req, engine)
+    if engine.tokenizer is None:
+        raise invalid_value(
+            "chat needs the model's tokenizer and chat template, and this server runs with --skip-tokenizer-init; "
+            "send token-id prompts to /v1/completions",
+            "messages",
+        )
     n = check_n(req, state.config.server.max_n)
     messages = template_messages(req.messages)
     add_generation_prompt = req.add_generation_prompt is not False

@@ -1,4 +1,8 @@
-"""POST /v1/completions: text or token-id prompts, one choice per (prompt, sample)."""
+"""POST /v1/completions: text or token-id prompts, one choice per (prompt, sample).
+
+A server started with skip_tokenizer_init takes token-id prompts only; each choice then
+carries its output as `token_ids` (vLLM's field), and `text` is empty.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from neo_async.server.params import (
     check_n,
     check_token_ids,
     fan_out,
+    prompt_vocab_size,
     resolve_max_tokens,
     sampling_params,
 )
@@ -54,6 +59,12 @@ def prompt_ids(prompt: str | list[Any], tokenizer: Any, vocab_size: int) -> list
         )
     prompts = []
     for item in items:
+        if isinstance(item, str) and tokenizer is None:
+            raise invalid_value(
+                "prompt must be token ids (a list of integers, or a list of such lists): "
+                "this server runs with --skip-tokenizer-init and cannot tokenize text",
+                "prompt",
+            )
         ids = list(tokenizer.encode(item)) if isinstance(item, str) else item
         check_token_ids(ids, vocab_size, "prompt")
         prompts.append(ids)
@@ -66,7 +77,7 @@ def prepare(body: bytes, state: AppState, request_id: str) -> Prepared:
     assert engine is not None
     check_model(req, engine)
     n = check_n(req, state.config.server.max_n)
-    prompts = prompt_ids(req.prompt, engine.tokenizer, engine.tokenizer.vocab_size)
+    prompts = prompt_ids(req.prompt, engine.tokenizer, prompt_vocab_size(engine))
     longest = max(len(ids) for ids in prompts)
     max_tokens = resolve_max_tokens(req.max_tokens, DEFAULT_MAX_TOKENS, longest, engine.max_model_len, "prompt", "max_tokens")
     params = sampling_params(req, max_tokens, req.logprobs, "logprobs")
@@ -75,17 +86,18 @@ def prepare(body: bytes, state: AppState, request_id: str) -> Prepared:
         num_prompt_tokens=sum(len(ids) for ids in prompts),
         stream=bool(req.stream),
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
-        formatter=CompletionFormatter(request_id, int(time.time()), engine.model_name, req.logprobs),
+        formatter=CompletionFormatter(request_id, int(time.time()), engine.model_name, req.logprobs, engine.tokenizer is None),
         user=req.user,
     )
 
 
 class CompletionFormatter:
-    def __init__(self, request_id: str, created: int, model: str, logprobs: int | None) -> None:
+    def __init__(self, request_id: str, created: int, model: str, logprobs: int | None, with_token_ids: bool = False) -> None:
         self.request_id = request_id
         self.created = created
         self.model = model
         self.logprobs = logprobs
+        self.with_token_ids = with_token_ids  # choices carry `token_ids` (no tokenizer)
 
     def _logprobs(self, choice: Choice, items: list[TokenLogprob]) -> CompletionLogprobs:
         """OpenAI's legacy logprobs for `items`, the next tokens of `choice` (advances its offset)."""
@@ -109,10 +121,11 @@ class CompletionFormatter:
     def chunk(self, choice: Choice, delta: RequestDelta) -> bytes | None:
         reason = finish_reason_text(delta.finish_reason)
         logprobs = self._logprobs(choice, delta.logprobs) if self.logprobs is not None and delta.logprobs else None
-        if not delta.text and reason is None and logprobs is None:
+        token_ids = delta.token_ids if self.with_token_ids else msgspec.UNSET
+        if not delta.text and not token_ids and reason is None and logprobs is None:
             return None
         stop_reason = delta.stop_reason if reason else None
-        return self._chunk([CompletionChoice(choice.index, delta.text, logprobs, reason, stop_reason)])
+        return self._chunk([CompletionChoice(choice.index, delta.text, logprobs, reason, stop_reason, token_ids)])
 
     def usage_chunk(self, usage: Usage) -> bytes:
         return self._chunk([], usage)
@@ -122,7 +135,8 @@ class CompletionFormatter:
         for c in choices:
             c.num_logprob_chars = 0
             logprobs = self._logprobs(c, c.logprobs) if self.logprobs is not None else None
-            out.append(CompletionChoice(c.index, c.text, logprobs, finish_reason_text(c.finish_reason), c.stop_reason))
+            token_ids = c.token_ids if self.with_token_ids else msgspec.UNSET
+            out.append(CompletionChoice(c.index, c.text, logprobs, finish_reason_text(c.finish_reason), c.stop_reason, token_ids))
         return msgspec.json.encode(Completion(self.request_id, OBJECT, self.created, self.model, out, usage))
 
 
