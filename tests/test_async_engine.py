@@ -19,13 +19,13 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine():
-    eng = AsyncEngine.from_config(Config().override(device_kv_tokens=2048, max_num_seqs=16, max_waiting=24))
+    eng = AsyncEngine.from_config(Config().override(device_kv_tokens=2048, host_kv_tokens=4096, max_num_seqs=16, max_waiting=24))
     await eng.start()
     yield eng
     eng.engine.check()
     await eng.stop()
     eng.engine.check()
-    assert eng.engine.device_pool.num_used == 0
+    assert eng.engine.device_pool.num_used == 0 and eng.engine.host_pool.num_used == 0
 
 
 async def collect(stream):
@@ -77,3 +77,24 @@ async def test_queue_full_is_refused_with_overload(engine):
         engine.generate("x", SamplingParams(max_tokens=4), "one-too-many")
     results = await asyncio.gather(*[collect(s) for s in streams])
     assert len(results) == 24
+
+
+async def test_async_and_sync_paths_refuse_with_the_same_checks_and_messages(engine):
+    """One capacity check and one overload check serve both the async engine and Engine.add_request."""
+    sync = engine.engine
+    capacity = sync.scheduler.placement.capacity_tokens()
+    too_long = SamplingParams(max_tokens=capacity)  # prompt + max_tokens > every pool
+    with pytest.raises(ValueError) as async_error:
+        engine.generate("Story:", too_long, "too-long-async")
+    with pytest.raises(ValueError) as sync_error:
+        sync.add_request(sync.make_request("Story:", too_long, "too-long-sync"))
+    assert str(async_error.value) == str(sync_error.value)
+    assert "more than any KV pool holds" in str(sync_error.value)
+    streams = [engine.generate("x", SamplingParams(max_tokens=2), f"o{i}") for i in range(24)]
+    with pytest.raises(EngineOverloadedError) as async_overload:
+        engine.generate("x", SamplingParams(max_tokens=2), "over-async")
+    with pytest.raises(EngineOverloadedError) as sync_overload:  # Engine.add_request's own check, read-only
+        sync.check_admission(sync.make_request("x", SamplingParams(max_tokens=2), "over-sync"), num_pending=24)
+    assert str(async_overload.value).endswith("requests are waiting; try again later")
+    assert str(sync_overload.value).endswith("requests are waiting; try again later")
+    await asyncio.gather(*[collect(s) for s in streams])
