@@ -24,8 +24,12 @@ class ModelConfig:
     dtype: str = "bfloat16"
     max_model_len: int | None = None  # None = the checkpoint's context length
     served_model_name: str | None = None
-    torch_threads: int | None = None  # None = every core this process may use
-    kernel_threads: int | None = None  # rust_cpuattn's pool; None = 1 on the CPU device, else every core
+    # the device lane: torch's intra-op pool on the CPU device; None = every core this process
+    # may use (pipeline on: every core but kernel_threads')
+    torch_threads: int | None = None
+    # the host lane: rust_cpuattn's team; None = 1 on the CPU device (pipeline on: half the
+    # cores), else every core
+    kernel_threads: int | None = None
     # no tokenizer: prompts and outputs are token ids, text fields stay empty, stop strings are refused
     skip_tokenizer_init: bool = False
 
@@ -41,6 +45,7 @@ class ModelConfig:
 
 
 OFFLOAD_MODES = ("off", "neo", "full")
+PIPELINE_MODES = ("off", "on")
 AUTO = "auto"
 CPU_DEVICE_KV_TOKENS = 32768  # device_kv_tokens' default when the CPU plays the device
 
@@ -92,8 +97,16 @@ class SchedulerConfig:
     max_waiting: int = 1024  # queued requests beyond which new ones are refused
     # host requests swap back in while the device pool stays under this share of its blocks
     swap_in_watermark: float = 0.95
+    # off: one sequential pass per layer; on: two sub-batches overlapped per layer (host attention
+    # of one while the device runs the other) whenever a plan has pipeline_min_host_decodes host decodes
+    pipeline: str = "off"
+    pipeline_min_host_decodes: int = 2
 
     def validate(self) -> None:
+        if self.pipeline not in PIPELINE_MODES:
+            raise ValueError(f"pipeline must be one of {PIPELINE_MODES}, got {self.pipeline!r}")
+        if self.pipeline_min_host_decodes < 1:
+            raise ValueError(f"pipeline_min_host_decodes must be >= 1, got {self.pipeline_min_host_decodes}")
         if not 0.0 < self.swap_in_watermark <= 1.0:
             raise ValueError("swap_in_watermark must be in (0, 1]")
         if self.max_num_seqs < 1:

@@ -35,7 +35,7 @@ class Engine:
         self.config = config
         self.device = pick_device()
         self.num_torch_threads, self.num_kernel_threads = configure_threads(
-            self.device, config.model.torch_threads, config.model.kernel_threads
+            self.device, config.model.torch_threads, config.model.kernel_threads, config.scheduler.pipeline == "on"
         )
         dtype = torch_dtype(config.model.dtype)
         started = time.perf_counter()

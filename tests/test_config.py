@@ -29,6 +29,9 @@ def test_toml_then_flags_override(tmp_path):
         ("[cache]\ndevice_kv_tokens = 8\n", "device_kv_tokens must be >= 16"),
         ('[cache]\noffload = "full"\nhost_kv_tokens = 0\n', "offload='full' needs a host KV pool"),
         ("[scheduler]\nswap_in_watermark = 1.5\n", "swap_in_watermark"),
+        ('[scheduler]\npipeline = "maybe"\n', "pipeline must be one of"),
+        ("[scheduler]\npipeline_min_host_decodes = 0\n", "pipeline_min_host_decodes must be >= 1"),
+        ("[model]\nkernel_threads = 0\n", "kernel_threads must be >= 1"),
     ],
 )
 def test_bad_config_is_a_clear_value_error(tmp_path, text, message):
@@ -63,3 +66,11 @@ def test_api_overrides_are_validated_naming_the_field():
         Config().override(offload="fast").validate()
     with pytest.raises(ValueError, match="host_kv_tokens must be a number of tokens or 'auto'"):
         Config().override(host_kv_tokens=1.5).validate()
+
+
+def test_pipeline_flags():
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    config = config_from_args(parser.parse_args(["--pipeline", "on", "--pipeline-min-host-decodes", "3"]))
+    assert config.scheduler.pipeline == "on" and config.scheduler.pipeline_min_host_decodes == 3
+    assert Config().scheduler.pipeline == "off"

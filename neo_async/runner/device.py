@@ -20,16 +20,22 @@ def torch_dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
-def configure_threads(device: torch.device, torch_threads: int | None, kernel_threads: int | None) -> tuple[int, int]:
+def configure_threads(
+    device: torch.device, torch_threads: int | None, kernel_threads: int | None, pipelined: bool = False
+) -> tuple[int, int]:
     """Size torch's intra-op pool (CPU device only) and rust_cpuattn's pool; returns both sizes.
 
     Default kernel threads: 1 on the CPU device, where the kernel runs between torch's ops on
     the calling thread while torch's OpenMP workers still spin-wait on the other cores (a
     second kernel thread fights them: measured slower at 500-token contexts); with a CUDA
-    device, every core.
+    device, every core. Pipelined on the CPU device, the two lanes run at the same time on
+    separate cores: the host lane (the kernel) gets half the cores, torch the rest.
     """
     cores = len(os.sched_getaffinity(0))
     if device.type == "cpu":
+        if pipelined:
+            kernel_threads = kernel_threads or max(1, cores // 2)
+            torch_threads = torch_threads or max(1, cores - kernel_threads)
         torch.set_num_threads(max(1, torch_threads or cores))
     num_torch = torch.get_num_threads()
     if rust_cpuattn is None:

@@ -34,6 +34,8 @@ class ScheduledChunk:
     prompt_token_ids: list[int]  # for repetition penalties (read only)
     output_token_ids: list[int]  # for penalties and per-step seeding (read only)
     location: KVLocation = KVLocation.DEVICE
+    # 0 or 1 in a pipelined plan (1: host decodes only), else 0; see `pipeline.py`
+    sub_batch: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -91,6 +93,8 @@ class Plan:
     swap_in: list[CopyRun] = field(default_factory=list)  # host pool -> device pool
     swapped_out_ids: list[str] = field(default_factory=list)
     swapped_in_ids: list[str] = field(default_factory=list)
+    # Two sub-batches overlapped per layer (chunks' sub_batch); both non-empty when set
+    is_pipelined: bool = False
 
     @property
     def num_batched_tokens(self) -> int:

@@ -16,6 +16,9 @@ KV lives in exactly one pool, and its decode attention runs where its KV is.
 Offload modes: "off" (device only, recompute preemption: the baseline), "neo" (both pools,
 placement decided every iteration), "full" (every request on the host; the device runs the
 linear layers and prefill attention only).
+
+With `pipeline` on, a plan with enough host decodes is split into two sub-batches
+(`pipeline.py`) that the executor overlaps per layer.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections import deque
 
 from neo_async.config import SchedulerConfig
 from neo_async.kv.block_pool import BlockPool
+from neo_async.sched.pipeline import split_sub_batches
 from neo_async.sched.placement import Placement
 from neo_async.sched.plan import ExecuteOutput, KVLocation, Plan, ScheduledChunk, coalesce
 from neo_async.sched.request import Request, RequestStatus
@@ -114,6 +118,10 @@ class Scheduler:
             budget -= num_new
         plan.swap_out = coalesce([s for _, s, _ in self._out_pairs], [d for _, _, d in self._out_pairs])
         plan.swap_in = coalesce([s for _, s, _ in self._in_pairs], [d for _, _, d in self._in_pairs])
+        if self.config.pipeline == "on":
+            split = split_sub_batches(plan.chunks, self.config.pipeline_min_host_decodes)
+            if split is not None:
+                plan.chunks, plan.is_pipelined = split, True
         return plan
 
     def _swap_in(self, plan: Plan) -> None:
