@@ -12,6 +12,8 @@ step using the host pool): they are staged to the pool's device and the output b
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from neo_async.kv.host_memory import host_tensor
@@ -67,15 +69,37 @@ class KVCache:
         in place) on any device; block_tables [B, W] int32 and seq_lens [B] int32 (the new token
         included) on the pool's device.
         """
+        job = self.decode_job(layer, q, block_tables, seq_lens, scale, k_new, v_new, out)
+        job.run()
+        job.finish()
+
+    def decode_job(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        block_tables: torch.Tensor,
+        seq_lens: torch.Tensor,
+        scale: float,
+        k_new: torch.Tensor,
+        v_new: torch.Tensor,
+        out: torch.Tensor,
+    ) -> "DecodeJob":
+        """`decode` in three parts: inputs staged now (fresh tensors: the caller may reuse q,
+        k_new, v_new at once), `run()` (on any thread; rust_cpuattn releases the GIL), then
+        `finish()` on the calling thread. Until finish, nobody may read `out`."""
         if not self.use_rust_decode:
             positions = seq_lens.long() - 1
             blocks = block_tables.long().gather(1, (positions // self.block_size).unsqueeze(1)).squeeze(1)
-            self.store(layer, k_new, v_new, blocks, positions % self.block_size)
-            out.copy_(decode_attention(self, layer, q, block_tables, seq_lens, scale))
-            return
+            q, k_new, v_new = q.clone(), k_new.clone(), v_new.clone()
+
+            def run_torch() -> None:
+                self.store(layer, k_new, v_new, blocks, positions % self.block_size)
+                out.copy_(decode_attention(self, layer, q, block_tables, seq_lens, scale))
+
+            return DecodeJob(run_torch, out, out)
         staged = out if out.device == self.device else torch.empty(out.shape, dtype=torch.float32)
-        rust_cpuattn.paged_decode_attention(
-            q.to(self.device, torch.float32).contiguous(),
+        args = (
+            _fresh(q, self.device, torch.float32),
             self.k,
             self.v,
             block_tables,
@@ -83,12 +107,13 @@ class KVCache:
             seq_lens,
             layer,
             scale,
-            out=staged,
-            k_new=k_new.to(self.device, self.k.dtype).contiguous(),
-            v_new=v_new.to(self.device, self.v.dtype).contiguous(),
         )
-        if staged is not out:
-            out.copy_(staged)
+        k_staged, v_staged = _fresh(k_new, self.device, self.k.dtype), _fresh(v_new, self.device, self.v.dtype)
+
+        def run_rust() -> None:
+            rust_cpuattn.paged_decode_attention(*args, out=staged, k_new=k_staged, v_new=v_staged)
+
+        return DecodeJob(run_rust, out, staged)
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, block_ids: torch.Tensor, offsets: torch.Tensor) -> None:
         """k, v [T, Hkv, D] (any device) written at (block_ids[t], offsets[t]) for each token t;
@@ -104,6 +129,25 @@ class KVCache:
         k = k.transpose(0, 1).reshape(num_kv_heads, -1, head_dim)[:, :length]
         v = v.transpose(0, 1).reshape(num_kv_heads, -1, head_dim)[:, :length]
         return k, v
+
+
+class DecodeJob:
+    """A prepared decode attention call (see `KVCache.decode_job`)."""
+
+    def __init__(self, run: Callable[[], None], out: torch.Tensor, staged: torch.Tensor) -> None:
+        self.run = run
+        self.out = out
+        self.staged = staged
+
+    def finish(self) -> None:
+        if self.staged is not self.out:
+            self.out.copy_(self.staged)
+
+
+def _fresh(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """x on device in dtype, contiguous, in a tensor of its own (never a view of x)."""
+    y = x.to(device, dtype).contiguous()
+    return y.clone() if y.data_ptr() == x.data_ptr() else y
 
 
 def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int, scale: float) -> torch.Tensor:

@@ -1,9 +1,10 @@
-"""Turns a Plan into tensors, runs the model layer by layer, samples (sequential mode).
+"""Turns a Plan into tensors, runs the model layer by layer, samples.
 
-All of a plan's tokens run as one flat batch (see `batch.py` for the row order). Per layer:
-swap copies of the layer (device -> host, host -> device) -> pre -> prefill K/V stores into
-each chunk's pool -> prefill attention per chunk -> device decode attention on the device
-pool -> host decode attention (rust_cpuattn) on the host pool -> post.
+Sequential mode: all of a plan's tokens run as one flat batch (see `batch.py` for the row
+order). Per layer: swap copies of the layer (device -> host, host -> device) -> pre -> prefill
+K/V stores into each chunk's pool -> prefill attention per chunk -> device decode attention on
+the device pool -> host decode attention (rust_cpuattn) on the host pool -> post.
+A pipelined plan runs its two sub-batches overlapped instead (`pipelined.py`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import torch
 
 from neo_async.kv.swap import LayerCopy
 from neo_async.model.llama import LlamaModel
-from neo_async.runner.attention import KVCache, prefill_attention
+from neo_async.runner.attention import DecodeJob, KVCache, prefill_attention
 from neo_async.runner.batch import BatchTensors
+from neo_async.runner.host_lane import HostLane
+from neo_async.runner.pipelined import run_pipelined
 from neo_async.runner.sampler import SampleRow, Sampler
-from neo_async.sched.plan import ExecuteOutput, KVLocation, Plan
+from neo_async.sched.plan import ExecuteOutput, KVLocation, Plan, ScheduledChunk
 
 
 class Executor:
@@ -29,6 +32,7 @@ class Executor:
         self.block_size = cache.block_size
         self.pool_devices = {loc: c.device for loc, c in self.caches.items()}
         self.keep_logits = False  # when set, outputs carry each sampling row's raw logits (tests)
+        self.host_lane: HostLane | None = None  # started by the first pipelined plan
 
     @torch.inference_mode()
     def execute(self, plan: Plan) -> ExecuteOutput:
@@ -41,38 +45,59 @@ class Executor:
                 for copy in copies:
                     copy.copy_layer(layer)
             return ExecuteOutput()
+        if plan.is_pipelined:
+            if self.host_lane is None:
+                self.host_lane = HostLane()
+            sampling, hidden = run_pipelined(self, plan, copies, self.host_lane)
+        else:
+            sampling, hidden = self._run_sequential(plan, copies)
+        return self._sample(sampling, hidden)
+
+    def _run_sequential(self, plan: Plan, copies: list[LayerCopy]) -> tuple[list[ScheduledChunk], torch.Tensor]:
+        """-> the sampling chunks and their last rows' hidden states [N, hidden]."""
         batch = BatchTensors(plan.chunks, self.block_size, self.device, self.pool_devices)
-        chunks = batch.chunks
-        spec, model = self.model.spec, self.model
+        model = self.model
         hidden = model.embed(batch.token_ids)  # [T, hidden]
         rope = model.rope(batch.positions)
-        for layer in range(spec.num_layers):
+        for layer in range(model.spec.num_layers):
             for copy in copies:  # before any K/V of this layer is read or written (Plan's contract)
                 copy.copy_layer(layer)
             q, k, v = model.pre(layer, hidden, rope)
             out = torch.empty(q.shape, dtype=torch.float32, device=self.device)  # [T, Hq, D]
-            self._attention(layer, batch, q, k, v, out)
+            self.device_attention(layer, batch, q, k, v, out)
+            job = self.host_decode_job(layer, batch, q, k, v, out)
+            if job is not None:
+                job.run()
+                job.finish()
             hidden = model.post(layer, hidden, out.view(out.shape[0], -1))
-        sampling = [(i, c) for i, c in enumerate(chunks) if c.is_sampling]
+        return self.last_rows(batch, hidden)
+
+    def last_rows(self, batch: BatchTensors, hidden: torch.Tensor) -> tuple[list[ScheduledChunk], torch.Tensor]:
+        """The batch's sampling chunks and their last rows of hidden [T, hidden]."""
+        sampling = [(i, c) for i, c in enumerate(batch.chunks) if c.is_sampling]
+        rows = torch.tensor([batch.last_row[i] for i, _ in sampling], dtype=torch.long, device=self.device)
+        return [c for _, c in sampling], hidden[rows]
+
+    def _sample(self, sampling: list[ScheduledChunk], hidden: torch.Tensor) -> ExecuteOutput:
         if not sampling:
             return ExecuteOutput()
-        last_rows = torch.tensor([batch.last_row[i] for i, _ in sampling], device=self.device)
-        logits = model.logits(hidden[last_rows])  # [N, vocab]
-        rows = [SampleRow(c.params, c.prompt_token_ids, c.output_token_ids) for _, c in sampling]
+        logits = self.model.logits(hidden)  # [N, vocab]
+        rows = [SampleRow(c.params, c.prompt_token_ids, c.output_token_ids) for c in sampling]
         output = ExecuteOutput()
         if self.keep_logits:
-            output.logits = {c.request_id: logits[j].float() for j, (_, c) in enumerate(sampling)}
+            output.logits = {c.request_id: logits[j].float() for j, c in enumerate(sampling)}
         result = self.sampler(logits, rows)
-        for (_, chunk), token, lp in zip(sampling, result.token_ids, result.logprobs):
+        for chunk, token, lp in zip(sampling, result.token_ids, result.logprobs):
             output.sampled_token_ids[chunk.request_id] = token
             if lp is not None:
                 output.logprobs[chunk.request_id] = lp
         return output
 
-    def _attention(
+    def device_attention(
         self, layer: int, batch: BatchTensors, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     ) -> None:
-        """q [T, Hq, D], k, v [T, Hkv, D] of every row -> out [T, Hq, D] float32, K/V stored."""
+        """q [T, Hq, D], k, v [T, Hkv, D] of every row -> out [T, Hq, D] float32 of every row but
+        the host decodes'; prefill K/V stored (in either pool), device decode K/V stored."""
         scale = self.model.spec.attn_scale
         for store in batch.prefill_stores:
             cache = self.caches[store.location]
@@ -86,6 +111,22 @@ class Executor:
                 kc, vc = kc.to(self.device), vc.to(self.device)
             out[p.start : p.end] = prefill_attention(q[p.start : p.end], kc, vc, chunk.start_pos, scale)
         for group in batch.decodes:
-            rows = slice(group.start, group.end)
-            cache = self.caches[group.location]
-            cache.decode(layer, q[rows], group.block_tables, group.seq_lens, scale, k_new=k[rows], v_new=v[rows], out=out[rows])
+            if group.location is KVLocation.DEVICE:
+                rows = slice(group.start, group.end)
+                self.caches[group.location].decode(
+                    layer, q[rows], group.block_tables, group.seq_lens, scale, k_new=k[rows], v_new=v[rows], out=out[rows]
+                )
+
+    def host_decode_job(
+        self, layer: int, batch: BatchTensors, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
+    ) -> DecodeJob | None:
+        """The host decodes' attention (their K/V stored, out's rows written), prepared; None
+        when the batch has no host decode."""
+        for group in batch.decodes:
+            if group.location is KVLocation.HOST:
+                rows = slice(group.start, group.end)
+                return self.caches[KVLocation.HOST].decode_job(
+                    layer, q[rows], group.block_tables, group.seq_lens, self.model.spec.attn_scale,
+                    k_new=k[rows], v_new=v[rows], out=out[rows],
+                )
+        return None
