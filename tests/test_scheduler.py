@@ -58,7 +58,7 @@ def test_running_decodes_go_before_new_prefills_and_fcfs_is_kept():
 def test_preemption_takes_the_newest_and_everyone_finishes():
     s = make_scheduler(num_blocks=6, block_size=4, max_num_batched_tokens=64)
     for i in range(3):
-        s.add(make_request(f"r{i}", 6, max_tokens=6))  # 12 tokens = 3 blocks each; only 6 blocks
+        s.add(make_request(f"r{i}", 4, max_tokens=8))  # 1 block each at admission, 3 at the end; only 6 blocks
     finished_order = []
     preempted = []
     for _ in range(200):
@@ -102,3 +102,18 @@ def test_a_request_larger_than_the_pool_is_refused():
     with pytest.raises(ValueError, match="already in use"):
         s.add(make_request("x", 1, max_tokens=2))
         s.add(make_request("x", 1, max_tokens=2))
+
+
+def test_off_mode_admits_a_prompt_only_when_all_of_it_fits():
+    """A prompt whose first chunk fits but whole KV does not would be preempted by the next
+    decode block and recomputed over and over: it waits instead."""
+    s = make_scheduler(num_blocks=10, block_size=4, max_num_batched_tokens=8)
+    s.add(make_request("a", 20, max_tokens=4))  # 5 blocks, grows to 6
+    s.add(make_request("b", 20, max_tokens=4))
+    while s.requests["a"].num_computed_tokens < 20:
+        run_step(s)
+    plan = run_step(s)
+    assert [c.request_id for c in plan.chunks] == ["a"]  # b's 5 blocks + a's growth do not fit in 10
+    while s.num_unfinished:
+        run_step(s)
+    assert s.num_preemptions_total == 0

@@ -1,6 +1,8 @@
 """Where a request's KV cache goes: admission, swap-out and swap-in rules (pure logic).
 
-- off: everything on the device.
+- off: everything on the device; a prompt is admitted when its whole KV fits next to one
+  block of growth for each running request (admitting on the first chunk alone let a long
+  prompt in that the next decode block then preempted, over and over: recompute thrash).
 - full: everything on the host.
 - neo: a prompt goes to the device when its whole KV fits there, next to one block of growth
   for each running device request; else to the host when it fits there (and once one prompt
@@ -60,7 +62,8 @@ class Placement:
         """Where a waiting request starts, given the tokens its first chunk needs; None = wait."""
         rid = request.request_id
         if self.offload == "off":
-            return KVLocation.DEVICE if self.device_pool.can_grow(rid, num_tokens) else None
+            fits = self._fits_whole(self.device_pool, request, reserve=self._num_owners(self.device_pool))
+            return KVLocation.DEVICE if fits else None
         if self.offload == "full":
             return KVLocation.HOST if self._fits_whole(self.host_pool, request, reserve=0) else None
         if not is_host_round and self._fits_whole(self.device_pool, request, reserve=self._num_owners(self.device_pool)):
