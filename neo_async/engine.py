@@ -64,6 +64,7 @@ class Engine:
         self.num_prompt_tokens_total = 0
         self.num_generation_tokens_total = 0
         self.num_iterations_total = 0
+        self.num_pipelined_iterations_total = 0
         self.num_swap_bytes_total = {"out": 0, "in": 0}
         self.num_host_prefill_tokens_total = 0
         self.last_step: StepStats | None = None
@@ -194,6 +195,7 @@ class Engine:
                 self.scheduler.finish(request.request_id)
         self.num_generation_tokens_total += len(advanced)
         self.num_iterations_total += 1
+        self.num_pipelined_iterations_total += plan.is_pipelined
         num_prefill = sum(c.num_tokens for c in plan.chunks if not c.is_decode)
         self.last_step = StepStats(
             iteration_s=time.perf_counter() - started,
@@ -251,6 +253,7 @@ class Engine:
             num_prompt_tokens_total=self.num_prompt_tokens_total,
             num_generation_tokens_total=self.num_generation_tokens_total,
             num_iterations_total=self.num_iterations_total,
+            num_pipelined_iterations_total=self.num_pipelined_iterations_total,
         )
 
     def check(self) -> None:

@@ -44,6 +44,7 @@ class EngineStats:
     num_swap_out_bytes_total: int = 0
     num_swap_in_bytes_total: int = 0
     num_host_prefill_tokens_total: int = 0  # prompt tokens whose KV was written to the host pool
+    num_pipelined_iterations_total: int = 0  # iterations run as two overlapped sub-batches
 
     @property
     def device_kv_usage(self) -> float:

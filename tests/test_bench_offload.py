@@ -20,3 +20,13 @@ def test_tiny_workload_writes_consistent_rows(tmp_path):
     workload = bench_offload.make_workload(4, 60, 6, 49152, 0)
     assert full["host_prefill_tokens"] == sum(len(p) for p, _ in workload)
     assert all(r["tok_s"] > 0 for r in rows)
+
+
+def test_pipeline_list_runs_neo_both_ways(tmp_path):
+    out = tmp_path / "offload.json"
+    argv = ["--modes", "neo", "--pipeline", "off,on", "--num-prompts", "4", "--input-len", "60", "--output-lens", "6",
+            "--device-kv-tokens", "96", "--host-kv-tokens", "2048", "--dtype", "float32", "--output", str(out)]
+    assert bench_offload.main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["mode"], r["pipeline"]) for r in rows] == [("neo", "off"), ("neo", "on")]
+    assert rows[0]["pipelined_steps"].startswith("0/") and not rows[1]["pipelined_steps"].startswith("0/")

@@ -1,7 +1,8 @@
 """`neo-async bench offload`: output tokens/s of the offload modes (off, neo, full) in one
 process, on the same prompts, with the device KV pool capped (the paper's throughput
 experiment scaled to this machine): prompts of input_len +-10% tokens, outputs of each
-output_len +-10% tokens, all submitted at once, `ignore_eos`."""
+output_len +-10% tokens, all submitted at once, `ignore_eos`. `--pipeline off,on` runs each
+offloading mode sequential and pipelined (`off` runs once: it has no host decodes)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from typing import Any
 
 from neo_async.bench.common import machine_info, print_table, write_json
 
-COLUMNS = ["output_len", "device_kv_tokens", "mode", "tok_s", "seconds", "ratio_vs_off", "swaps_out", "swaps_in",
-           "host_prefill_tokens", "preemptions", "host_kv_blocks"]
+COLUMNS = ["output_len", "device_kv_tokens", "mode", "pipeline", "tok_s", "seconds", "ratio_vs_off", "pipelined_steps",
+           "swaps_out", "swaps_in", "host_prefill_tokens", "preemptions", "host_kv_blocks", "torch_threads", "kernel_threads"]
 
 
 def make_workload(num_prompts: int, input_len: int, output_len: int, vocab_size: int, seed: int) -> list[tuple[list[int], int]]:
@@ -46,6 +47,9 @@ def run_case(config_overrides: dict[str, Any], workload_args: tuple[int, int, in
         "host_prefill_tokens": stats.num_host_prefill_tokens_total,
         "preemptions": stats.num_preemptions_total,
         "host_kv_blocks": stats.num_host_blocks_total,
+        "pipelined_steps": f"{stats.num_pipelined_iterations_total}/{stats.num_iterations_total}",
+        "torch_threads": llm.engine.num_torch_threads,
+        "kernel_threads": llm.engine.num_kernel_threads,
     }
     del llm
     gc.collect()
@@ -55,6 +59,7 @@ def run_case(config_overrides: dict[str, Any], workload_args: tuple[int, int, in
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="neo-async bench offload", description=__doc__)
     parser.add_argument("--modes", default="off,neo,full")
+    parser.add_argument("--pipeline", default="off", help="comma-separated pipeline settings (off, on) for neo and full")
     parser.add_argument("--device-kv-tokens", default="2048", help="comma-separated caps of the device pool")
     parser.add_argument("--host-kv-tokens", default="auto")
     parser.add_argument("--num-prompts", type=int, default=32)
@@ -71,6 +76,7 @@ def main(argv: list[str]) -> int:
 
     configure_logging("console", "warning")
     modes = args.modes.split(",")
+    pipelines = args.pipeline.split(",")
     host_kv_tokens: int | str = args.host_kv_tokens if args.host_kv_tokens == "auto" else int(args.host_kv_tokens)
     base = dict(model=args.model, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens, host_kv_tokens=host_kv_tokens)
@@ -80,10 +86,11 @@ def main(argv: list[str]) -> int:
         for cap in [int(x) for x in args.device_kv_tokens.split(",")]:
             case_rows = []
             for mode in modes:
-                row = {"output_len": output_len, "device_kv_tokens": cap, "mode": mode}
-                row |= run_case({**base, "offload": mode, "device_kv_tokens": cap}, workload)
-                case_rows.append(row)
-                print_table([row], COLUMNS[:5])
+                for pipeline in pipelines if mode != "off" else ["off"]:
+                    row = {"output_len": output_len, "device_kv_tokens": cap, "mode": mode, "pipeline": pipeline}
+                    row |= run_case({**base, "offload": mode, "device_kv_tokens": cap, "pipeline": pipeline}, workload)
+                    case_rows.append(row)
+                    print_table([row], COLUMNS[:6])
             off = next((r for r in case_rows if r["mode"] == "off"), None)
             for row in case_rows:
                 row["ratio_vs_off"] = row["tok_s"] / off["tok_s"] if off else None
