@@ -27,6 +27,8 @@ def test_pipeline_list_runs_neo_both_ways(tmp_path):
     argv = ["--modes", "neo", "--pipeline", "off,on", "--num-prompts", "4", "--input-len", "60", "--output-lens", "6",
             "--device-kv-tokens", "96", "--host-kv-tokens", "2048", "--dtype", "float32", "--output", str(out)]
     assert bench_offload.main(argv) == 0
-    rows = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    assert result["host_lane_handoff_us"] > 0
+    rows = result["rows"]
     assert [(r["mode"], r["pipeline"]) for r in rows] == [("neo", "off"), ("neo", "on")]
     assert rows[0]["pipelined_steps"].startswith("0/") and not rows[1]["pipelined_steps"].startswith("0/")

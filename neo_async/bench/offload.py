@@ -56,6 +56,22 @@ def run_case(config_overrides: dict[str, Any], workload_args: tuple[int, int, in
     return row
 
 
+def lane_handoff_us(num_jobs: int = 2000) -> float:
+    """Microseconds per submit + wait of an empty job on the host lane (the per-layer, per
+    sub-batch cost of handing host attention to the worker thread, on an idle machine)."""
+    from neo_async.runner.host_lane import HostLane
+
+    lane = HostLane()
+    for _ in range(100):
+        lane.submit(lambda: None).wait()
+    started = time.perf_counter()
+    for _ in range(num_jobs):
+        lane.submit(lambda: None).wait()
+    seconds = time.perf_counter() - started
+    lane.close()
+    return seconds / num_jobs * 1e6
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="neo-async bench offload", description=__doc__)
     parser.add_argument("--modes", default="off,neo,full")
@@ -97,7 +113,11 @@ def main(argv: list[str]) -> int:
             rows += case_rows
     print()
     print_table(rows, COLUMNS)
+    handoff = lane_handoff_us() if "on" in pipelines else None
+    if handoff is not None:
+        print(f"host lane hand-off (submit + wait of an empty job): {handoff:.1f} us")
     write_json(args.output, {"bench": "offload", "dtype": args.dtype, "num_prompts": args.num_prompts,
-                             "input_len": args.input_len, "machine": machine_info(), "rows": rows})
+                             "input_len": args.input_len, "machine": machine_info(), "rows": rows,
+                             "host_lane_handoff_us": handoff})
     return 0
 
