@@ -1,15 +1,16 @@
-"""GGUF files: metadata, architecture facts and dequantised tensors (via the `gguf` package)."""
+"""GGUF files: metadata, architecture facts, and tensors dequantised into the model's weights."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
-from gguf import GGUFReader, GGUFValueType
-from gguf.quants import dequantize
+import torch
 
+from neo_async.model.dequant import Chunk, chunks, dequantize_chunks, dequantize_into
+from neo_async.model.gguf_reader import GGUFFile
 from neo_async.model.spec import ModelSpec, RopeScaling
+from neo_async.model.weights import WeightsBuilder
 
 SUPPORTED_ARCHS = ("llama", "mistral", "qwen2", "smollm")
 
@@ -35,17 +36,9 @@ _GLOBAL_NAMES = {
 }
 
 
-def _field_value(field: Any) -> Any:
-    if field.types and field.types[0] == GGUFValueType.ARRAY and len(field.types) > 1:
-        if field.types[1] == GGUFValueType.STRING:
-            return [bytes(field.parts[i]).decode("utf-8", errors="replace") for i in field.data]
-        return [field.parts[i].item() for i in field.data]
-    return field.contents()
-
-
-def read_gguf_metadata(path: Path, reader: GGUFReader | None = None) -> dict[str, Any]:
-    reader = reader or GGUFReader(str(path))
-    return {name: _field_value(field) for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+def read_gguf_metadata(path: Path) -> dict[str, Any]:
+    with GGUFFile(path) as f:
+        return f.metadata
 
 
 def spec_from_gguf(meta: dict[str, Any], tensor_names: set[str], name: str) -> ModelSpec:
@@ -86,45 +79,49 @@ def spec_from_gguf(meta: dict[str, Any], tensor_names: set[str], name: str) -> M
     )
 
 
-def unpermute_rotary_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
-    """Undo the GGUF converter's reordering of Q/K projection rows.
+def rotary_rows_view(dest: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """The view of Q/K projection rows dest [out, in] (or a bias [out]) whose index order is
+    the GGUF file's row order.
 
     The converter stores each head's rows in interleaved rotary-pair order; we apply RoPE in
-    the half-split order, so per head rows viewed as [head_dim/2, 2] are transposed back.
-    Works for weights [out, in] and biases [out].
+    the half-split order. Per head, the file's row (i, j) of [head_dim/2, 2] is our row (j, i)
+    of [2, head_dim/2]: writing the file's rows in order through this view undoes the reorder.
     """
-    out = weight.shape[0]
-    head_dim = out // num_heads
-    rest = weight.shape[1:]
-    w = weight.reshape(num_heads, head_dim // 2, 2, *rest)
-    return np.ascontiguousarray(w.swapaxes(1, 2).reshape(out, *rest))
+    head_dim = dest.shape[0] // num_heads
+    return dest.view(num_heads, 2, head_dim // 2, *dest.shape[1:]).transpose(1, 2)
 
 
-def iter_gguf_tensors(reader: GGUFReader, spec: ModelSpec) -> Iterator[tuple[str, np.ndarray]]:
-    """(canonical name, float32 array) for every tensor; rope_freqs yields `rope_freqs`."""
-    for tensor in reader.tensors:
-        name = tensor.name
-        if name == "rope_freqs.weight":
-            yield "rope_freqs", np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+def canonical_name(name: str) -> str:
+    """GGUF tensor name -> canonical (HF) name; raises ValueError on names we do not know."""
+    if name.startswith("blk."):
+        _, index, local = name.split(".", 2)
+        if local in _LAYER_NAMES:
+            return f"model.layers.{index}.{_LAYER_NAMES[local]}"
+    elif name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[name]
+    raise ValueError(f"unexpected GGUF tensor {name!r}")
+
+
+def load_gguf_weights(
+    file: GGUFFile, spec: ModelSpec, builder: WeightsBuilder, num_threads: int = 1
+) -> tuple[float, ...] | None:
+    """Dequantise every tensor of `file` straight into its place in `builder`, chunks in file
+    order over `num_threads` threads; returns the `rope_freqs` factors if the file has them."""
+    rope_freqs = None
+    work: list[Chunk] = []
+    for info in file.tensors.values():
+        raw = file.raw(info)
+        if info.name == "rope_freqs.weight":
+            factors = torch.empty(info.shape, dtype=torch.float32)
+            dequantize_into(factors, raw, info.ggml_type)
+            rope_freqs = tuple(factors.tolist())
             continue
-        if name.startswith("blk."):
-            _, index, local = name.split(".", 2)
-            if local not in _LAYER_NAMES:
-                raise ValueError(f"unexpected GGUF tensor {name!r}")
-            canonical = f"model.layers.{index}.{_LAYER_NAMES[local]}"
-        elif name in _GLOBAL_NAMES:
-            canonical = _GLOBAL_NAMES[name]
-        else:
-            raise ValueError(f"unexpected GGUF tensor {name!r}")
-        array = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
-        if not array.flags.writeable:  # F32 tensors are read-only views of the memory-mapped file
-            array = array.copy()
-        if local_is(name, "attn_q"):
-            array = unpermute_rotary_rows(array, spec.num_heads)
-        elif local_is(name, "attn_k"):
-            array = unpermute_rotary_rows(array, spec.num_kv_heads)
-        yield canonical, array
-
-
-def local_is(name: str, kind: str) -> bool:
-    return name.startswith("blk.") and name.split(".")[2] == kind
+        dest = builder.target(canonical_name(info.name), info.shape)
+        kind = info.name.split(".")[2] if info.name.startswith("blk.") else ""
+        if kind == "attn_q":
+            dest = rotary_rows_view(dest, spec.num_heads)
+        elif kind == "attn_k":
+            dest = rotary_rows_view(dest, spec.num_kv_heads)
+        work += [(d, b, info.ggml_type) for d, b in chunks(dest, raw, info.ggml_type)]
+    dequantize_chunks(work, num_threads)
+    return rope_freqs

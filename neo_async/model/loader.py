@@ -1,19 +1,25 @@
-"""Load a model (GGUF file or HF directory) into `LlamaWeights` and a `Tokenizer`."""
+"""Load a model (GGUF file or HF directory) into `LlamaWeights` and a `Tokenizer`.
+
+Each phase's time is logged at debug level (`model_*` events, `seconds`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+import structlog
 import torch
 
 from neo_async.model.hf_dir import iter_hf_tensors, read_hf_config, spec_from_hf_config
 from neo_async.model.registry import model_display_name, resolve_model_path
 from neo_async.model.spec import ModelSpec
 from neo_async.model.tokenizer import Tokenizer, tokenizer_from_gguf_fields, tokenizer_from_hf_dir
-from neo_async.model.weights import LlamaWeights
+from neo_async.model.weights import LlamaWeights, WeightsBuilder
+
+log = structlog.get_logger("neo_async.model.loader")
 
 
 @dataclass
@@ -24,6 +30,16 @@ class LoadedModel:
     path: Path
 
 
+class _PhaseClock:
+    def __init__(self) -> None:
+        self.started = self.last = time.perf_counter()
+
+    def lap(self, event: str, **fields: object) -> None:
+        now = time.perf_counter()
+        log.debug(event, seconds=round(now - self.last, 3), **fields)
+        self.last = now
+
+
 def load_model(
     model: str | Path | None, dtype: torch.dtype, device: torch.device, skip_tokenizer_init: bool = False
 ) -> LoadedModel:
@@ -31,26 +47,56 @@ def load_model(
     from the model's own config only."""
     path = resolve_model_path(model)
     name = model_display_name(model)
+    clock = _PhaseClock()
     if path.is_dir():
-        spec = spec_from_hf_config(read_hf_config(path), name)
-        tokenizer = None if skip_tokenizer_init else tokenizer_from_hf_dir(path)
-        tensors = ((n, t) for n, t in iter_hf_tensors(path))
+        loaded = _load_hf_dir(path, name, dtype, device, clock, skip_tokenizer_init)
     else:
-        from gguf import GGUFReader
+        loaded = _load_gguf(path, name, dtype, device, clock, skip_tokenizer_init)
+    log.debug("model_loaded", path=str(path), seconds=round(time.perf_counter() - clock.started, 3))
+    return loaded
 
-        from neo_async.model.gguf_file import iter_gguf_tensors, read_gguf_metadata, spec_from_gguf
 
-        reader = GGUFReader(str(path))
-        meta = read_gguf_metadata(path, reader)
-        spec = spec_from_gguf(meta, {t.name for t in reader.tensors}, name)
-        tokenizer = None if skip_tokenizer_init else tokenizer_from_gguf_fields(meta)
-        tensors = ((n, torch.from_numpy(a)) for n, a in iter_gguf_tensors(reader, spec))
+def _with_tokenizer_eos(spec: ModelSpec, tokenizer: Tokenizer | None) -> ModelSpec:
     if not spec.eos_token_ids and tokenizer is not None and tokenizer.eos_token_id is not None:
-        spec = dataclasses.replace(spec, eos_token_ids=(tokenizer.eos_token_id,))
+        return dataclasses.replace(spec, eos_token_ids=(tokenizer.eos_token_id,))
+    return spec
+
+
+def _load_hf_dir(
+    path: Path, name: str, dtype: torch.dtype, device: torch.device, clock: _PhaseClock, skip_tokenizer_init: bool
+) -> LoadedModel:
+    spec = spec_from_hf_config(read_hf_config(path), name)
+    tokenizer = None if skip_tokenizer_init else tokenizer_from_hf_dir(path)
+    spec = _with_tokenizer_eos(spec, tokenizer)
+    clock.lap("model_tokenizer_built")
     builder = LlamaWeights.builder(spec, dtype, device)
-    for name_, tensor in tensors:
-        if name_ == "rope_freqs":
-            spec = dataclasses.replace(spec, rope_freq_factors=tuple(float(x) for x in np.asarray(tensor)))
-            continue
-        builder.add(name_, tensor)
-    return LoadedModel(spec, builder.finish(), tokenizer, path)
+    for tensor_name, tensor in iter_hf_tensors(path):
+        builder.add(tensor_name, tensor)
+    clock.lap("model_weights_read")
+    weights = builder.finish()
+    clock.lap("model_weights_prepared")
+    return LoadedModel(spec, weights, tokenizer, path)
+
+
+def _load_gguf(
+    path: Path, name: str, dtype: torch.dtype, device: torch.device, clock: _PhaseClock, skip_tokenizer_init: bool
+) -> LoadedModel:
+    from neo_async.model.gguf_file import load_gguf_weights, spec_from_gguf
+    from neo_async.model.gguf_reader import GGUFFile
+
+    with GGUFFile(path) as file:
+        spec = spec_from_gguf(file.metadata, set(file.tensors), name)
+        clock.lap("model_gguf_opened", num_tensors=len(file.tensors))
+        tokenizer = None if skip_tokenizer_init else tokenizer_from_gguf_fields(file.metadata)
+        spec = _with_tokenizer_eos(spec, tokenizer)
+        clock.lap("model_tokenizer_built")
+        builder: WeightsBuilder = LlamaWeights.builder(spec, dtype, device)
+        file.advise_sequential()
+        rope_freqs = load_gguf_weights(file, spec, builder, num_threads=torch.get_num_threads())
+        num_bytes = sum(info.num_bytes for info in file.tensors.values())
+        clock.lap("model_weights_dequantized", num_bytes=num_bytes)
+    if rope_freqs is not None:
+        spec = dataclasses.replace(spec, rope_freq_factors=rope_freqs)
+    weights = builder.finish()
+    clock.lap("model_weights_prepared")
+    return LoadedModel(spec, weights, tokenizer, path)
