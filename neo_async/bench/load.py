@@ -1,0 +1,175 @@
+"""Model loading against the machine's bounds: `python -m neo_async.bench.load`.
+
+Per repeat, on one GGUF file (the embedded default, `--model PATH`, or a generated Llama of
+`--synthetic 7b|tiny` shape in `--type`, written under `--dir` and deleted afterwards):
+  read      the whole file into a reused buffer (page cache warm: what `cat > /dev/null` does)
+  touch     first write to fresh memory of the weights' size (page faults, zeroing)
+  stream    every tensor dequantised into a reused buffer: file read + dequantisation only
+  load      `load_model` as the engine calls it: read, dequantise into fresh weights, fuse
+Rates are GB/s of file bytes (read, stream, load) or of weight bytes (touch, load_out).
+`--cold` drops the file from the page cache before each repeat (reads come from the disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neo_async.bench.common import machine_info, print_table, write_json
+
+_READ_CHUNK = 64 << 20
+
+
+def _drop_from_page_cache(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def read_file(path: Path) -> float:
+    buffer = bytearray(_READ_CHUNK)
+    view = memoryview(buffer)
+    started = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(view):
+            pass
+    return time.perf_counter() - started
+
+
+def touch_fresh(num_bytes: int) -> float:
+    started = time.perf_counter()
+    torch.empty(num_bytes, dtype=torch.uint8).fill_(1)
+    return time.perf_counter() - started
+
+
+def stream_dequantize(path: Path, dtype: torch.dtype) -> float:
+    """Every tensor into one reused buffer (no fresh memory): read + dequantisation only, on
+    as many threads as `load_model` uses (their writes overlap: only the time matters)."""
+    from neo_async.model.dequant import chunks, dequantize_chunks
+    from neo_async.model.gguf_reader import GGUFFile
+
+    started = time.perf_counter()
+    with GGUFFile(path) as file:
+        largest = max(info.num_elements for info in file.tensors.values())
+        scratch = torch.empty(largest, dtype=dtype)
+        scratch.fill_(0)
+        work = []
+        for info in file.tensors.values():
+            dest = scratch[: info.num_elements].view(info.shape)
+            work += [(d, b, info.ggml_type) for d, b in chunks(dest, file.raw(info), info.ggml_type)]
+        dequantize_chunks(work, torch.get_num_threads())
+        del work
+    return time.perf_counter() - started
+
+
+def load(path: Path, dtype: torch.dtype) -> tuple[float, int]:
+    from neo_async.model.loader import load_model
+
+    started = time.perf_counter()
+    loaded = load_model(path, dtype, torch.device("cpu"))
+    seconds = time.perf_counter() - started
+    w = loaded.weights
+    tensors = [w.embed, w.final_norm] + ([] if w.lm_head.weight is w.embed else [w.lm_head.weight])
+    for layer in w.layers:
+        tensors += [layer.attn_norm, layer.mlp_norm, layer.qkv.weight, layer.o.weight, layer.gate_up.weight, layer.down.weight]
+    return seconds, sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _weight_bytes(path: Path, dtype: torch.dtype) -> int:
+    from neo_async.model.gguf_reader import GGUFFile
+
+    with GGUFFile(path) as file:
+        return sum(info.num_elements for info in file.tensors.values()) * dtype.itemsize
+
+
+def _available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+    return info.get("MemAvailable", 0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m neo_async.bench.load", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="a GGUF file (default: the embedded model)")
+    parser.add_argument("--synthetic", choices=["7b", "tiny"], help="generate a Llama GGUF of this shape instead")
+    parser.add_argument("--layers", type=int, help="synthetic: this many layers instead of the shape's")
+    parser.add_argument("--type", default="Q4_1", help="synthetic: ggml type of the matrices (Q4_1, Q8_0, Q4_K, ...)")
+    parser.add_argument("--dir", default=tempfile.gettempdir(), help="synthetic: where the file is written")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--phases", default="read,touch,stream,load")
+    parser.add_argument("--cold", action="store_true", help="drop the file from the page cache before each phase")
+    parser.add_argument("--json", help="also write the rows here")
+    args = parser.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
+    phases = args.phases.split(",")
+
+    generated = None
+    if args.synthetic:
+        import dataclasses
+
+        from gguf import GGMLQuantizationType
+
+        from neo_async.bench.synthetic_gguf import LLAMA_7B, TINY, write_synthetic_gguf
+
+        shape = LLAMA_7B if args.synthetic == "7b" else TINY
+        if args.layers:
+            shape = dataclasses.replace(shape, num_layers=args.layers)
+        generated = Path(tempfile.mkstemp(suffix=".gguf", dir=args.dir)[1])
+        started = time.perf_counter()
+        write_synthetic_gguf(generated, shape, GGMLQuantizationType[args.type])
+        print(f"wrote {generated} ({generated.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - started:.1f} s")
+        path = generated
+    else:
+        from neo_async.model.registry import resolve_model_path
+
+        path = resolve_model_path(args.model)
+    try:
+        rows = _run(path, dtype, phases, args)
+    finally:
+        if generated is not None:
+            generated.unlink()
+    print_table(rows, ["phase", "repeat", "seconds", "GB/s", "out_GB/s"])
+    write_json(args.json, {"machine": machine_info(), "file": str(path), "rows": rows})
+
+
+def _run(path: Path, dtype: torch.dtype, phases: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    file_bytes = path.stat().st_size
+    weight_bytes = _weight_bytes(path, dtype)
+    print(f"file {file_bytes / 1e9:.2f} GB, weights {weight_bytes / 1e9:.2f} GB in {args.dtype}, torch threads {torch.get_num_threads()}")
+    if "load" in phases and _available_bytes() < weight_bytes + (2 << 30):
+        raise SystemExit(f"not enough free memory for the load phase: {_available_bytes() / 1e9:.1f} GB available")
+    rows = []
+    for repeat in range(args.repeats):
+        for phase in phases:
+            if args.cold and phase in ("read", "stream", "load"):
+                _drop_from_page_cache(path)
+            row: dict[str, Any] = {"phase": phase, "repeat": repeat}
+            if phase == "read":
+                row["seconds"] = read_file(path)
+                row["GB/s"] = file_bytes / row["seconds"] / 1e9
+            elif phase == "touch":
+                row["seconds"] = touch_fresh(weight_bytes)
+                row["out_GB/s"] = weight_bytes / row["seconds"] / 1e9
+            elif phase == "stream":
+                row["seconds"] = stream_dequantize(path, dtype)
+                row["GB/s"] = file_bytes / row["seconds"] / 1e9
+            elif phase == "load":
+                row["seconds"], out_bytes = load(path, dtype)
+                row["GB/s"] = file_bytes / row["seconds"] / 1e9
+                row["out_GB/s"] = out_bytes / row["seconds"] / 1e9
+            else:
+                raise SystemExit(f"unknown phase {phase!r}")
+            print(f"{phase:>7} #{repeat}: {row['seconds']:.2f} s", flush=True)
+            rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
