@@ -23,6 +23,7 @@ def test_allocation_is_aligned_zeroed_and_in_huge_pages():
     t = allocation.tensor
     assert t.numel() == 64 << 20 and t.data_ptr() % HUGE_PAGE_BYTES == 0
     assert int(t.count_nonzero()) == 0
+    assert allocation.wait_populated(120)
     if _thp_mode() == "never":
         pytest.skip("transparent huge pages are disabled on this machine")
     assert allocation.is_huge_advised
@@ -42,3 +43,12 @@ def test_cpu_kv_pools_live_in_aligned_host_memory():
     for pool in (cache.k, cache.v):
         assert pool.data_ptr() % HUGE_PAGE_BYTES == 0 and pool.shape == (2, 8, 3, 16, 64)
     assert cache.bytes_per_block == 2 * 2 * 3 * 16 * 64 * 4
+
+
+def test_population_in_the_background_never_changes_contents():
+    allocation = allocate_host_bytes(256 << 20)
+    t = allocation.tensor
+    marks = torch.arange(0, t.numel(), 4093)
+    t[marks] = 7  # written while the populating thread may still be running
+    assert allocation.wait_populated(120)
+    assert bool((t[marks] == 7).all()) and int(t.count_nonzero()) == marks.numel()
