@@ -18,7 +18,14 @@ from neo_async.model.loader import load_model
 from neo_async.output_processor import OutputProcessor
 from neo_async.outputs import RequestDelta
 from neo_async.runner.attention import KVCache
-from neo_async.runner.device import configure_threads, device_free_bytes, host_available_bytes, pick_device, torch_dtype
+from neo_async.runner.device import (
+    configure_threads,
+    device_free_bytes,
+    host_available_bytes,
+    pick_device,
+    pipelined_torch_threads,
+    torch_dtype,
+)
 from neo_async.runner.executor import Executor
 from neo_async.runner.sampler import Sampler
 from neo_async.sampling_params import SamplingParams
@@ -35,7 +42,7 @@ class Engine:
         self.config = config
         self.device = pick_device()
         self.num_torch_threads, self.num_kernel_threads = configure_threads(
-            self.device, config.model.torch_threads, config.model.kernel_threads, config.scheduler.pipeline == "on"
+            self.device, config.model.torch_threads, config.model.kernel_threads
         )
         dtype = torch_dtype(config.model.dtype)
         started = time.perf_counter()
@@ -60,6 +67,9 @@ class Engine:
         self.scheduler = Scheduler(config.scheduler, self.device_pool, self.host_pool, cache_cfg.offload)
         self.sampler = Sampler(self.spec.vocab_size, self.spec.eos_token_ids, self.device)
         self.executor = Executor(self.model, self.cache, self.sampler, self.host_cache)
+        self.executor.pipelined_torch_threads = pipelined_torch_threads(
+            self.device, config.model.torch_threads, self.num_kernel_threads
+        )
         self.outputs = OutputProcessor(self.tokenizer, self.spec.eos_token_ids)
         self.num_prompt_tokens_total = 0
         self.num_generation_tokens_total = 0

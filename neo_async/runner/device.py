@@ -20,28 +20,33 @@ def torch_dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
-def configure_threads(
-    device: torch.device, torch_threads: int | None, kernel_threads: int | None, pipelined: bool = False
-) -> tuple[int, int]:
+def configure_threads(device: torch.device, torch_threads: int | None, kernel_threads: int | None) -> tuple[int, int]:
     """Size torch's intra-op pool (CPU device only) and rust_cpuattn's pool; returns both sizes.
 
     Default kernel threads: 1 on the CPU device, where the kernel runs between torch's ops on
     the calling thread while torch's OpenMP workers still spin-wait on the other cores (a
     second kernel thread fights them: measured slower at 500-token contexts); with a CUDA
-    device, every core. Pipelined on the CPU device, the two lanes run at the same time on
-    separate cores: the host lane (the kernel) gets half the cores, torch the rest.
+    device, every core.
     """
     cores = len(os.sched_getaffinity(0))
     if device.type == "cpu":
-        if pipelined:
-            kernel_threads = kernel_threads or max(1, cores // 2)
-            torch_threads = torch_threads or max(1, cores - kernel_threads)
         torch.set_num_threads(max(1, torch_threads or cores))
     num_torch = torch.get_num_threads()
     if rust_cpuattn is None:
         return num_torch, 0
     rust_cpuattn.set_num_threads(kernel_threads or (1 if device.type == "cpu" else cores))
     return num_torch, rust_cpuattn.get_num_threads()
+
+
+def pipelined_torch_threads(device: torch.device, torch_threads: int | None, num_kernel_threads: int) -> int | None:
+    """torch's intra-op budget during a pipelined step on the CPU device: the cores the host
+    lane (its worker thread running the kernel's team) does not use, so the two lanes overlap on
+    separate cores; None on CUDA (torch's CPU threads are not the device lane there). Sequential
+    steps keep the full budget."""
+    if device.type != "cpu":
+        return None
+    cores = len(os.sched_getaffinity(0))
+    return torch_threads or max(1, cores - max(1, num_kernel_threads))
 
 
 def device_free_bytes(device: torch.device) -> int:

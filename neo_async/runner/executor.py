@@ -9,6 +9,9 @@ A pipelined plan runs its two sub-batches overlapped instead (`pipelined.py`).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from neo_async.kv.swap import LayerCopy
@@ -33,6 +36,7 @@ class Executor:
         self.pool_devices = {loc: c.device for loc, c in self.caches.items()}
         self.keep_logits = False  # when set, outputs carry each sampling row's raw logits (tests)
         self.host_lane: HostLane | None = None  # started by the first pipelined plan
+        self.pipelined_torch_threads: int | None = None  # torch's budget during pipelined steps (CPU device)
 
     @torch.inference_mode()
     def execute(self, plan: Plan) -> ExecuteOutput:
@@ -48,7 +52,8 @@ class Executor:
         if plan.is_pipelined:
             if self.host_lane is None:
                 self.host_lane = HostLane()
-            sampling, hidden = run_pipelined(self, plan, copies, self.host_lane)
+            with _torch_threads(self.pipelined_torch_threads):
+                sampling, hidden = run_pipelined(self, plan, copies, self.host_lane)
         else:
             sampling, hidden = self._run_sequential(plan, copies)
         return self._sample(sampling, hidden)
@@ -130,3 +135,17 @@ class Executor:
                     k_new=k[rows], v_new=v[rows], out=out[rows],
                 )
         return None
+
+
+@contextlib.contextmanager
+def _torch_threads(num_threads: int | None) -> Iterator[None]:
+    """torch's intra-op pool sized num_threads for the block (unchanged when None)."""
+    before = torch.get_num_threads()
+    if num_threads is None or num_threads == before:
+        yield
+        return
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
