@@ -62,7 +62,8 @@ class Engine:
         self.host_cache = None
         if num_host_blocks:
             cpu = torch.device("cpu")
-            self.host_cache = KVCache(kv_shape[0], num_host_blocks, *kv_shape[1:], dtype, cpu, pin_for_cuda=self.device.type == "cuda")
+            pin = self.device.type == "cuda"
+            self.host_cache = KVCache(kv_shape[0], num_host_blocks, *kv_shape[1:], dtype, cpu, pin_for_cuda=pin)
         self.host_pool = BlockPool(num_host_blocks, block_size, "host")
         self.scheduler = Scheduler(config.scheduler, self.device_pool, self.host_pool, cache_cfg.offload)
         self.sampler = Sampler(self.spec.vocab_size, self.spec.eos_token_ids, self.device)
@@ -237,7 +238,9 @@ class Engine:
         self.num_host_prefill_tokens_total += moved["host_prefill_tokens"]
         for chunk in plan.chunks:
             if chunk.start_pos == 0:
-                log.debug("kv_placed", request_id=chunk.request_id, location=chunk.location.value, num_tokens=len(chunk.prompt_token_ids))
+                log.debug(
+                    "kv_placed", request_id=chunk.request_id, location=chunk.location.value, num_tokens=len(chunk.prompt_token_ids)
+                )
         for direction, ids in (("out", plan.swapped_out_ids), ("in", plan.swapped_in_ids)):
             for request_id in ids:
                 log.debug("kv_swapped", request_id=request_id, direction=direction)

@@ -21,16 +21,10 @@ class LayerCopy:
         self.runs = runs
         self.src = src
         self.dst = dst
-        self.num_blocks = sum(r.num_blocks for r in runs)
         self.use_rust = rust_cpuattn is not None and src.device.type == "cpu" and dst.device.type == "cpu"
         if self.use_rust and runs:
             self.src_ids = torch.tensor([r.src_start + i for r in runs for i in range(r.num_blocks)], dtype=torch.int64)
             self.dst_ids = torch.tensor([r.dst_start + i for r in runs for i in range(r.num_blocks)], dtype=torch.int64)
-
-    @property
-    def num_bytes(self) -> int:
-        """Bytes copied over every layer, K and V."""
-        return self.num_blocks * self.src.bytes_per_block
 
     def copy_layer(self, layer: int) -> None:
         if not self.runs:

@@ -44,10 +44,6 @@ class KVCache:
         self.use_rust_decode = device.type == "cpu" and rust_cpuattn is not None
 
     @property
-    def num_blocks(self) -> int:
-        return self.k.shape[1]
-
-    @property
     def bytes_per_block(self) -> int:
         """Bytes of one block over every layer, K and V."""
         return 2 * self.k[:, 0].numel() * self.k.element_size()

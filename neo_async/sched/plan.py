@@ -101,10 +101,6 @@ class Plan:
         return sum(c.num_tokens for c in self.chunks)
 
     @property
-    def is_empty(self) -> bool:
-        return not self.chunks and not self.swap_out and not self.swap_in
-
-    @property
     def num_host_chunks(self) -> int:
         return sum(c.is_host for c in self.chunks)
 

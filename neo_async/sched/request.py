@@ -35,7 +35,6 @@ class Request:
     num_computed_tokens: int = 0
     status: RequestStatus = RequestStatus.WAITING
     num_preemptions: int = 0
-    num_swaps: int = 0
     location: KVLocation | None = None
     extra: dict = field(default_factory=dict)
 

@@ -50,8 +50,6 @@ class Scheduler:
         self.num_preemptions_total = 0
         self.num_swapped_out_total = 0
         self.num_swapped_in_total = 0
-        self.num_blocks_swapped_out_total = 0
-        self.num_blocks_swapped_in_total = 0
         # (request id, src block, dst block) of this iteration's swaps, until the plan is built
         self._out_pairs: list[tuple[str, int, int]] = []
         self._in_pairs: list[tuple[str, int, int]] = []
@@ -138,7 +136,8 @@ class Scheduler:
         target = request.num_computed_tokens + num_new
         while not self.pools[request.location].can_grow(request.request_id, target):
             victim = self._newest(request.location, index, plan)
-            if victim is not None and victim.location is DEVICE and self.placement.can_swap_out(victim, target if victim is request else None):
+            to_run = target if victim is request else None
+            if victim is not None and victim.location is DEVICE and self.placement.can_swap_out(victim, to_run):
                 self._move(victim, DEVICE, HOST, self._out_pairs)
                 self.num_swapped_out_total += 1
                 plan.swapped_out_ids.append(victim.request_id)
@@ -166,11 +165,6 @@ class Scheduler:
         self.pools[src].free(request.request_id)
         pairs.extend((request.request_id, s, d) for s, d in zip(src_ids, dst_ids))
         request.location = dst
-        request.num_swaps += 1
-        if dst is HOST:
-            self.num_blocks_swapped_out_total += len(src_ids)
-        else:
-            self.num_blocks_swapped_in_total += len(src_ids)
 
     def _preempt(self, request: Request, plan: Plan) -> None:
         self.running.remove(request)
@@ -247,4 +241,5 @@ class Scheduler:
             assert held >= needed, f"{request.request_id} holds {held} blocks for {request.num_computed_tokens} tokens"
         for request in self.waiting:
             assert request.location is None and request.num_computed_tokens == 0, f"waiting {request.request_id} holds KV"
-        assert {r.request_id for r in self.running} | {r.request_id for r in self.waiting} == set(self.requests), "request sets disagree"
+        known = {r.request_id for r in self.running} | {r.request_id for r in self.waiting}
+        assert known == set(self.requests), "request sets disagree"
