@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import queue
 import resource
 import threading
 import time
@@ -60,9 +61,8 @@ def allocate_host_bytes(num_bytes: int, pin_for_cuda: bool = False) -> HostAlloc
     allocation = HostAllocation(tensor, is_huge_advised, is_pinned)
     if is_pinned or num_bytes == 0:
         allocation.populated.set()
-    elif _populate(tensor, 0, min(num_bytes, _POPULATE_CHUNK_BYTES)):
-        thread = threading.Thread(target=_populate_rest, args=(allocation, started), name="neo-populate", daemon=True)
-        thread.start()
+    elif _populate(tensor, 0, min(num_bytes, HUGE_PAGE_BYTES)):  # supported: the rest in the background
+        _populator().put((allocation, started))
         return allocation
     else:
         tensor.zero_()  # no MADV_POPULATE_WRITE: touch in the foreground (contents are zero already)
@@ -77,14 +77,32 @@ def _populate(tensor: torch.Tensor, start: int, stop: int) -> bool:
     return _libc().madvise(tensor.data_ptr() + start, stop - start, MADV_POPULATE_WRITE) == 0
 
 
-def _populate_rest(allocation: HostAllocation, started: float) -> None:
-    tensor = allocation.tensor
-    for start in range(_POPULATE_CHUNK_BYTES, tensor.numel(), _POPULATE_CHUNK_BYTES):
-        if not _populate(tensor, start, min(tensor.numel(), start + _POPULATE_CHUNK_BYTES)):
-            break  # the rest is faulted in on first use
-    allocation.populated.set()
-    log.debug("host_memory_populated", num_bytes=tensor.numel(), huge_pages=allocation.is_huge_advised,
-              seconds=round(time.perf_counter() - started, 3))
+_POPULATOR: queue.SimpleQueue[tuple[HostAllocation, float]] | None = None
+_POPULATOR_LOCK = threading.Lock()
+
+
+def _populator() -> queue.SimpleQueue[tuple[HostAllocation, float]]:
+    """The queue of the one background thread that populates allocations in turn (one core at
+    most, so start-up's own work keeps the others)."""
+    global _POPULATOR
+    with _POPULATOR_LOCK:
+        if _POPULATOR is None:
+            _POPULATOR = queue.SimpleQueue()
+            threading.Thread(target=_populate_forever, args=(_POPULATOR,), name="neo-populate", daemon=True).start()
+        return _POPULATOR
+
+
+def _populate_forever(pending: queue.SimpleQueue[tuple[HostAllocation, float]]) -> None:
+    while True:
+        allocation, started = pending.get()
+        tensor = allocation.tensor
+        for start in range(HUGE_PAGE_BYTES, tensor.numel(), _POPULATE_CHUNK_BYTES):
+            if not _populate(tensor, start, min(tensor.numel(), start + _POPULATE_CHUNK_BYTES)):
+                break  # the rest is faulted in on first use
+        allocation.populated.set()
+        log.debug("host_memory_populated", num_bytes=tensor.numel(), huge_pages=allocation.is_huge_advised,
+                  seconds=round(time.perf_counter() - started, 3))
+        del allocation, tensor  # the queue must not keep a freed pool's memory alive
 
 
 _LIBC: ctypes.CDLL | None = None
