@@ -9,6 +9,9 @@ import sys
 COMMANDS = {
     "serve": ("neo_async.server.serve:main", "run the OpenAI-compatible HTTP server"),
     "generate": ("neo_async.generate_cli:main", "generate text for one prompt and print it"),
+    "profile": ("neo_async.profile.cli:main", "measure this machine's cost tables (JSON, PNG plots)"),
+    "simulate": ("neo_async.sim.cli:simulate_main", "replay a workload on simulated hardware"),
+    "plan": ("neo_async.sim.cli:plan_main", "compare off / neo / full on simulated hardware"),
     "bench": (None, "benchmarks: offline | kernel | offload | serve"),
 }
 BENCHES = {
