@@ -45,7 +45,7 @@ class ModelConfig:
 
 
 OFFLOAD_MODES = ("off", "neo", "full")
-PIPELINE_MODES = ("off", "on")
+PIPELINE_MODES = ("off", "on", "auto")
 AUTO = "auto"
 CPU_DEVICE_KV_TOKENS = 32768  # device_kv_tokens' default when the CPU plays the device
 
@@ -98,13 +98,25 @@ class SchedulerConfig:
     # host requests swap back in while the device pool stays under this share of its blocks
     swap_in_watermark: float = 0.95
     # off: one sequential pass per layer; on: two sub-batches overlapped per layer (host attention
-    # of one while the device runs the other) whenever a plan has pipeline_min_host_decodes host decodes
-    pipeline: str = "off"
+    # of one while the device runs the other) whenever a plan has pipeline_min_host_decodes host
+    # decodes; auto: each iteration, whichever the cost tables predict faster
+    pipeline: str = "auto"
     pipeline_min_host_decodes: int = 2
+    # per-output-token latency target: no plan predicted slower is chosen when one that meets it exists
+    tpot_slo_ms: float | None = None
+    # a host decode left out of an iteration (its lane predicted to slow the step) runs within this many
+    max_host_wait_iterations: int = 4
+    # "auto": tables cached for this machine, model and thread split, else a quick profile at
+    # start-up; a path: tables written by `neo-async profile`; "none": no cost model (fixed rules)
+    cost_tables: str = "auto"
 
     def validate(self) -> None:
         if self.pipeline not in PIPELINE_MODES:
             raise ValueError(f"pipeline must be one of {PIPELINE_MODES}, got {self.pipeline!r}")
+        if self.tpot_slo_ms is not None and self.tpot_slo_ms <= 0:
+            raise ValueError(f"tpot_slo_ms must be > 0, got {self.tpot_slo_ms}")
+        if self.max_host_wait_iterations < 0:
+            raise ValueError(f"max_host_wait_iterations must be >= 0, got {self.max_host_wait_iterations}")
         if self.pipeline_min_host_decodes < 1:
             raise ValueError(f"pipeline_min_host_decodes must be >= 1, got {self.pipeline_min_host_decodes}")
         if not 0.0 < self.swap_in_watermark <= 1.0:

@@ -27,6 +27,7 @@ from collections import deque
 
 from neo_async.config import SchedulerConfig
 from neo_async.kv.block_pool import BlockPool
+from neo_async.sched.costs import CostModel
 from neo_async.sched.pipeline import split_sub_batches
 from neo_async.sched.placement import Placement
 from neo_async.sched.plan import ExecuteOutput, KVLocation, Plan, ScheduledChunk, coalesce
@@ -37,9 +38,15 @@ DEVICE, HOST = KVLocation.DEVICE, KVLocation.HOST
 
 class Scheduler:
     def __init__(
-        self, config: SchedulerConfig, device_pool: BlockPool, host_pool: BlockPool | None = None, offload: str = "off"
+        self,
+        config: SchedulerConfig,
+        device_pool: BlockPool,
+        host_pool: BlockPool | None = None,
+        offload: str = "off",
+        costs: CostModel | None = None,
     ) -> None:
         self.config = config
+        self.costs = costs
         self.host_pool = host_pool if host_pool is not None else BlockPool(0, device_pool.block_size, "host")
         self.pools = {DEVICE: device_pool, HOST: self.host_pool}
         self.device_pool = device_pool
@@ -116,7 +123,7 @@ class Scheduler:
             budget -= num_new
         plan.swap_out = coalesce([s for _, s, _ in self._out_pairs], [d for _, _, d in self._out_pairs])
         plan.swap_in = coalesce([s for _, s, _ in self._in_pairs], [d for _, _, d in self._in_pairs])
-        if self.config.pipeline == "on":
+        if self.config.pipeline != "off":
             split = split_sub_batches(plan.chunks, self.config.pipeline_min_host_decodes)
             if split is not None:
                 plan.chunks, plan.is_pipelined = split, True
