@@ -95,6 +95,8 @@ class Plan:
     swapped_in_ids: list[str] = field(default_factory=list)
     # Two sub-batches overlapped per layer (chunks' sub_batch); both non-empty when set
     is_pipelined: bool = False
+    deferred_ids: list[str] = field(default_factory=list)  # host decodes left out this iteration
+    predicted_s: float | None = None  # the cost model's time for this plan, when there is one
 
     @property
     def num_batched_tokens(self) -> int:

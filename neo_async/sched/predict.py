@@ -16,6 +16,7 @@ Both add the swap copies of the layer and, once per iteration, the work outside 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -46,6 +47,32 @@ class Load:
         else:
             self.device_decodes += 1
             self.device_kv_tokens += chunk.seq_len
+
+    def add_decode(self, seq_len: int, is_host: bool) -> None:
+        """A decode of a request whose cache will hold seq_len tokens."""
+        self.num_tokens += 1
+        self.num_sampled += 1
+        if is_host:
+            self.host_decodes += 1
+            self.host_kv_tokens += seq_len
+        else:
+            self.device_decodes += 1
+            self.device_kv_tokens += seq_len
+
+    def remove_decode(self, chunk: ScheduledChunk) -> None:
+        """Undo `add` of a decode chunk."""
+        assert chunk.is_decode
+        self.num_tokens -= 1
+        self.num_sampled -= chunk.is_sampling
+        if chunk.is_host:
+            self.host_decodes -= 1
+            self.host_kv_tokens -= chunk.seq_len
+        else:
+            self.device_decodes -= 1
+            self.device_kv_tokens -= chunk.seq_len
+
+    def copy(self) -> "Load":
+        return dataclasses.replace(self, prefills=list(self.prefills))
 
     @classmethod
     def of(cls, chunks: Iterable[ScheduledChunk]) -> "Load":

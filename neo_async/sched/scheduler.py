@@ -29,6 +29,8 @@ from neo_async.config import SchedulerConfig
 from neo_async.kv.block_pool import BlockPool
 from neo_async.sched.costs import CostModel
 from neo_async.sched.pipeline import split_sub_batches
+from neo_async.sched.policy import Policy
+from neo_async.sched.predict import Load
 from neo_async.sched.placement import Placement
 from neo_async.sched.plan import ExecuteOutput, KVLocation, Plan, ScheduledChunk, coalesce
 from neo_async.sched.request import Request, RequestStatus
@@ -46,7 +48,9 @@ class Scheduler:
         costs: CostModel | None = None,
     ) -> None:
         self.config = config
-        self.costs = costs
+        self.policy = Policy(costs, config) if costs is not None else None
+        # host decodes left out of consecutive iterations so far, by request id (the policy's bound)
+        self.host_waits: dict[str, int] = {}
         self.host_pool = host_pool if host_pool is not None else BlockPool(0, device_pool.block_size, "host")
         self.pools = {DEVICE: device_pool, HOST: self.host_pool}
         self.device_pool = device_pool
@@ -97,22 +101,39 @@ class Scheduler:
         self._out_pairs, self._in_pairs = [], []
         self._swap_in(plan)
         budget = self.config.max_num_batched_tokens
+        prefill_budget = self._prefill_budget(budget)
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
             num_new = min(request.num_uncomputed_tokens, budget)
+            if num_new > 1:
+                num_new = max(1, min(num_new, prefill_budget))
+                prefill_budget -= num_new
             if not self._reserve(request, num_new, index, plan):
                 continue  # the request preempted itself; the next one moved into its index
             plan.chunks.append(self._chunk(request, num_new))
             budget -= num_new
             index += 1
+        self._admit(plan, min(budget, max(0, prefill_budget)))
+        plan.swap_out = coalesce([s for _, s, _ in self._out_pairs], [d for _, _, d in self._out_pairs])
+        plan.swap_in = coalesce([s for _, s, _ in self._in_pairs], [d for _, _, d in self._in_pairs])
+        self._shape(plan)
+        return plan
+
+    def _admit(self, plan: Plan, budget: int) -> None:
+        """Waiting requests, first come first served, chunked to the budget, where they fit."""
         is_host_round = False
+        steady = self._steady_load() if self.policy is not None else None
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
             num_new = min(request.num_uncomputed_tokens, budget)
             location = self.placement.place(request, request.num_computed_tokens + num_new, is_host_round)
             if location is None:
                 break
+            if location is HOST and steady is not None:
+                if not self.policy.admit_to_host(steady, request.num_tokens):
+                    break  # predicted to slow the steady state: wait for the device
+                steady.add_decode(request.num_tokens, is_host=True)
             is_host_round = is_host_round or location is HOST
             self.pools[location].grow(request.request_id, request.num_computed_tokens + num_new)
             self.waiting.popleft()
@@ -121,13 +142,43 @@ class Scheduler:
             self.running.append(request)
             plan.chunks.append(self._chunk(request, num_new))
             budget -= num_new
-        plan.swap_out = coalesce([s for _, s, _ in self._out_pairs], [d for _, _, d in self._out_pairs])
-        plan.swap_in = coalesce([s for _, s, _ in self._in_pairs], [d for _, _, d in self._in_pairs])
-        if self.config.pipeline != "off":
-            split = split_sub_batches(plan.chunks, self.config.pipeline_min_host_decodes)
-            if split is not None:
-                plan.chunks, plan.is_pipelined = split, True
-        return plan
+
+    def _shape(self, plan: Plan) -> None:
+        """Mode, sub-batches and deferred host decodes: the policy's choice with a cost model;
+        without one, the fixed split when pipeline is "on", else sequential."""
+        if self.policy is None:
+            if self.config.pipeline == "on":
+                split = split_sub_batches(plan.chunks, self.config.pipeline_min_host_decodes)
+                if split is not None:
+                    plan.chunks, plan.is_pipelined = split, True
+            return
+        swap_blocks = Plan.num_run_blocks(plan.swap_out) + Plan.num_run_blocks(plan.swap_in)
+        choice = self.policy.choose(plan.chunks, swap_blocks, self.host_waits)
+        plan.chunks, plan.is_pipelined = choice.chunks, choice.is_pipelined
+        plan.deferred_ids, plan.predicted_s = choice.deferred_ids, choice.predicted_s
+        for chunk in plan.chunks:
+            self.host_waits.pop(chunk.request_id, None)
+        for request_id in choice.deferred_ids:
+            self.host_waits[request_id] = self.host_waits.get(request_id, 0) + 1
+
+    def _prefill_budget(self, budget: int) -> int:
+        """Prefill tokens this iteration: all of the budget, or with a latency target what the
+        policy predicts fits next to the running decodes (one block at least)."""
+        if self.policy is None or self.config.tpot_slo_ms is None:
+            return budget
+        decodes = Load()
+        for request in self.running:
+            if request.num_uncomputed_tokens == 1 and request.num_computed_tokens > 0:
+                decodes.add_decode(request.num_tokens, is_host=request.location is HOST)
+        return self.policy.prefill_budget(decodes, budget, min(budget, self.device_pool.block_size))
+
+    def _steady_load(self) -> Load:
+        """Every running request as one decode at its current length: the load that admission
+        adds to."""
+        load = Load()
+        for request in self.running:
+            load.add_decode(request.num_tokens, is_host=request.location is HOST)
+        return load
 
     def _swap_in(self, plan: Plan) -> None:
         for request in [r for r in self.running if r.location is HOST]:
@@ -222,6 +273,7 @@ class Scheduler:
 
     def finish(self, request_id: str) -> Request | None:
         """Drop a request (finished or aborted) and free its blocks; unknown ids are ignored."""
+        self.host_waits.pop(request_id, None)
         request = self.requests.pop(request_id, None)
         if request is None:
             return None

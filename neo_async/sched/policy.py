@@ -1,0 +1,187 @@
+"""The load-aware policy (pure: no torch, no clock): from predicted costs, each iteration,
+which host decodes run and in which sub-batch, whether the plan runs pipelined or sequential,
+how many prefill tokens fit a latency target, and whether a new prompt may start on the host.
+
+Objective: tokens per second (a plan's batched tokens over its predicted time). With
+`tpot_slo_ms` set, a plan predicted to exceed it is never chosen when one that meets it exists.
+Host decodes may be left out of an iteration (deferred) when that raises the rate or is needed
+to meet the target, but never `max_host_wait_iterations` times in a row: every request makes
+progress. `pipeline = "on"` always runs a pipelined plan when one exists (the split still
+follows the costs); "auto" picks the faster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from neo_async.config import SchedulerConfig
+from neo_async.sched.costs import CostModel
+from neo_async.sched.predict import Load, pipelined_time, sequential_time
+from neo_async.sched.plan import ScheduledChunk
+
+# a deferral must raise the predicted rate by this share: predictions are not exact
+_MIN_GAIN = 0.02
+# the host lane's share of host decodes tried when pricing a load without its per-request split
+_B1_SHARES = (0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass
+class Choice:
+    chunks: list[ScheduledChunk]  # to run, in the given order; sub_batch set when pipelined
+    deferred_ids: list[str]
+    is_pipelined: bool
+    predicted_s: float
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.chunks)
+
+
+class Policy:
+    def __init__(self, costs: CostModel, config: SchedulerConfig) -> None:
+        self.costs = costs
+        self.config = config
+        self.slo_s = config.tpot_slo_ms / 1000 if config.tpot_slo_ms is not None else None
+
+    # ---- the iteration's plan ------------------------------------------------------------
+
+    def choose(self, chunks: list[ScheduledChunk], swap_blocks: int, waits: dict[str, int]) -> Choice:
+        """The plan to run. waits: iterations each host decode has been deferred in a row."""
+        host = sorted((c for c in chunks if c.is_host and c.is_decode), key=lambda c: -c.seq_len)
+        deferrable = [c for c in host if waits.get(c.request_id, 0) < self.config.max_host_wait_iterations]
+        candidates = []
+        if self.config.pipeline != "off" and len(host) >= self.config.pipeline_min_host_decodes:
+            candidates.append(self._pipelined(chunks, host, deferrable, swap_blocks))
+        candidates = [c for c in candidates if c is not None]
+        if not candidates or self.config.pipeline == "auto":
+            candidates.append(self._sequential(chunks, deferrable, swap_blocks))
+        return self._best(candidates)
+
+    def _best(self, candidates: list[Choice]) -> Choice:
+        if self.slo_s is not None:
+            meeting = [c for c in candidates if c.predicted_s <= self.slo_s]
+            if not meeting:
+                return min(candidates, key=lambda c: c.predicted_s)
+            candidates = meeting
+        return max(candidates, key=lambda c: c.num_tokens / max(c.predicted_s, 1e-9))
+
+    def _sequential(self, chunks: list[ScheduledChunk], deferrable: list[ScheduledChunk], swap_blocks: int) -> Choice:
+        load = Load.of(chunks)
+        price = lambda: sequential_time(self.costs, load, swap_blocks)  # noqa: E731
+        deferred = self._defer(load.num_tokens, deferrable, price, lambda c: load.remove_decode(c), lambda c: load.add(c))
+        kept = [c for c in chunks if c.request_id not in deferred]
+        return Choice(kept, sorted(deferred), False, price())
+
+    def _pipelined(
+        self, chunks: list[ScheduledChunk], host: list[ScheduledChunk], deferrable: list[ScheduledChunk], swap_blocks: int
+    ) -> Choice | None:
+        """Host decodes, longest first, each into the sub-batch where the layer is predicted
+        shorter (ties, and the first, to b1); None when b0 or b1 would be empty."""
+        host_ids = {c.request_id for c in host}
+        loads = (Load.of(c for c in chunks if c.request_id not in host_ids), Load())
+        side: dict[str, int] = {}
+        for k, chunk in enumerate(host):
+            times = []
+            for j in (0, 1):
+                loads[j].add(chunk)
+                times.append(pipelined_time(self.costs, *loads, swap_blocks))
+                loads[j].remove_decode(chunk)
+            side[chunk.request_id] = 1 if k == 0 or times[1] <= times[0] else 0  # b1 is never empty
+            loads[side[chunk.request_id]].add(chunk)
+        if not loads[0].num_tokens and len(host) > 1:  # b0 neither: it takes the shortest
+            side[host[-1].request_id] = 0
+            loads[1].remove_decode(host[-1])
+            loads[0].add(host[-1])
+        price = lambda: pipelined_time(self.costs, *loads, swap_blocks)  # noqa: E731
+        deferred = self._defer(
+            loads[0].num_tokens + loads[1].num_tokens,
+            deferrable,
+            price,
+            lambda c: loads[side[c.request_id]].remove_decode(c),
+            lambda c: loads[side[c.request_id]].add(c),
+        )
+        if not loads[0].num_tokens or not loads[1].num_tokens:
+            return None
+        kept = [dataclasses.replace(c, sub_batch=side.get(c.request_id, 0)) for c in chunks if c.request_id not in deferred]
+        return Choice(kept, sorted(deferred), True, price())
+
+    def _defer(self, num_tokens: int, deferrable: list[ScheduledChunk], price, remove, add) -> set[str]:
+        """Leave out deferrable host decodes, longest first, while that raises the rate (or, above
+        the latency target, shortens the step); stops at the first that does not."""
+        deferred: set[str] = set()
+        before = price()
+        for chunk in deferrable:
+            remove(chunk)
+            after = price()
+            if not self._defer_helps(num_tokens, before, after):
+                add(chunk)
+                break
+            deferred.add(chunk.request_id)
+            num_tokens, before = num_tokens - 1, after
+        return deferred
+
+    def _defer_helps(self, num_tokens: int, before: float, after: float) -> bool:
+        if num_tokens <= 1:
+            return False
+        if self.slo_s is not None and before > self.slo_s:
+            return after < before
+        return (num_tokens - 1) / max(after, 1e-9) > (1 + _MIN_GAIN) * num_tokens / max(before, 1e-9)
+
+    # ---- admission ---------------------------------------------------------------------------
+
+    def best_time(self, load: Load) -> float:
+        """The faster of sequential and pipelined for a load whose host decodes may be split in
+        any proportion (the per-request split unknown: shares of the total tried)."""
+        best = sequential_time(self.costs, load)
+        if self.config.pipeline == "off" or load.host_decodes < self.config.pipeline_min_host_decodes:
+            return best
+        for share in _B1_SHARES:
+            n1 = max(1, round(load.host_decodes * share))
+            kv1 = load.host_kv_tokens * n1 // load.host_decodes
+            b1 = Load(num_tokens=n1, num_sampled=n1, host_decodes=n1, host_kv_tokens=kv1)
+            b0 = load.copy()
+            b0.num_tokens -= n1
+            b0.num_sampled -= n1
+            b0.host_decodes -= n1
+            b0.host_kv_tokens -= kv1
+            if b0.num_tokens > 0:
+                best = min(best, pipelined_time(self.costs, b0, b1))
+        return best
+
+    def prefill_budget(self, decodes: Load, max_tokens: int, min_tokens: int) -> int:
+        """The most prefill tokens (one chunk, no cached context assumed) that keep the step
+        within the latency target next to these decodes; at least min_tokens (prefills must make
+        progress), at most max_tokens. Without a target, max_tokens."""
+        if self.slo_s is None or max_tokens <= min_tokens:
+            return max_tokens
+
+        def fits(n: int) -> bool:
+            load = decodes.copy()
+            load.num_tokens += n
+            load.prefills.append((n, n))
+            return self.best_time(load) <= self.slo_s
+
+        low, high = min_tokens, max_tokens
+        if fits(high):
+            return high
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (mid, high) if fits(mid) else (low, mid)
+        return low
+
+    def admit_to_host(self, steady: Load, num_tokens: int) -> bool:
+        """Whether a prompt of num_tokens may start on the host, given the running requests'
+        decode load: within the latency target, else when the predicted rate does not drop."""
+        if not steady.num_tokens:
+            return True  # nothing else runs: waiting longer cannot help
+        grown = steady.copy()
+        grown.num_tokens += 1
+        grown.num_sampled += 1
+        grown.host_decodes += 1
+        grown.host_kv_tokens += num_tokens
+        after = self.best_time(grown)
+        if self.slo_s is not None:
+            return after <= self.slo_s
+        before = self.best_time(steady)
+        return grown.num_tokens / after >= (1 - _MIN_GAIN) * steady.num_tokens / before
