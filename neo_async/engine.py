@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import structlog
 
@@ -29,6 +30,7 @@ from neo_async.runner.device import (
 from neo_async.runner.executor import Executor
 from neo_async.runner.sampler import Sampler
 from neo_async.sampling_params import SamplingParams
+from neo_async.sched.costs import CostModel
 from neo_async.sched.plan import Plan
 from neo_async.sched.request import Request
 from neo_async.sched.scheduler import Scheduler
@@ -65,17 +67,19 @@ class Engine:
             pin = self.device.type == "cuda"
             self.host_cache = KVCache(kv_shape[0], num_host_blocks, *kv_shape[1:], dtype, cpu, pin_for_cuda=pin)
         self.host_pool = BlockPool(num_host_blocks, block_size, "host")
-        self.scheduler = Scheduler(config.scheduler, self.device_pool, self.host_pool, cache_cfg.offload)
         self.sampler = Sampler(self.spec.vocab_size, self.spec.eos_token_ids, self.device)
         self.executor = Executor(self.model, self.cache, self.sampler, self.host_cache)
         self.executor.pipelined_torch_threads = pipelined_torch_threads(
             self.device, config.model.torch_threads, self.num_kernel_threads
         )
+        self.costs = self._cost_model(cache_cfg.offload if num_host_blocks else "off")
+        self.scheduler = Scheduler(config.scheduler, self.device_pool, self.host_pool, cache_cfg.offload, costs=self.costs)
         self.outputs = OutputProcessor(self.tokenizer, self.spec.eos_token_ids)
         self.num_prompt_tokens_total = 0
         self.num_generation_tokens_total = 0
         self.num_iterations_total = 0
         self.num_pipelined_iterations_total = 0
+        self.num_deferred_total = 0
         self.num_swap_bytes_total = {"out": 0, "in": 0}
         self.num_host_prefill_tokens_total = 0
         self.last_step: StepStats | None = None
@@ -93,6 +97,19 @@ class Engine:
             kernel_threads=self.num_kernel_threads,
             load_s=round(time.perf_counter() - started, 2),
         )
+
+    def _cost_model(self, offload: str) -> CostModel | None:
+        """The policy's cost tables: none without a host pool (nothing to decide) or when
+        cost_tables is "none"; "auto": cached for this machine, else a quick profile now; else
+        the tables at that path, refused when measured for another machine or setup."""
+        source = self.config.scheduler.cost_tables
+        if offload == "off" or source == "none":
+            return None
+        from neo_async.profile.cache import load_or_profile, load_for
+
+        if source == AUTO:
+            return load_or_profile(self, quick=True)
+        return load_for(self, Path(source))
 
     def _num_device_blocks(self, dtype_bytes: int) -> int:
         cfg = self.config.cache
@@ -207,9 +224,13 @@ class Engine:
         self.num_generation_tokens_total += len(advanced)
         self.num_iterations_total += 1
         self.num_pipelined_iterations_total += plan.is_pipelined
+        self.num_deferred_total += len(plan.deferred_ids)
         num_prefill = sum(c.num_tokens for c in plan.chunks if not c.is_decode)
+        iteration_s = time.perf_counter() - started
+        if plan.chunks:
+            self._log_iteration(plan, iteration_s)
         self.last_step = StepStats(
-            iteration_s=time.perf_counter() - started,
+            iteration_s=iteration_s,
             num_seqs=len(plan.chunks),
             num_batched_tokens=plan.num_batched_tokens,
             num_prefill_tokens=num_prefill,
@@ -221,8 +242,26 @@ class Engine:
             num_swap_out_bytes=moved["out"],
             num_swap_in_bytes=moved["in"],
             num_host_prefill_tokens=moved["host_prefill_tokens"],
+            is_pipelined=plan.is_pipelined,
+            num_deferred=len(plan.deferred_ids),
+            predicted_s=plan.predicted_s,
         )
         return deltas
+
+    @staticmethod
+    def _log_iteration(plan: Plan, iteration_s: float) -> None:
+        sides = [[c for c in plan.chunks if c.sub_batch == j] for j in (0, 1)]
+        log.debug(
+            "iteration",
+            mode="pipelined" if plan.is_pipelined else "sequential",
+            sub_batch_sizes=[len(side) for side in sides] if plan.is_pipelined else [len(plan.chunks)],
+            device_tokens=sum(c.num_tokens for c in plan.chunks if not c.is_host),
+            host_tokens=sum(c.num_tokens for c in plan.chunks if c.is_host),
+            host_decodes=sum(c.is_host and c.is_decode for c in plan.chunks),
+            deferred=len(plan.deferred_ids),
+            predicted_ms=None if plan.predicted_s is None else round(plan.predicted_s * 1000, 3),
+            measured_ms=round(iteration_s * 1000, 3),
+        )
 
     def _account_movement(self, plan: Plan) -> dict[str, int]:
         """Bytes swapped and host prefill tokens of this plan (added to the totals), and debug
@@ -267,6 +306,7 @@ class Engine:
             num_generation_tokens_total=self.num_generation_tokens_total,
             num_iterations_total=self.num_iterations_total,
             num_pipelined_iterations_total=self.num_pipelined_iterations_total,
+            num_deferred_total=self.num_deferred_total,
         )
 
     def check(self) -> None:

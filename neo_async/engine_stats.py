@@ -22,6 +22,15 @@ class StepStats:
     num_swap_in_bytes: int = 0
     num_host_prefill_tokens: int = 0
     is_pipelined: bool = False
+    num_deferred: int = 0  # host decodes the policy left out of this iteration
+    predicted_s: float | None = None  # the cost model's time for this iteration, when there is one
+
+    @property
+    def prediction_error(self) -> float | None:
+        """|predicted - measured| / measured, when the iteration had a prediction."""
+        if self.predicted_s is None or self.iteration_s <= 0:
+            return None
+        return abs(self.predicted_s - self.iteration_s) / self.iteration_s
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class EngineStats:
     num_swap_in_bytes_total: int = 0
     num_host_prefill_tokens_total: int = 0  # prompt tokens whose KV was written to the host pool
     num_pipelined_iterations_total: int = 0  # iterations run as two overlapped sub-batches
+    num_deferred_total: int = 0  # host decodes left out of an iteration by the policy
 
     @property
     def device_kv_usage(self) -> float:
