@@ -50,12 +50,20 @@ ITERATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
 TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
-# (name, help, buckets, value from a StepStats)
-STEP_HISTOGRAMS: list[tuple[str, str, tuple[float, ...], Callable[[StepStats], float]]] = [
+ERROR_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+
+# (name, help, buckets, value from a StepStats; None = nothing to observe)
+STEP_HISTOGRAMS: list[tuple[str, str, tuple[float, ...], Callable[[StepStats], float | None]]] = [
     ("neo:iteration_seconds", "Wall time of one engine iteration.", ITERATION_BUCKETS, lambda s: s.iteration_s),
     ("neo:batch_size", "Requests run per iteration.", BATCH_BUCKETS, lambda s: s.num_seqs),
     ("neo:batched_tokens", "Tokens run per iteration (prefill + decode).", TOKEN_BUCKETS, lambda s: s.num_batched_tokens),
     ("neo:host_batch_size", "Requests per iteration whose KV lives on the host.", BATCH_BUCKETS, lambda s: s.num_host_seqs),
+    (
+        "neo:iteration_prediction_error",
+        "|predicted - measured| / measured iteration time, for iterations the cost model priced.",
+        ERROR_BUCKETS,
+        lambda s: s.prediction_error,
+    ),
 ]
 # (name without _total, help, labels, increments from a StepStats: label values -> amount)
 STEP_COUNTERS: list[tuple[str, str, tuple[str, ...], Callable[[StepStats], list[tuple[tuple[str, ...], float]]]]] = [
@@ -73,6 +81,7 @@ STEP_COUNTERS: list[tuple[str, str, tuple[str, ...], Callable[[StepStats], list[
     ),
     ("neo:host_prefill_tokens", "Prompt tokens whose KV was written to the host pool.", (), lambda s: [((), s.num_host_prefill_tokens)]),
     ("neo:pipelined_iterations", "Iterations run in pipelined (two sub-batch) mode.", (), lambda s: [((), float(s.is_pipelined))]),
+    ("neo:deferred_host_decodes", "Host decodes the policy left out of an iteration.", (), lambda s: [((), s.num_deferred)]),
     ("neo:prefill_tokens", "Prompt tokens run (recomputation included).", (), lambda s: [((), s.num_prefill_tokens)]),
 ]
 
@@ -160,7 +169,9 @@ class ServerMetrics:
     # ------------------------------------------------------------------ engine side
     def on_step(self, step: StepStats) -> None:
         for child, value in self._step_hists:
-            child.observe(value(step))
+            observed = value(step)
+            if observed is not None:
+                child.observe(observed)
         for counter, increments in self._step_counters:
             for labels, amount in increments(step):
                 if amount:
