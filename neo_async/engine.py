@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import time
 import uuid
 from pathlib import Path
@@ -80,6 +81,8 @@ class Engine:
         self.num_iterations_total = 0
         self.num_pipelined_iterations_total = 0
         self.num_deferred_total = 0
+        # (predicted, measured) seconds of recent priced iterations: the predictor's error
+        self.predictions: collections.deque[tuple[float, float]] = collections.deque(maxlen=100_000)
         self.num_swap_bytes_total = {"out": 0, "in": 0}
         self.num_host_prefill_tokens_total = 0
         self.last_step: StepStats | None = None
@@ -212,6 +215,9 @@ class Engine:
         plan = self.scheduler.schedule()
         output = self.executor.execute(plan)
         advanced = self.scheduler.update(plan, output)
+        core_s = time.perf_counter() - started
+        if plan.predicted_s is not None:
+            self.predictions.append((plan.predicted_s, core_s))
         moved = self._account_movement(plan)
         deltas = []
         for request in advanced:
@@ -228,7 +234,7 @@ class Engine:
         num_prefill = sum(c.num_tokens for c in plan.chunks if not c.is_decode)
         iteration_s = time.perf_counter() - started
         if plan.chunks:
-            self._log_iteration(plan, iteration_s)
+            self._log_iteration(plan, core_s)
         self.last_step = StepStats(
             iteration_s=iteration_s,
             num_seqs=len(plan.chunks),
@@ -245,6 +251,7 @@ class Engine:
             is_pipelined=plan.is_pipelined,
             num_deferred=len(plan.deferred_ids),
             predicted_s=plan.predicted_s,
+            core_s=core_s,
         )
         return deltas
 

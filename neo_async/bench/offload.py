@@ -1,8 +1,10 @@
 """`neo-async bench offload`: output tokens/s of the offload modes (off, neo, full) in one
 process, on the same prompts, with the device KV pool capped (the paper's throughput
 experiment scaled to this machine): prompts of input_len +-10% tokens, outputs of each
-output_len +-10% tokens, all submitted at once, `ignore_eos`. `--pipeline off,on` runs each
-offloading mode sequential and pipelined (`off` runs once: it has no host decodes)."""
+output_len +-10% tokens, all submitted at once, `ignore_eos`. `--pipeline off,on,auto` runs
+each offloading mode sequential, always pipelined, and as the cost tables choose (`off` runs
+once: it has no host decodes). Rows with a cost model report the predictor's median and p90
+relative error of iteration time. A bar chart of tokens/s goes next to the JSON."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any
 from neo_async.bench.common import machine_info, print_table, write_json
 
 COLUMNS = ["output_len", "device_kv_tokens", "mode", "pipeline", "tok_s", "seconds", "ratio_vs_off", "pipelined_steps",
+           "deferred", "pred_err_p50", "pred_err_p90",
            "swaps_out", "swaps_in", "host_prefill_tokens", "preemptions", "host_kv_blocks", "torch_threads", "kernel_threads"]
 
 
@@ -39,7 +42,11 @@ def run_case(config_overrides: dict[str, Any], workload_args: tuple[int, int, in
     llm.engine.check()
     stats = llm.engine.stats()
     tokens = sum(len(o.token_ids) for o in outs)
+    errors = sorted(abs(p - m) / m for p, m in llm.engine.predictions)
     row = {
+        "deferred": stats.num_deferred_total,
+        "pred_err_p50": errors[len(errors) // 2] if errors else None,
+        "pred_err_p90": errors[int(len(errors) * 0.9)] if errors else None,
         "tok_s": tokens / seconds,
         "seconds": seconds,
         "swaps_out": stats.num_swapped_out_total,
@@ -72,11 +79,40 @@ def lane_handoff_us(num_jobs: int = 2000) -> float:
     return seconds / num_jobs * 1e6
 
 
+def plot_throughput(rows: list[dict[str, Any]], json_path: str) -> None:
+    """Bars of tokens/s per case (output length, device cap), one bar per mode and pipeline."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = sorted({(r["output_len"], r["device_kv_tokens"]) for r in rows})
+    series = sorted({(r["mode"], r["pipeline"]) for r in rows})
+    width = 0.8 / len(series)
+    fig, axis = plt.subplots(figsize=(max(6, 1.6 * len(cases) * len(series) / 2), 4), constrained_layout=True)
+    for k, (mode, pipeline) in enumerate(series):
+        values = [next((r["tok_s"] for r in rows if (r["output_len"], r["device_kv_tokens"], r["mode"], r["pipeline"])
+                        == (*case, mode, pipeline)), 0.0) for case in cases]
+        axis.bar([i + k * width for i in range(len(cases))], values, width, label=f"{mode} (pipeline {pipeline})")
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))])
+    axis.set_xticklabels([f"out {o}\ncap {c}" for o, c in cases])
+    axis.set_ylabel("output tokens/s")
+    axis.legend(fontsize="small")
+    axis.grid(True, axis="y", alpha=0.3)
+    path = str(json_path).rsplit(".", 1)[0] + ".png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="neo-async bench offload", description=__doc__)
     parser.add_argument("--modes", default="off,neo,full")
-    parser.add_argument("--pipeline", default="off", help="comma-separated pipeline settings (off, on) for neo and full")
-    parser.add_argument("--device-kv-tokens", default="2048", help="comma-separated caps of the device pool")
+    parser.add_argument("--pipeline", default="auto", help="comma-separated pipeline settings (off, on, auto) for neo and full")
+    parser.add_argument("--device-kv-tokens", default="2048", help="comma-separated caps of the device pool; 'uncapped' holds the whole workload")
     parser.add_argument("--host-kv-tokens", default="auto")
     parser.add_argument("--num-prompts", type=int, default=32)
     parser.add_argument("--input-len", type=int, default=1000)
@@ -99,7 +135,8 @@ def main(argv: list[str]) -> int:
     rows = []
     for output_len in [int(x) for x in args.output_lens.split(",")]:
         workload = (args.num_prompts, args.input_len, output_len, args.seed)
-        for cap in [int(x) for x in args.device_kv_tokens.split(",")]:
+        whole = int(args.num_prompts * (args.input_len + output_len) * 1.1) + 16 * args.num_prompts
+        for cap in [whole if x == "uncapped" else int(x) for x in args.device_kv_tokens.split(",")]:
             case_rows = []
             for mode in modes:
                 for pipeline in pipelines if mode != "off" else ["off"]:
@@ -116,6 +153,7 @@ def main(argv: list[str]) -> int:
     handoff = lane_handoff_us() if "on" in pipelines else None
     if handoff is not None:
         print(f"host lane hand-off (submit + wait of an empty job): {handoff:.1f} us")
+    plot_throughput(rows, args.output)
     write_json(args.output, {"bench": "offload", "dtype": args.dtype, "num_prompts": args.num_prompts,
                              "input_len": args.input_len, "machine": machine_info(), "rows": rows,
                              "host_lane_handoff_us": handoff})
