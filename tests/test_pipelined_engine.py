@@ -13,6 +13,8 @@ from neo_async.engine import Engine
 from neo_async.runner.host_lane import HostLane
 from neo_async.sampling_params import SamplingParams
 from neo_async.sched.plan import Plan
+from neo_async.sched.policy import Policy
+from tests.synthetic_costs import SyntheticCosts
 
 PROMPT_LENGTHS = (20, 70, 35, 90, 50, 12, 40)
 MAX_TOKENS = 20
@@ -66,7 +68,7 @@ def _pipelined(plans: list[Plan]) -> list[Plan]:
 
 @pytest.mark.slow
 def test_neo_pipelined_gives_the_same_tokens_as_sequential_and_off(prompts, reference):
-    sequential, seq_plans = _run(_engine(offload="neo", device_kv_tokens=192, host_kv_tokens=4096), prompts)
+    sequential, seq_plans = _run(_engine(offload="neo", device_kv_tokens=192, host_kv_tokens=4096, pipeline="off"), prompts)
     assert not _pipelined(seq_plans)
     engine = _engine(offload="neo", device_kv_tokens=192, host_kv_tokens=4096, pipeline="on")
     tokens, plans = _run(engine, prompts)
@@ -90,6 +92,28 @@ def test_full_offload_pipelined_gives_the_same_tokens(prompts, reference):
     tokens, plans = _run(_engine(offload="full", device_kv_tokens=32, host_kv_tokens=4096, pipeline="on"), prompts)
     assert tokens == reference
     assert len(_pipelined(plans)) >= 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pipeline", ["on", "auto"])
+def test_the_cost_policy_defers_host_decodes_without_changing_tokens(prompts, reference, pipeline):
+    """A host lane priced far slower than the device: host decodes are left out of some
+    iterations (never more than the bound in a row), plans follow the policy, tokens are equal."""
+    engine = _engine(offload="neo", device_kv_tokens=192, host_kv_tokens=4096, pipeline=pipeline, max_host_wait_iterations=2)
+    config = engine.config.scheduler
+    engine.scheduler.policy = Policy(SyntheticCosts(num_layers=engine.spec.num_layers, host_per_kv=1e-5), config)
+    tokens, plans = _run(engine, prompts)
+    assert tokens == reference
+    assert sum(len(p.deferred_ids) for p in plans) > 0 and engine.stats().num_deferred_total > 0
+    assert all(p.predicted_s is not None for p in plans if p.chunks)
+    streak: dict[str, int] = {}
+    for plan in plans:
+        for rid in plan.deferred_ids:
+            streak[rid] = streak.get(rid, 0) + 1
+            assert streak[rid] <= 2
+        for chunk in plan.chunks:
+            streak.pop(chunk.request_id, None)
+    assert len(engine.predictions) == sum(1 for p in plans if p.chunks)
 
 
 def test_a_failing_host_job_reaches_the_waiting_thread():
