@@ -81,7 +81,7 @@ class Engine:
         self.num_iterations_total = 0
         self.num_pipelined_iterations_total = 0
         self.num_deferred_total = 0
-        # (predicted, measured) seconds of recent priced iterations: the predictor's error
+        # (predicted, measured) seconds of the executor in recent priced iterations: the predictor's error
         self.predictions: collections.deque[tuple[float, float]] = collections.deque(maxlen=100_000)
         self.num_swap_bytes_total = {"out": 0, "in": 0}
         self.num_host_prefill_tokens_total = 0
@@ -213,11 +213,12 @@ class Engine:
     def step(self) -> list[RequestDelta]:
         started = time.perf_counter()
         plan = self.scheduler.schedule()
+        executing = time.perf_counter()
         output = self.executor.execute(plan)
+        execute_s = time.perf_counter() - executing
         advanced = self.scheduler.update(plan, output)
-        core_s = time.perf_counter() - started
         if plan.predicted_s is not None:
-            self.predictions.append((plan.predicted_s, core_s))
+            self.predictions.append((plan.predicted_s, execute_s))
         moved = self._account_movement(plan)
         deltas = []
         for request in advanced:
@@ -234,7 +235,7 @@ class Engine:
         num_prefill = sum(c.num_tokens for c in plan.chunks if not c.is_decode)
         iteration_s = time.perf_counter() - started
         if plan.chunks:
-            self._log_iteration(plan, core_s)
+            self._log_iteration(plan, execute_s)
         self.last_step = StepStats(
             iteration_s=iteration_s,
             num_seqs=len(plan.chunks),
@@ -251,7 +252,7 @@ class Engine:
             is_pipelined=plan.is_pipelined,
             num_deferred=len(plan.deferred_ids),
             predicted_s=plan.predicted_s,
-            core_s=core_s,
+            execute_s=execute_s,
         )
         return deltas
 

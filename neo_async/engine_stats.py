@@ -24,14 +24,14 @@ class StepStats:
     is_pipelined: bool = False
     num_deferred: int = 0  # host decodes the policy left out of this iteration
     predicted_s: float | None = None  # the cost model's time for this iteration, when there is one
-    core_s: float = 0.0  # schedule + execute + update: the span the cost model predicts
+    execute_s: float = 0.0  # the executor's part of the iteration: the span the cost model predicts
 
     @property
     def prediction_error(self) -> float | None:
         """|predicted - measured| / measured, when the iteration had a prediction."""
-        if self.predicted_s is None or self.core_s <= 0:
+        if self.predicted_s is None or self.execute_s <= 0:
             return None
-        return abs(self.predicted_s - self.core_s) / self.core_s
+        return abs(self.predicted_s - self.execute_s) / self.execute_s
 
 
 @dataclass(frozen=True)
