@@ -1,0 +1,1 @@
+"""The simulator: the real scheduler on a virtual clock, priced by a cost model (no torch)."""

@@ -1,0 +1,102 @@
+"""Hardware profiles (configs/hardware/*.toml): accelerators, host machines and the global
+calibration factors of the roofline model."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+HARDWARE_DIR = Path(__file__).resolve().parents[2] / "configs" / "hardware"
+PCIE_GBS_PER_LANE = {3: 0.985, 4: 1.969, 5: 3.938}  # per direction, after 128b/130b encoding
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    tflops: float  # dense bf16/fp16 tensor peak
+    memory_gbs: float
+    memory_gib: float  # exposed by the driver
+    pcie_gen: int
+    pcie_lanes: int
+    nvlink_gbs: float  # per direction; 0 = none
+
+    @property
+    def pcie_gbs(self) -> float:
+        return PCIE_GBS_PER_LANE[self.pcie_gen] * self.pcie_lanes
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    vcpus: int
+    memory_gib: float
+    socket_gbs: float  # memory channels' peak per socket
+    sockets: int
+    per_core_gbs: float
+    smt: int = 2  # vCPUs per physical core
+
+    @property
+    def memory_gbs(self) -> float:
+        return self.socket_gbs * self.sockets
+
+    def read_gbs(self, threads: int, stream_efficiency: float) -> float:
+        """Read bandwidth `threads` vCPUs sustain: bounded by their cores and by the channels."""
+        cores = -(-threads // self.smt)
+        return min(self.memory_gbs * stream_efficiency, cores * self.per_core_gbs)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    matmul_efficiency: float
+    memory_efficiency: float
+    attention_efficiency: float
+    layer_overhead_s: float
+    iteration_overhead_s: float
+    memory_fraction: float
+    reserve_gib: float
+    pcie_efficiency: float
+    copy_latency_s: float
+    nvlink_efficiency: float
+    allreduce_latency_s: float
+    kernel_bandwidth_efficiency: float
+    kernel_gflops_per_thread: float
+    stream_efficiency: float
+    call_overhead_s: float
+    reserved_vcpus: int
+    host_memory_fraction: float
+
+
+def _read(name: str, directory: Path) -> dict:
+    with open(directory / name, "rb") as f:
+        return tomllib.load(f)
+
+
+def _pick(table: dict, name: str, what: str) -> dict:
+    for key, value in table.items():
+        if key.lower() == name.lower():
+            return {"name": key, **value}
+    raise ValueError(f"unknown {what} {name!r}; known: {', '.join(table)}")
+
+
+def load_gpu(name: str, directory: Path = HARDWARE_DIR) -> Gpu:
+    return Gpu(**_pick(_read("gpus.toml", directory), name, "GPU"))
+
+
+def load_host(name: str, directory: Path = HARDWARE_DIR) -> Host:
+    return Host(**_pick(_read("hosts.toml", directory), name, "host"))
+
+
+def load_calibration(directory: Path = HARDWARE_DIR) -> Calibration:
+    data = _read("calibration.toml", directory)
+    host = dict(data["host"])
+    host["host_memory_fraction"] = host.pop("memory_fraction")
+    return Calibration(**data["device"], **data["link"], **host)
+
+
+def gpu_names(directory: Path = HARDWARE_DIR) -> list[str]:
+    return list(_read("gpus.toml", directory))
+
+
+def host_names(directory: Path = HARDWARE_DIR) -> list[str]:
+    return list(_read("hosts.toml", directory))
