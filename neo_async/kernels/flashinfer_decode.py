@@ -1,0 +1,68 @@
+"""FlashInfer's batch decode over our pool layout (its "HND" paged layout), when installed.
+
+Optional (`flashinfer-python`); only a GPU ever takes this path. A plan is made once per
+step: the executor passes the same block_tables tensor to every layer of a step, so the plan
+is keyed by that tensor (one host synchronisation per step, for the page counts).
+"""
+
+from __future__ import annotations
+
+import torch
+
+WORKSPACE_BYTES = 128 << 20
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    """None when FlashInfer can serve decode on `device`, else why not."""
+    if device.type != "cuda":
+        return "not a CUDA device"
+    try:
+        import flashinfer  # noqa: F401
+    except Exception as exc:  # ImportError, or a build that does not load on this GPU
+        return f"flashinfer unavailable: {exc}"
+    return None
+
+
+class FlashInferDecode:
+    """Callable with `kernels.decode.paged_decode`'s signature."""
+
+    def __init__(self, device: torch.device) -> None:
+        import flashinfer
+
+        workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
+        self.wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, kv_layout="HND")
+        self.planned_for: tuple[torch.Tensor, torch.Tensor, float, torch.dtype] | None = None
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        block_tables: torch.Tensor,
+        seq_lens: torch.Tensor,
+        scale: float,
+        out: torch.Tensor,
+        num_splits: int | None = None,
+    ) -> None:
+        key = (block_tables, seq_lens, scale, k_cache.dtype)
+        if self.planned_for is None or any(a is not b for a, b in zip(key[:2], self.planned_for[:2])) or key[2:] != self.planned_for[2:]:
+            self._plan(q, k_cache, block_tables, seq_lens, scale)
+            self.planned_for = key
+        result = self.wrapper.run(q.to(k_cache.dtype), (k_cache, v_cache))  # [B, Hq, D] in the pool's dtype
+        out.copy_(result)
+
+    def _plan(self, q: torch.Tensor, k_cache: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float) -> None:
+        _, num_kv_heads, block_size, head_dim = k_cache.shape
+        lens = seq_lens.cpu().long()
+        num_pages = (lens + block_size - 1) // block_size
+        tables = block_tables.cpu()
+        indices = torch.cat([tables[b, : int(n)] for b, n in enumerate(num_pages)]).int()
+        indptr = torch.zeros(len(lens) + 1, dtype=torch.int32)
+        indptr[1:] = num_pages.cumsum(0)
+        last_page_len = (lens - (num_pages - 1) * block_size).int()
+        device = k_cache.device
+        self.wrapper.plan(
+            indptr.to(device), indices.to(device), last_page_len.to(device),
+            q.shape[1], num_kv_heads, head_dim, block_size,
+            q_data_type=k_cache.dtype, kv_data_type=k_cache.dtype, sm_scale=scale,
+        )
