@@ -44,10 +44,10 @@ class FlashInferDecode:
         out: torch.Tensor,
         num_splits: int | None = None,
     ) -> None:
-        key = (block_tables, seq_lens, scale, k_cache.dtype)
-        if self.planned_for is None or any(a is not b for a, b in zip(key[:2], self.planned_for[:2])) or key[2:] != self.planned_for[2:]:
+        planned = self.planned_for
+        if planned is None or planned[0] is not block_tables or planned[1] is not seq_lens or planned[2:] != (scale, k_cache.dtype):
             self._plan(q, k_cache, block_tables, seq_lens, scale)
-            self.planned_for = key
+            self.planned_for = (block_tables, seq_lens, scale, k_cache.dtype)
         result = self.wrapper.run(q.to(k_cache.dtype), (k_cache, v_cache))  # [B, Hq, D] in the pool's dtype
         out.copy_(result)
 

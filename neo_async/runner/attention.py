@@ -5,9 +5,10 @@ Pool layout, the same for the device pool, the host pool and rust_cpuattn:
 A token at position p of a request lives in block block_ids[p // block_size], row p % block_size.
 
 Decode attention over a pool in host memory (the host pool, or the device pool when the CPU
-plays the device) runs in rust_cpuattn's kernel, in place; over a CUDA pool, in torch (the
-torch path stays as the reference). Inputs may live on another device than the pool (a GPU
-step using the host pool): they are staged to the pool's device and the output back.
+plays the device) runs in rust_cpuattn's kernel, in place; over a CUDA pool, in a device
+kernel (`runner/cuda_lane.py` picks FlashInfer or Triton), with the torch path as the
+reference. Inputs may live on another device than the pool (a GPU step using the host
+pool): they are staged to the pool's device and the output back (`runner/staging.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch
 
 from neo_async.kv.host_memory import host_tensor
 from neo_async.native import rust_cpuattn
+from neo_async.runner import cuda_lane
+from neo_async.runner.staging import Staging
 
 
 class KVCache:
@@ -42,6 +45,9 @@ class KVCache:
         self.block_size = block_size
         self.device = device
         self.use_rust_decode = device.type == "cpu" and rust_cpuattn is not None
+        # (paged decode, paged prefill) kernels over this pool; None: the torch reference
+        self.kernels = cuda_lane.attention_kernels(device)
+        self.host_staging: Staging | None = None  # host decode inputs from a GPU, made on first use
 
     @property
     def bytes_per_block(self) -> int:
@@ -81,8 +87,10 @@ class KVCache:
         out: torch.Tensor,
     ) -> "DecodeJob":
         """`decode` in three parts: inputs staged now (fresh tensors: the caller may reuse q,
-        k_new, v_new at once), `run()` (on any thread; rust_cpuattn releases the GIL), then
-        `finish()` on the calling thread. Until finish, nobody may read `out`."""
+        k_new, v_new at once; from a GPU, copies ordered after the work enqueued so far, so
+        the caller may drop them but not overwrite them in place), `run()` (on any thread;
+        rust_cpuattn releases the GIL), then `finish()` on the calling thread. Until finish,
+        nobody may read `out`."""
         if not self.use_rust_decode:
             positions = seq_lens.long() - 1
             blocks = block_tables.long().gather(1, (positions // self.block_size).unsqueeze(1)).squeeze(1)
@@ -90,9 +98,14 @@ class KVCache:
 
             def run_torch() -> None:
                 self.store(layer, k_new, v_new, blocks, positions % self.block_size)
-                out.copy_(decode_attention(self, layer, q, block_tables, seq_lens, scale))
+                if self.kernels is None:
+                    out.copy_(decode_attention(self, layer, q, block_tables, seq_lens, scale))
+                else:
+                    self.kernels[0](q, self.k[layer], self.v[layer], block_tables, seq_lens, scale, out)
 
-            return DecodeJob(run_torch, out, out)
+            return DecodeJob(run_torch)
+        if q.device.type == "cuda":
+            return self._staged_decode_job(layer, q, block_tables, seq_lens, scale, k_new, v_new, out)
         staged = out if out.device == self.device else torch.empty(out.shape, dtype=torch.float32)
         args = (
             _fresh(q, self.device, torch.float32),
@@ -109,7 +122,40 @@ class KVCache:
         def run_rust() -> None:
             rust_cpuattn.paged_decode_attention(*args, out=staged, k_new=k_staged, v_new=v_staged)
 
-        return DecodeJob(run_rust, out, staged)
+        return DecodeJob(run_rust, None if staged is out else lambda: out.copy_(staged))
+
+    def _staged_decode_job(
+        self, layer: int, q: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+        k_new: torch.Tensor, v_new: torch.Tensor, out: torch.Tensor,
+    ) -> "DecodeJob":
+        """A host pool's decode job with inputs and output on a GPU, through the copy lane."""
+        if self.host_staging is None:
+            self.host_staging = cuda_lane.host_staging(q.device, self.k.dtype)
+        staging = self.host_staging
+        slot = staging.stage_in(q, k_new, v_new)
+        rows = torch.arange(q.shape[0], dtype=torch.int32)  # request b reads table row b
+
+        def run_rust() -> None:
+            slot.wait_for_host()
+            rust_cpuattn.paged_decode_attention(
+                slot.q, self.k, self.v, block_tables, rows, seq_lens, layer, scale,
+                out=slot.out, k_new=slot.k, v_new=slot.v,
+            )
+
+        return DecodeJob(run_rust, lambda: staging.stage_out(slot, out))
+
+    def prefill(
+        self, layer: int, q: torch.Tensor, block_ids: torch.Tensor, start_pos: int, seq_len: int, scale: float
+    ) -> torch.Tensor:
+        """Causal attention of a chunk at positions start_pos .. seq_len - 1 over this pool, its
+        own K/V already stored: q [T, Hq, D]; block_ids the request's blocks (on the pool's
+        device). Returns [T, Hq, D] float32 on q's device."""
+        if self.kernels is not None and q.device == self.device:
+            out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+            self.kernels[1](q, self.k[layer], self.v[layer], block_ids, start_pos, scale, out)
+            return out
+        k, v = self.gather(layer, block_ids, seq_len)
+        return prefill_attention(q, k.to(q.device), v.to(q.device), start_pos, scale)
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, block_ids: torch.Tensor, offsets: torch.Tensor) -> None:
         """k, v [T, Hkv, D] (any device) written at (block_ids[t], offsets[t]) for each token t;
@@ -128,16 +174,16 @@ class KVCache:
 
 
 class DecodeJob:
-    """A prepared decode attention call (see `KVCache.decode_job`)."""
+    """A prepared decode attention call (see `KVCache.decode_job`): `run` on any thread, then
+    `finish` (the output's copy back, if any) on the calling thread."""
 
-    def __init__(self, run: Callable[[], None], out: torch.Tensor, staged: torch.Tensor) -> None:
+    def __init__(self, run: Callable[[], None], finish: Callable[[], None] | None = None) -> None:
         self.run = run
-        self.out = out
-        self.staged = staged
+        self._finish = finish
 
     def finish(self) -> None:
-        if self.staged is not self.out:
-            self.out.copy_(self.staged)
+        if self._finish is not None:
+            self._finish()
 
 
 def _fresh(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -150,8 +196,16 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_p
     """Causal attention of one request's new tokens.
 
     q [T, Hq, D] at positions start_pos .. start_pos + T - 1; k, v [Hkv, start_pos + T, D]
-    (cached prefix, then the new tokens). Returns [T, Hq, D] float32.
+    (cached prefix, then the new tokens). Returns [T, Hq, D] float32. A fresh prompt on CUDA
+    goes through scaled_dot_product_attention, everything else through the reference.
     """
+    if q.device.type == "cuda" and start_pos == 0:
+        return cuda_lane.fresh_prefill(q, k, v, scale)
+    return reference_prefill_attention(q, k, v, start_pos, scale)
+
+
+def reference_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int, scale: float) -> torch.Tensor:
+    """`prefill_attention` in torch ops, materialising [Hkv, G*T, ctx] float32 scores."""
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads, ctx = k.shape[0], k.shape[1]
     group = num_heads // num_kv_heads

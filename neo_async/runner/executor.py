@@ -111,10 +111,11 @@ class Executor:
             chunk = p.chunk
             if p.block_ids is None:
                 kc, vc = k[p.start : p.end].transpose(0, 1), v[p.start : p.end].transpose(0, 1)
+                out[p.start : p.end] = prefill_attention(q[p.start : p.end], kc, vc, chunk.start_pos, scale)
             else:
-                kc, vc = self.caches[chunk.location].gather(layer, p.block_ids, chunk.seq_len)
-                kc, vc = kc.to(self.device), vc.to(self.device)
-            out[p.start : p.end] = prefill_attention(q[p.start : p.end], kc, vc, chunk.start_pos, scale)
+                out[p.start : p.end] = self.caches[chunk.location].prefill(
+                    layer, q[p.start : p.end], p.block_ids, chunk.start_pos, chunk.seq_len, scale
+                )
         for group in batch.decodes:
             if group.location is KVLocation.DEVICE:
                 rows = slice(group.start, group.end)
