@@ -1,0 +1,167 @@
+"""The profile: every cost table measured on a constructed engine, before it serves.
+
+`profile_engine(engine, quick)` borrows the free blocks of both pools (or a scratch host pool
+when the engine has none), waits until the host pools' background population is over (it would
+compete for the cores), measures each table on its grid (`grids.py`) through the code paths of
+real steps (`points.py`), fits the per-layer overheads to whole probe steps (`probes.py`), and
+gives every block back. quick: coarse grids and few repeats (about 30 s for the embedded model
+on two cores); full: finer grids, more repeats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import structlog
+import torch
+
+from neo_async.profile.grids import Grids, make_grids
+from neo_async.profile.points import Points
+from neo_async.profile.probes import StepShape, fit_layer_overhead, measure_steps, runnable
+from neo_async.profile.scratch import scratch_blocks, wait_host_pools_populated
+from neo_async.profile.timing import Bench, Timer
+from neo_async.runner.attention import KVCache
+from neo_async.runner.host_lane import HostLane
+from neo_async.sched.cost_tables import MeasuredCosts
+from neo_async.sched.costs import Table1D, Table2D
+
+if TYPE_CHECKING:
+    from neo_async.engine import Engine
+
+log = structlog.get_logger("neo_async.profile")
+
+SCRATCH_HOST_BYTES = 256 << 20
+DECODE_AXES = ("decode_requests", "decode_lengths")  # host pool borrowed for the host tables when the engine has none
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    repeats: int
+    point_budget_s: float
+    budget_s: float  # soft bound of the whole profile: past it, every point is timed once
+
+    @classmethod
+    def of(cls, quick: bool) -> "Settings":
+        return cls(repeats=5, point_budget_s=0.3, budget_s=30.0) if quick else cls(9, 2.0, 600.0)
+
+
+@contextlib.contextmanager
+def borrowed(engine: Engine, timer: Timer) -> Iterator[Points]:
+    """Points on the engine's scratch blocks; every block is given back on exit."""
+    wait_host_pools_populated()
+    host_cache = engine.host_cache
+    if host_cache is None:
+        spec, bs = engine.spec, engine.cache.block_size
+        per_block = 2 * spec.num_layers * spec.num_kv_heads * bs * spec.head_dim * engine.cache.k.element_size()
+        num_blocks = max(8, SCRATCH_HOST_BYTES // per_block)
+        host_cache = KVCache(spec.num_layers, num_blocks, spec.num_kv_heads, bs, spec.head_dim, engine.cache.k.dtype,
+                             torch.device("cpu"), pin_for_cuda=engine.device.type == "cuda")
+        wait_host_pools_populated()
+    lane = engine.executor.host_lane or HostLane("neo-profile-lane")
+    try:
+        with scratch_blocks(engine.device_pool) as device_ids, scratch_blocks(engine.host_pool) as host_ids:
+            if engine.host_cache is None:
+                host_ids = list(range(host_cache.k.shape[1]))
+            if not device_ids or not host_ids:
+                raise RuntimeError("profiling needs free blocks in both pools: profile before serving")
+            yield Points(engine, timer, device_ids, host_cache, host_ids, lane)
+    finally:
+        if lane is not engine.executor.host_lane:
+            lane.close()
+
+
+def profile_engine(engine: Engine, quick: bool = True, settings: Settings | None = None) -> MeasuredCosts:
+    settings = settings or Settings.of(quick)
+    started = time.perf_counter()
+    timer = Timer(engine.device, repeats=settings.repeats, point_budget_s=settings.point_budget_s,
+                  deadline=started + settings.budget_s)
+    mode = "quick" if quick else "full"
+    log.info("profile_started", mode=mode, budget_s=settings.budget_s)
+    with borrowed(engine, timer) as points:
+        grids = engine_grids(engine, points, quick)
+        tables: dict[str, Table1D | Table2D] = {}
+        over_budget = False
+        for name in POINTS:
+            t0 = time.perf_counter()
+            tables[name] = measure_table(points, grids, name)
+            elapsed = time.perf_counter() - started
+            log.info("profile_table", table=name, seconds=round(time.perf_counter() - t0, 2), elapsed_s=round(elapsed, 1))
+            if elapsed > settings.budget_s and not over_budget:
+                over_budget = True
+                log.warning("profile_over_budget", budget_s=settings.budget_s, elapsed_s=round(elapsed, 1),
+                            hint="the remaining points are timed once each, without warm-up")
+        costs = MeasuredCosts(num_layers=engine.spec.num_layers, **tables)  # type: ignore[arg-type]
+        t0 = time.perf_counter()
+        steps = measure_steps(points, overhead_probes(engine))
+        costs = dataclasses.replace(
+            costs,
+            layer_overhead=fit_layer_overhead(costs, steps, pipelined=False),
+            pipelined_layer_overhead=fit_layer_overhead(costs, steps, pipelined=True),
+        )
+        log.info("profile_table", table="layer_overhead", seconds=round(time.perf_counter() - t0, 2),
+                 layer_overhead_us=round(costs.layer_overhead * 1e6, 1),
+                 pipelined_layer_overhead_us=round(costs.pipelined_layer_overhead * 1e6, 1))
+    seconds = time.perf_counter() - started
+    log.info("profile_done", mode=mode, seconds=round(seconds, 1))
+    from neo_async.profile.cache import profile_key
+
+    meta = {"mode": mode, "seconds": round(seconds, 2), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return dataclasses.replace(costs, key=profile_key(engine), meta=meta)
+
+
+def engine_grids(engine: Engine, points: Points, quick: bool) -> Grids:
+    cfg = engine.config.scheduler
+    bs = engine.cache.block_size
+    swap_cap = 4 * -(-engine.max_model_len // bs)  # a few requests' worth of blocks, one layer
+    num_swap = min(len(points.device_ids), len(points.host_ids), swap_cap)
+    return make_grids(cfg.max_num_batched_tokens, cfg.max_num_seqs, engine.max_model_len, bs, num_swap, quick)
+
+
+# each table's points: (axes of the grid, measured under the pipelined budget, the point's bench)
+POINTS: dict[str, tuple[tuple[str, ...], bool, Callable[..., Bench]]] = {
+    "linear_sequential": (("linear_tokens",), False, lambda p, t: p.linear(t)),
+    "linear_pipelined": (("linear_tokens",), True, lambda p, t: p.linear(t)),
+    "device_decode_sequential": (DECODE_AXES, False, lambda p, n, length: p.device_decode(n, length)),
+    "device_decode_pipelined": (DECODE_AXES, True, lambda p, n, length: p.device_decode(n, length)),
+    "host_decode_sequential": (DECODE_AXES, False, lambda p, n, length: p.host_decode(n, length, False)),
+    "host_decode_pipelined": (DECODE_AXES, True, lambda p, n, length: p.host_decode(n, length, True)),
+    "swap_blocks": (("swap_blocks",), False, lambda p, n: p.swap(n)),
+    "iteration_sampled": (("sampled_rows",), False, lambda p, n: p.iteration_sampled(n)),
+    "iteration_prefill_tokens": (("prefill_tokens",), False, lambda p, t: p.iteration_prefill_tokens(t)),
+    "prefill": (("prefill_chunks", "prefill_prefixes"), False, lambda p, c, prefix: p.prefill(c, prefix)),
+}
+
+
+def measure_points(points: Points, name: str, at: list[tuple[int, ...]]) -> list[float]:
+    """Seconds of the table `name`'s cost at each point (timed in round-robin passes)."""
+    _axes, pipelined, bench = POINTS[name]
+    return points.measure([bench(points, *p) for p in at], pipelined)
+
+
+def measure_table(points: Points, grids: Grids, name: str) -> Table1D | Table2D:
+    axes = [getattr(grids, a) for a in POINTS[name][0]]
+    if len(axes) == 1:
+        ys = measure_points(points, name, [(x,) for x in axes[0]])
+        return Table1D(tuple(float(x) for x in axes[0]), tuple(ys))
+    xs, ys = axes
+    zs = measure_points(points, name, [(x, y) for x in xs for y in ys])
+    rows = tuple(tuple(zs[i * len(ys) : (i + 1) * len(ys)]) for i in range(len(xs)))
+    return Table2D(tuple(float(x) for x in xs), tuple(float(y) for y in ys), rows)
+
+
+def overhead_probes(engine: Engine) -> list[StepShape]:
+    """Steps the overheads are fitted to: small batches, where the glue is a visible share; the
+    pipelined ones with the device lane busy (device decodes in b0), so its glue shows."""
+    n = max(2, min(8, engine.config.scheduler.max_num_seqs // 2))
+    kv = min(256, engine.max_model_len - 1)
+    shapes = [
+        StepShape(device_decodes=n, host_decodes=n, kv_tokens=kv),
+        StepShape(device_decodes=1, host_decodes=2, kv_tokens=kv),
+        StepShape(device_decodes=n, host_decodes=n, kv_tokens=kv, pipelined=True),
+        StepShape(device_decodes=2 * n, host_decodes=2, kv_tokens=kv, pipelined=True),
+    ]
+    return runnable(shapes, engine.host_cache is not None)

@@ -1,0 +1,227 @@
+"""One measurement point per cost, on a constructed engine, through the code paths of real
+steps: each method prepares a `Bench` (inputs built, the timed call), to be timed under the
+table's thread budget (`Points.budget`).
+
+Inputs are random tensors of the model's shapes; KV lives in scratch blocks (free blocks the
+profile holds, see `scratch.py`). Attention and linear points rotate through the layers, as a
+step does, so KV and weights come from memory, not from a cache warmed by the last repeat.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from neo_async.kv.swap import LayerCopy
+from neo_async.profile.scratch import torch_threads
+from neo_async.profile.timing import Bench, Timer
+from neo_async.runner.attention import KVCache, pad_block_tables, prefill_attention
+from neo_async.runner.batch import BatchTensors
+from neo_async.runner.host_lane import HostLane
+from neo_async.runner.sampler import SampleRow
+from neo_async.sampling_params import SamplingParams
+from neo_async.sched.plan import KVLocation, ScheduledChunk, coalesce
+
+if TYPE_CHECKING:
+    from neo_async.engine import Engine
+
+GREEDY = SamplingParams(temperature=0.0, ignore_eos=True)
+
+
+class Points:
+    def __init__(
+        self,
+        engine: Engine,
+        timer: Timer,
+        device_ids: list[int],
+        host_cache: KVCache,
+        host_ids: list[int],
+        lane: HostLane,
+    ) -> None:
+        self.engine = engine
+        self.timer = timer
+        self.model = engine.model
+        self.spec = engine.spec
+        self.device = engine.device
+        self.dtype = engine.model.dtype
+        self.cache = engine.cache
+        self.host_cache = host_cache
+        self.device_ids = device_ids
+        self.host_ids = host_ids
+        self.lane = lane
+        self.block_size = engine.cache.block_size
+        self.gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def budget(self, pipelined: bool):
+        """torch's threads in a step of that kind (the executor's pipelined budget, else the
+        engine's)."""
+        pipelined_threads = self.engine.executor.pipelined_torch_threads
+        return torch_threads(pipelined_threads if pipelined else self.engine.num_torch_threads)
+
+    def measure(self, benches: list[Bench], pipelined: bool) -> list[float]:
+        """Median seconds of each bench, under the budget of a step of that kind."""
+        with self.budget(pipelined), torch.inference_mode():
+            return self.timer.measure(benches)
+
+    def _randn(self, *shape: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.randn(shape, generator=self.gen).to(self.device, dtype or self.dtype)
+
+    # ---- per layer ----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def linear(self, num_tokens: int) -> Bench:
+        """pre + post of one layer for num_tokens rows."""
+        model, s = self.model, self.spec
+        base = self._randn(num_tokens, s.hidden_size)
+        hidden = base.clone()
+        positions = torch.arange(num_tokens, device=self.device) % self.engine.max_model_len
+        rope = model.rope(positions)
+
+        def run(i: int) -> None:
+            layer = i % s.num_layers
+            q, _k, _v = model.pre(layer, hidden, rope)
+            out = torch.zeros(q.shape, dtype=torch.float32, device=self.device)
+            model.post(layer, hidden, out.view(num_tokens, -1))
+
+        return Bench(run, setup=lambda i: hidden.copy_(base))  # post adds into hidden
+
+    @torch.inference_mode()
+    def prefill(self, chunk: int, prefix: int) -> Bench:
+        """One chunk's K/V stored in the device pool, its cached prefix gathered (when any) and
+        its attention: the executor's per-chunk prefill work."""
+        s, bs = self.spec, self.block_size
+        q = self._randn(chunk, s.num_heads, s.head_dim)
+        k = self._randn(chunk, s.num_kv_heads, s.head_dim)
+        v = self._randn(chunk, s.num_kv_heads, s.head_dim)
+        total = prefix + chunk
+        block_ids = [self.device_ids[j % len(self.device_ids)] for j in range(-(-total // bs))]
+        pool_device = self.cache.device
+        slot_blocks = torch.tensor([block_ids[p // bs] for p in range(prefix, total)], device=pool_device)
+        slot_offsets = torch.tensor([p % bs for p in range(prefix, total)], device=pool_device)
+        cached = torch.tensor(block_ids, device=pool_device)
+        scale = s.attn_scale
+
+        def run(i: int) -> None:
+            layer = i % s.num_layers
+            self.cache.store(layer, k, v, slot_blocks, slot_offsets)
+            if prefix:
+                kc, vc = self.cache.gather(layer, cached, total)
+                kc, vc = kc.to(self.device), vc.to(self.device)
+            else:
+                kc, vc = k.transpose(0, 1), v.transpose(0, 1)
+            prefill_attention(q, kc, vc, prefix, scale)
+
+        return Bench(run)
+
+    @torch.inference_mode()
+    def device_decode(self, num_requests: int, length: int) -> Bench:
+        """Decode attention of num_requests device requests of `length` KV tokens each (the new
+        token's K/V stored by the call, as in a step)."""
+        tables, seq_lens = self._tables(self.cache, self.device_ids, num_requests, length)
+        q, k, v, out = self._decode_inputs(num_requests)
+        scale = self.spec.attn_scale
+
+        def run(i: int) -> None:
+            self.cache.decode(i % self.spec.num_layers, q, tables, seq_lens, scale, k_new=k, v_new=v, out=out)
+
+        return Bench(run)
+
+    @torch.inference_mode()
+    def host_decode(self, num_requests: int, length: int, pipelined: bool) -> Bench:
+        """Host decode attention, staging included; pipelined: the job runs on the host lane
+        (submitted, then awaited, as the pipelined executor does); sequential: on the calling
+        thread."""
+        tables, seq_lens = self._tables(self.host_cache, self.host_ids, num_requests, length)
+        q, k, v, out = self._decode_inputs(num_requests)
+        scale = self.spec.attn_scale
+
+        def run(i: int) -> None:
+            job = self.host_cache.decode_job(i % self.spec.num_layers, q, tables, seq_lens, scale, k_new=k, v_new=v, out=out)
+            if pipelined:
+                self.lane.submit(job.run).wait()
+            else:
+                job.run()
+            job.finish()
+
+        return Bench(run)
+
+    @torch.inference_mode()
+    def swap(self, num_blocks: int) -> Bench:
+        """num_blocks blocks of one layer copied device -> host and host -> device, alternately
+        (both directions in the median). At most as many blocks as both pools lend."""
+        n = min(num_blocks, len(self.device_ids), len(self.host_ids))
+        runs_out = coalesce(self.device_ids[:n], self.host_ids[:n])
+        runs_in = coalesce(self.host_ids[:n], self.device_ids[:n])
+        copies = (LayerCopy(runs_out, self.cache, self.host_cache), LayerCopy(runs_in, self.host_cache, self.cache))
+
+        def run(i: int) -> None:
+            copies[i % 2].copy_layer((i // 2) % self.spec.num_layers)
+
+        return Bench(run)
+
+    # ---- per iteration -----------------------------------------------------------------
+
+    @torch.inference_mode()
+    def iteration_sampled(self, num_rows: int) -> Bench:
+        """A decode batch of num_rows outside the layers: its tensors, embedding, RoPE tables,
+        the sampled rows' logits and greedy sampling."""
+        chunks = [self._decode_chunk(f"s{j}", KVLocation.DEVICE, self.device_ids[j % len(self.device_ids)])
+                  for j in range(num_rows)]
+        return Bench(lambda i: self._outside_layers(chunks))
+
+    @torch.inference_mode()
+    def iteration_prefill_tokens(self, num_tokens: int) -> Bench:
+        """A prefill chunk of num_tokens that does not sample: its tensors, embedding and RoPE."""
+        ids = [self.device_ids[j % len(self.device_ids)] for j in range(-(-num_tokens // self.block_size))]
+        chunk = ScheduledChunk("p", [1] * num_tokens, 0, ids, False, GREEDY, [1] * num_tokens, [])
+        return Bench(lambda i: self._outside_layers([chunk]))
+
+    def _outside_layers(self, chunks: list[ScheduledChunk]) -> None:
+        ex, model = self.engine.executor, self.model
+        batch = BatchTensors(chunks, self.block_size, self.device, ex.pool_devices)
+        hidden = model.embed(batch.token_ids)
+        model.rope(batch.positions)
+        sampling, last = ex.last_rows(batch, hidden)
+        if sampling:
+            logits = model.logits(last)
+            rows = [SampleRow(c.params, c.prompt_token_ids, c.output_token_ids) for c in sampling]
+            self.engine.sampler(logits, rows)
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _decode_chunk(self, request_id: str, location: KVLocation, block_id: int) -> ScheduledChunk:
+        return ScheduledChunk(request_id, [1], self.block_size - 1, [block_id], True, GREEDY, [1], [], location)
+
+    def _decode_inputs(self, num_requests: int) -> tuple[torch.Tensor, ...]:
+        s = self.spec
+        q = self._randn(num_requests, s.num_heads, s.head_dim)
+        k = self._randn(num_requests, s.num_kv_heads, s.head_dim)
+        v = self._randn(num_requests, s.num_kv_heads, s.head_dim)
+        out = torch.empty((num_requests, s.num_heads, s.head_dim), dtype=torch.float32, device=self.device)
+        return q, k, v, out
+
+    def _tables(self, cache: KVCache, ids: list[int], num_requests: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return decode_tables(ids, num_requests, length, self.block_size, cache.device)
+
+
+def decode_tables(
+    ids: list[int], num_requests: int, length: int, block_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block tables [B, W] int32 and seq_lens [B] int32 for num_requests requests of `length`
+    tokens over the scratch block ids. Each request's last block (where the call writes the new
+    token) is its own whenever there are more scratch blocks than requests; the others cycle
+    through the rest of the scratch blocks (shared when the grid asks for more than exist)."""
+    width = -(-length // block_size)
+    own = len(ids) > num_requests
+    rest = ids[num_requests:] if own else ids
+    tables = []
+    k = 0
+    for r in range(num_requests):
+        row = []
+        for _ in range(width - 1):
+            row.append(rest[k % len(rest)])
+            k += 1
+        row.append(ids[r] if own else ids[r % len(ids)])
+        tables.append(row)
+    return pad_block_tables(tables, device), torch.full((num_requests,), length, dtype=torch.int32, device=device)
