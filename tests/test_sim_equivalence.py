@@ -12,7 +12,7 @@ from neo_async.sampling_params import SamplingParams
 from neo_async.sched.plan import ExecuteOutput, Plan
 from neo_async.sim.loop import new_request, simulate
 from neo_async.sim.system import PoolSizes, build_scheduler
-from tests.sim_factories import mixed_specs, poisson_offsets, t4_deployment
+from neo_async.sim.testing import mixed_specs, poisson_offsets, t4_deployment
 
 
 def signature(plan: Plan) -> tuple:

@@ -16,7 +16,7 @@ from neo_async.sim.clock import VirtualClock
 from neo_async.sim.loop import simulate
 from neo_async.sim.system import build_scheduler, pool_sizes
 from neo_async.sim.workload import Workload, result_of
-from tests.sim_factories import mixed_specs, poisson_offsets, t4_deployment
+from neo_async.sim.testing import mixed_specs, poisson_offsets, t4_deployment
 
 
 def run_mixed(offload: str, pipeline: str, rate: float, n: int = 60):
@@ -96,7 +96,7 @@ def test_simulator_never_imports_torch() -> None:
     code = (
         "import sys, math\n"
         "import neo_async.sim.cli, neo_async.sim.planner, neo_async.sim.reproduce\n"
-        "from tests.sim_factories import t4_deployment\n"
+        "from neo_async.sim.testing import t4_deployment\n"
         "from neo_async.sim.workload import Workload\n"
         "from loadgen.datasets import DatasetOptions\n"
         "t4_deployment().run(Workload('synthetic', None, DatasetOptions(num_prompts=5, input_len=100, output_len=5)), 'neo')\n"

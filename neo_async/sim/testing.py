@@ -1,4 +1,4 @@
-"""Factories for the simulator tests: small deployments and workloads."""
+"""Factories for tests of the simulator (and of code driven by it): small deployments and workloads."""
 
 from __future__ import annotations
 
