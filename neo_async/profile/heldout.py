@@ -91,9 +91,9 @@ def step_shapes(engine: Engine) -> list[StepShape]:
     """Probe steps unlike the ones the overheads were fitted to: bigger batches, longer
     contexts, a prefill chunk joining decodes."""
     seqs = engine.config.scheduler.max_num_seqs
-    n = max(2, min(32, seqs // 2))
-    kv = min(1024, engine.max_model_len - 1)
-    chunk = min(128, engine.config.scheduler.max_num_batched_tokens // 2)
+    n = max(2, min(16, seqs // 2))
+    kv = min(512, engine.max_model_len - 1)
+    chunk = min(64, engine.config.scheduler.max_num_batched_tokens // 2)
     prefix = min(256, engine.max_model_len - chunk - 1)
     shapes = [
         StepShape(device_decodes=n // 2, host_decodes=n // 2, kv_tokens=kv),
