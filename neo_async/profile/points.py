@@ -105,12 +105,10 @@ class Points:
         def run(i: int) -> None:
             layer = i % s.num_layers
             self.cache.store(layer, k, v, slot_blocks, slot_offsets)
-            if prefix:
-                kc, vc = self.cache.gather(layer, cached, total)
-                kc, vc = kc.to(self.device), vc.to(self.device)
+            if prefix:  # as Executor.device_attention: over the pool when a prefix is cached
+                self.cache.prefill(layer, q, cached, prefix, total, scale)
             else:
-                kc, vc = k.transpose(0, 1), v.transpose(0, 1)
-            prefill_attention(q, kc, vc, prefix, scale)
+                prefill_attention(q, k.transpose(0, 1), v.transpose(0, 1), prefix, scale)
 
         return Bench(run)
 
