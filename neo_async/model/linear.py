@@ -4,6 +4,10 @@ On the CPU, the weight is reordered once into oneDNN's blocked layout: plain-lay
 weights are re-laid-out inside every call, which halves small-batch decode throughput.
 Where oneDNN refuses the reorder (bf16 on a CPU without AVX-512 or AVX-NE-CONVERT), and on
 CUDA, the weight stays plain and F.linear runs.
+
+`widen`: a bf16 weight is kept as float32 (the same values, exactly) and the product runs in
+float32, its result rounded back to the input's dtype. For CPUs without native bf16 products
+(no AVX512_BF16 or AMX), where torch emulates them several times slower than float32.
 """
 
 from __future__ import annotations
@@ -19,11 +23,23 @@ def _mkldnn_packing_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512_BF16 or AMX-BF16)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 class Linear:
-    def __init__(self, weight: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor, widen: bool = False) -> None:
         """weight [out_features, in_features], contiguous, on its device."""
         self.out_features, self.in_features = weight.shape
         self.is_packed = False
+        self.compute_dtype = torch.float32 if widen and weight.dtype == torch.bfloat16 else weight.dtype
+        weight = weight.to(self.compute_dtype)
         self.weight = weight
         if weight.device.type == "cpu" and weight.dtype in _PACKABLE and _mkldnn_packing_available():
             try:
@@ -34,6 +50,11 @@ class Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, in_features] -> [T, out_features] in x's dtype."""
+        dtype = x.dtype
+        if dtype != self.compute_dtype:
+            x = x.to(self.compute_dtype)
         if self.is_packed:
-            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, None, "none", [], "")
-        return F.linear(x, self.weight)
+            y = torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, None, "none", [], "")
+        else:
+            y = F.linear(x, self.weight)
+        return y if y.dtype == dtype else y.to(dtype)

@@ -14,10 +14,12 @@ import structlog
 import torch
 
 from neo_async.model.hf_dir import iter_hf_tensors, read_hf_config, spec_from_hf_config
+from neo_async.model.linear import cpu_has_native_bf16
 from neo_async.model.registry import model_display_name, resolve_model_path
 from neo_async.model.spec import ModelSpec
 from neo_async.model.tokenizer import Tokenizer, tokenizer_from_gguf_fields, tokenizer_from_hf_dir
 from neo_async.model.weights import LlamaWeights, WeightsBuilder
+from neo_async.runner.device import host_available_bytes
 
 log = structlog.get_logger("neo_async.model.loader")
 
@@ -73,9 +75,25 @@ def _load_hf_dir(
     for tensor_name, tensor in iter_hf_tensors(path):
         builder.add(tensor_name, tensor)
     clock.lap("model_weights_read")
-    weights = builder.finish()
+    weights = builder.finish(_widen(spec, dtype, device))
     clock.lap("model_weights_prepared")
     return LoadedModel(spec, weights, tokenizer, path)
+
+
+# float32 copies of the projections may take at most this share of available memory
+_WIDEN_MEMORY_SHARE = 0.25
+
+
+def _widen(spec: ModelSpec, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether bf16 projections compute in float32 (see `Linear`): on a CPU without native bf16
+    products, when float32 copies of the projections fit a share of available memory."""
+    if device.type != "cpu" or dtype != torch.bfloat16 or cpu_has_native_bf16():
+        return False
+    per_layer = spec.hidden_size * (spec.q_size + 2 * spec.kv_size + spec.q_size + 3 * spec.intermediate_size)
+    num_bytes = 4 * (spec.num_layers * per_layer + spec.vocab_size * spec.hidden_size)
+    widen = num_bytes <= _WIDEN_MEMORY_SHARE * host_available_bytes()
+    log.info("bf16_products", native=False, computed_in="float32" if widen else "bfloat16 (emulated)", float32_bytes=num_bytes)
+    return widen
 
 
 def _load_gguf(
@@ -97,6 +115,6 @@ def _load_gguf(
         clock.lap("model_weights_dequantized", num_bytes=num_bytes)
     if rope_freqs is not None:
         spec = dataclasses.replace(spec, rope_freq_factors=rope_freqs)
-    weights = builder.finish()
+    weights = builder.finish(_widen(spec, dtype, device))
     clock.lap("model_weights_prepared")
     return LoadedModel(spec, weights, tokenizer, path)

@@ -140,7 +140,8 @@ class WeightsBuilder:
                 buffers[key] = torch.empty(shape, dtype=dtype, device=self.device)
         return buffers
 
-    def finish(self) -> LlamaWeights:
+    def finish(self, widen: bool = False) -> LlamaWeights:
+        """widen: bf16 projections computed in float32 (see `Linear`)."""
         spec = self.spec
         layers = []
         for index, (buffers, written) in enumerate(zip(self.buffers, self.written)):
@@ -152,12 +153,12 @@ class WeightsBuilder:
             layers.append(
                 LayerWeights(
                     attn_norm=buffers["attn_norm"],
-                    qkv=Linear(buffers["qkv"]),
+                    qkv=Linear(buffers["qkv"], widen),
                     qkv_bias=buffers.get("qkv_bias"),
-                    o=Linear(buffers["o"]),
+                    o=Linear(buffers["o"], widen),
                     mlp_norm=buffers["mlp_norm"],
-                    gate_up=Linear(buffers["gate_up"]),
-                    down=Linear(buffers["down"]),
+                    gate_up=Linear(buffers["gate_up"], widen),
+                    down=Linear(buffers["down"], widen),
                 )
             )
             buffers.clear()
@@ -169,4 +170,4 @@ class WeightsBuilder:
             if not spec.tie_word_embeddings:
                 raise ValueError("checkpoint lacks lm_head.weight and embeddings are not tied")
             lm_head = embed
-        return LlamaWeights(embed=embed, layers=layers, final_norm=self.globals["model.norm.weight"], lm_head=Linear(lm_head))
+        return LlamaWeights(embed=embed, layers=layers, final_norm=self.globals["model.norm.weight"], lm_head=Linear(lm_head, widen))
