@@ -108,7 +108,7 @@ class SchedulerConfig:
     max_host_wait_iterations: int = 4
     # "auto": tables cached for this machine, model and thread split, else a quick profile at
     # start-up; a path: tables written by `neo-async profile`; "none": no cost model (fixed rules)
-    cost_tables: str = "none"
+    cost_tables: str = "auto"
 
     def validate(self) -> None:
         if self.pipeline not in PIPELINE_MODES:

@@ -13,7 +13,7 @@ import pytest
 import structlog
 import torch
 
-from neo_async.config import Config
+from neo_async.config import Config, SchedulerConfig
 from neo_async.engine import Engine
 from neo_async.native import rust_cpuattn
 from neo_async.profile import cache
@@ -54,7 +54,7 @@ def checkpoint(tmp_path_factory):
 
 def _engine(checkpoint, **overrides) -> Engine:
     base = dict(model=str(checkpoint), dtype="float32", block_size=16, device_kv_tokens=1024, host_kv_tokens=1024)
-    base |= LIMITS | THREADS
+    base |= LIMITS | THREADS | {"cost_tables": "none"}
     return Engine(Config().override(**(base | overrides)))
 
 
@@ -89,10 +89,12 @@ PROMPTS = [[5, 9, 33, 7] * 10, [100, 3, 8] * 7, list(range(30, 90))]
 def test_quick_profile_covers_the_engine_limits_and_gives_every_block_back(profiled):
     engine, costs, free_before, threads_before = profiled
     assert costs.num_layers == engine.spec.num_layers
-    assert max(costs.linear_sequential.xs) == LIMITS["max_num_batched_tokens"]
-    assert max(costs.device_decode_sequential.xs) == LIMITS["max_num_seqs"]
+    default = SchedulerConfig()  # smaller limits share the default grid (and its cache entry)
+    tokens = max(min(default.max_num_batched_tokens, LIMITS["max_model_len"] // 2), LIMITS["max_num_batched_tokens"])
+    assert max(costs.linear_sequential.xs) == tokens
+    assert max(costs.device_decode_sequential.xs) == max(LIMITS["max_num_seqs"], default.max_num_seqs)
     assert max(costs.host_decode_pipelined.ys) == LIMITS["max_model_len"]
-    assert max(costs.prefill.xs) == LIMITS["max_num_batched_tokens"]
+    assert max(costs.prefill.xs) == tokens
     for name, value in costs.to_json().items():
         if isinstance(value, dict) and "ys" in value:
             flat = [z for row in value["zs"] for z in row] if "zs" in value else value["ys"]
@@ -141,7 +143,7 @@ def test_load_or_profile_reuses_the_stored_table_for_the_same_key_only(profiled,
         (dict(kernel_threads=2), "kernel_threads"),
         (dict(dtype="bfloat16"), "dtype"),
         (dict(block_size=32), "block_size"),
-        (dict(max_num_batched_tokens=128), "max_num_batched_tokens"),
+        (dict(max_num_batched_tokens=1024), "grid_limits"),
     ],
 )
 def test_a_changed_setting_never_reuses_a_table(profiled, checkpoint, change, field):
@@ -150,7 +152,7 @@ def test_a_changed_setting_never_reuses_a_table(profiled, checkpoint, change, fi
     other = _engine(checkpoint, **change)
     key = cache.profile_key(other)
     assert key[field] != costs.key[field]
-    assert {k for k in key if key[k] != costs.key[k]} <= {field, "pipelined_torch_threads"}
+    assert {k for k in key if key[k] != costs.key[k]} <= {field, "pipelined_torch_threads", "linear_dtype"}
     assert cache.cache_path(key) != cache.cache_path(costs.key)
     assert cache.load_cached(key) is None
 
@@ -212,7 +214,7 @@ def test_the_cli_writes_json_plots_and_the_cache(checkpoint, tmp_path):
             "--torch-threads", "1", "--quick", "--budget-s", "0", "--heldout-points", "2", "--out", str(out), "--log-level", "warning"]
     assert main(argv) == 0
     costs = MeasuredCosts.load(out / "cost_tables.json")
-    assert isinstance(costs.linear_pipelined, Table1D) and max(costs.linear_pipelined.xs) == 64
+    assert isinstance(costs.linear_pipelined, Table1D) and max(costs.linear_pipelined.xs) == 128  # 64 raised to the default, within half the context
     report = json.loads((out / "profile_report.json").read_text())
     assert report["heldout"]["linear_sequential"]["num_points"] == 2
     assert report["steps"]["num_points"] >= 3 and report["steps"]["median_error"] is not None

@@ -20,6 +20,7 @@ import structlog
 import torch
 
 import neo_async
+from neo_async.config import SchedulerConfig
 from neo_async.native import rust_cpuattn
 from neo_async.sched.cost_tables import FORMAT, MeasuredCosts
 
@@ -40,6 +41,15 @@ def cache_dir() -> Path:
     return Path(base) / "neo-async" / "profiles"
 
 
+def grid_limits(engine: Engine) -> tuple[int, int]:
+    """The tables' token and request bounds: the scheduler's limits, raised to the defaults
+    (within half the context, where prefill chunks still have room for a cached prefix), so
+    that engines with smaller limits share one profile."""
+    default, cfg = SchedulerConfig(), engine.config.scheduler
+    tokens = min(max(cfg.max_num_batched_tokens, default.max_num_batched_tokens), engine.max_model_len // 2)
+    return max(tokens, cfg.max_num_batched_tokens), max(cfg.max_num_seqs, default.max_num_seqs)
+
+
 def profile_key(engine: Engine) -> dict[str, Any]:
     """What the tables depend on: model shape, dtype, device, thread budgets, block size, the
     grids' bounds (the scheduler's limits), the code (package, torch, native kernel), the
@@ -58,8 +68,8 @@ def profile_key(engine: Engine) -> dict[str, Any]:
         "pipelined_torch_threads": engine.executor.pipelined_torch_threads,
         "kernel_threads": engine.num_kernel_threads,
         "block_size": cfg.cache.block_size,
-        "max_num_batched_tokens": cfg.scheduler.max_num_batched_tokens,
-        "max_num_seqs": cfg.scheduler.max_num_seqs,
+        "grid_limits": list(grid_limits(engine)),
+        "linear_dtype": str(engine.model.weights.lm_head.compute_dtype),
         "max_model_len": engine.max_model_len,
         "version": package_version(),
         "torch": torch.__version__,
@@ -142,6 +152,20 @@ def load_or_profile(engine: Engine, quick: bool = True) -> MeasuredCosts:
         log.info("profile_cached", path=str(path))
     except OSError as e:  # a read-only home must not stop the engine
         log.warning("profile_cache_unwritable", path=str(cache_path(key)), error=str(e))
+    return costs
+
+
+def load_for(engine: Engine, path: Path) -> MeasuredCosts:
+    """Tables written by `neo-async profile` for this engine; ValueError when they were measured
+    for another machine, model, dtype, thread split or version (named), or cannot be read."""
+    try:
+        costs = MeasuredCosts.load(path)
+    except OSError as e:
+        raise ValueError(f"cost_tables: cannot read {path}: {e}") from None
+    key = profile_key(engine)
+    if costs.key != key:
+        differs = ", ".join(sorted(_differences(costs.key, key)))
+        raise ValueError(f"cost_tables: {path} was measured for another setup (differs in: {differs}); run `neo-async profile`")
     return costs
 
 

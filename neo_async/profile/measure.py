@@ -114,11 +114,13 @@ def profile_engine(engine: Engine, quick: bool = True, settings: Settings | None
 
 
 def engine_grids(engine: Engine, points: Points, quick: bool) -> Grids:
-    cfg = engine.config.scheduler
+    from neo_async.profile.cache import grid_limits
+
+    max_tokens, max_seqs = grid_limits(engine)
     bs = engine.cache.block_size
     swap_cap = 4 * -(-engine.max_model_len // bs)  # a few requests' worth of blocks, one layer
     num_swap = min(len(points.device_ids), len(points.host_ids), swap_cap)
-    return make_grids(cfg.max_num_batched_tokens, cfg.max_num_seqs, engine.max_model_len, bs, num_swap, quick)
+    return make_grids(max_tokens, max_seqs, engine.max_model_len, bs, num_swap, quick)
 
 
 # each table's points: (axes of the grid, measured under the pipelined budget, the point's bench)
