@@ -156,3 +156,20 @@ def test_every_request_finishes_within_a_bound(lengths, host_per_kv, slowdown, s
     bound = sum(p // 4 + 1 + o for p, o in lengths) * (max_wait + 1) + 10
     drive(s, bound)
     assert s.device_pool.num_used == 0 and s.host_pool.num_used == 0
+
+
+def test_admissions_one_by_one_never_lower_the_predicted_rate():
+    """Each admission is judged against the load before it: a tolerance would compound over a
+    burst of admissions into a large loss."""
+    costs = SyntheticCosts(host_per_kv=3e-8)
+    p = policy(costs)
+    steady = Load()
+    for _ in range(16):
+        steady.add_decode(500, is_host=False)
+    start = steady.num_tokens / p.best_time(steady)
+    admitted = 0
+    while admitted < 200 and p.admit_to_host(steady, 1000):
+        steady.add_decode(1000, is_host=True)
+        admitted += 1
+    assert 0 < admitted < 200
+    assert steady.num_tokens / p.best_time(steady) >= start

@@ -184,4 +184,4 @@ class Policy:
         if self.slo_s is not None:
             return after <= self.slo_s
         before = self.best_time(steady)
-        return grown.num_tokens / after >= (1 - _MIN_GAIN) * steady.num_tokens / before
+        return grown.num_tokens / after >= steady.num_tokens / before  # strict: a tolerance would compound
