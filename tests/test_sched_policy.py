@@ -161,7 +161,7 @@ def test_every_request_finishes_within_a_bound(lengths, host_per_kv, slowdown, s
 def test_admissions_one_by_one_never_lower_the_predicted_rate():
     """Each admission is judged against the load before it: a tolerance would compound over a
     burst of admissions into a large loss."""
-    costs = SyntheticCosts(host_per_kv=3e-8)
+    costs = SyntheticCosts(host_per_kv=2e-8, linear_per_token=2e-6)
     p = policy(costs)
     steady = Load()
     for _ in range(16):
