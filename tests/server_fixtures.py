@@ -1,7 +1,8 @@
 """A real `neo-async serve` process on a free loopback port, and small HTTP helpers for tests.
 
 The server runs the embedded model with one torch thread; it binds port 0 and the test
-reads the chosen port from its JSON `server_started` log line.
+reads the chosen port from its JSON `server_listening` line, and waits for `server_ready`
+(the engine loaded) unless told not to.
 """
 
 from __future__ import annotations
@@ -28,25 +29,28 @@ START_TIMEOUT_S = 180.0
 class ServerProcess:
     """`python -m neo_async serve` in a child process, logs (JSON lines) to a file."""
 
-    def __init__(self, log_path: Path, *args: str) -> None:
+    def __init__(self, log_path: Path, *args: str, wait_ready: bool = True) -> None:
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "neo_async", "serve", "--port", "0", "--log-format", "json", "--torch-threads", "1", *args]
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        self.base_url = self._wait_started()
+        self.base_url = f"http://127.0.0.1:{self.wait_event('server_listening')['port']}"
+        if wait_ready:
+            self.wait_event("server_ready")
 
-    def _wait_started(self) -> str:
+    def wait_event(self, name: str) -> dict[str, Any]:
+        """The first log event called `name`; raises if the process exits or times out first."""
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             for event in self.events():
-                if event.get("event") == "server_started":
-                    return f"http://127.0.0.1:{event['port']}"
+                if event.get("event") == name:
+                    return event
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_text()}")
             time.sleep(0.2)
         self.proc.kill()
-        raise RuntimeError(f"server did not start within {START_TIMEOUT_S}s:\n{self.log_text()}")
+        raise RuntimeError(f"no {name} within {START_TIMEOUT_S}s:\n{self.log_text()}")
 
     def log_text(self) -> str:
         return self.log_path.read_text()

@@ -1,8 +1,9 @@
 """The aiohttp application: a pure factory, routes, and the engine's lifecycle.
 
 Lifecycle (driven by aiohttp's runner):
-- startup: the engine context builds the engine from config when none was given (in a
-  thread: loading takes seconds), starts its loop, and attaches the metrics;
+- startup: the engine context starts a given engine's loop and attaches the metrics at once;
+  without one, a background task builds the engine from config (on its own thread: importing
+  torch and loading take seconds) and then does the same, while routes answer 503 (startup.py);
 - shutdown (`runner.cleanup()`): listening stops first; then `_drain` refuses new requests,
   lets those in flight finish within `server.shutdown_grace_s`, and aborts the rest;
 - cleanup: the engine loop is stopped, if this app started it.
@@ -25,6 +26,7 @@ from neo_async.server.metrics import CONTENT_TYPE, ServerMetrics
 from neo_async.server.openai_schema import ModelCard, ModelList
 from neo_async.server.routes_chat import create_chat_completion
 from neo_async.server.routes_completions import create_completion
+from neo_async.server.startup import build_engine, in_daemon_thread, readiness_middleware
 from neo_async.server.state import STATE, AppState
 
 if TYPE_CHECKING:
@@ -37,9 +39,10 @@ ABORT_FLUSH_S = 5.0  # after the grace period: time for aborted handlers to send
 
 
 def create_app(config: Config | None = None, engine: AsyncEngine | None = None) -> web.Application:
-    """A new app serving `engine` (built from `config` at startup when None). No side effects."""
+    """A new app serving `engine` (built from `config` in the background after startup when
+    None). No side effects."""
     config = config or Config()
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[readiness_middleware, error_middleware], client_max_size=MAX_BODY_BYTES)
     app[STATE] = AppState(config=config, engine=engine)
     app.cleanup_ctx.append(_engine_context)
     app.on_shutdown.append(_drain)
@@ -53,25 +56,43 @@ def create_app(config: Config | None = None, engine: AsyncEngine | None = None) 
 
 async def _engine_context(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
-    if state.engine is None:
-        from neo_async.async_engine import (
-            AsyncEngine,  # torch and the model load only when serving
-        )
+    started_here = False
+    if state.engine is not None:
+        started_here = await _attach_engine(state)
+    else:
+        state.loading = asyncio.get_running_loop().create_task(_load_engine(state), name="neo-engine-load")
+    try:
+        yield
+    finally:
+        if state.loading is not None:
+            state.loading.cancel()  # no-op once done
+            await asyncio.wait([state.loading])
+            loaded = state.loading
+            started_here = not loaded.cancelled() and loaded.exception() is None and loaded.result()
+        if started_here:
+            assert state.engine is not None
+            await state.engine.stop()
+            log.info("engine_stopped")
 
-        state.engine = await asyncio.to_thread(AsyncEngine.from_config, state.config)
+
+async def _load_engine(state: AppState) -> bool:
+    state.engine = await in_daemon_thread(lambda: build_engine(state.config), "neo-engine-load")
+    return await _attach_engine(state)
+
+
+async def _attach_engine(state: AppState) -> bool:
+    """Start the engine's loop unless it runs, attach the metrics, mark the app ready; returns
+    whether the loop was started here (and so is stopped at cleanup)."""
     engine = state.engine
+    assert engine is not None
     started_here = not engine.is_running
     if started_here:
         await engine.start()
     state.metrics = ServerMetrics(engine.model_name, engine.stats)
     engine.add_step_listener(state.metrics.on_step)
+    state.is_ready = True
     log.info("engine_attached", model=engine.model_name, max_model_len=engine.max_model_len)
-    try:
-        yield
-    finally:
-        if started_here:
-            await engine.stop()
-            log.info("engine_stopped")
+    return started_here
 
 
 async def _drain(app: web.Application) -> None:
@@ -101,7 +122,8 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    """200 while requests are accepted; 503 while draining or once the engine loop died."""
+    """200 while requests are accepted; 503 while loading (readiness_middleware), while
+    draining, or once the engine loop died."""
     state = request.app[STATE]
     if state.is_draining:
         return web.json_response({"status": "draining"}, status=503)

@@ -16,6 +16,8 @@ Every error leaves the server as `{"error": {"message", "type", "param", "code"}
 | queue full (EngineOverloadedError)                   | 503    | server_error          | engine_overloaded (+ Retry-After) |
 | server draining for shutdown, request aborted by it  | 503    | server_error          | shutting_down              |
 | engine loop dead (EngineDeadError)                   | 503    | server_error          | engine_dead                |
+| any route while the model loads ("Loading model")    | 503    | server_error          | model_loading              |
+| any route after the model failed to load             | 503    | server_error          | model_load_failed          |
 | anything unexpected (a bug)                          | 500    | server_error          | internal_error             |
 
 After a stream has started the status is already 200: the same body is sent as one SSE

@@ -1,8 +1,10 @@
 """`neo-async serve`: run the OpenAI-compatible server until SIGTERM or SIGINT.
 
-The engine loads before the port opens, so a connection accepted is a request served.
-First signal: stop accepting, let requests in flight finish within `--shutdown-grace-s`,
-abort the rest, exit 0. A second signal aborts everything in flight at once.
+The port opens first (in well under a second) and the engine loads in the background:
+until it is ready every route answers 503 (`/health` included, 200 once ready), and a
+failure to load exits with status 1 and a `startup_failed` line. First signal: stop
+accepting, let requests in flight finish within `--shutdown-grace-s`, abort the rest,
+exit 0. A second signal aborts everything in flight at once.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from aiohttp import web
 from neo_async.config import Config, add_config_flags, config_from_args
 from neo_async.server.app import ABORT_FLUSH_S, create_app
 from neo_async.logging_setup import configure_logging
+from neo_async.model.registry import resolve_model_path
 from neo_async.server.state import STATE
 
 log = structlog.get_logger("neo_async.server")
@@ -38,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         configure_logging(config.server.log_format, config.server.log_level)
+        resolve_model_path(config.model.model)  # a missing file fails here, before the port opens
     except (ValueError, OSError) as exc:
         print(f"neo-async serve: {exc}", file=sys.stderr)
         return 2
@@ -80,12 +84,7 @@ async def serve(config: Config) -> int:
         loop.add_signal_handler(sig, on_signal, sig.name)
 
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=ABORT_FLUSH_S)
-    try:
-        await runner.setup()  # loads the model and starts the engine loop
-    except Exception as exc:
-        log.error("startup_failed", error=repr(exc), exc_info=exc)
-        await runner.cleanup()
-        return 1
+    await runner.setup()  # starts loading the engine in the background
     site = web.TCPSite(runner, config.server.host, config.server.port)
     try:
         await site.start()
@@ -94,11 +93,30 @@ async def serve(config: Config) -> int:
         await runner.cleanup()
         return 1
     host, port = runner.addresses[0][:2]
-    engine = app[STATE].engine
-    log.info("server_started", host=host, port=port, model=engine.model_name if engine else None)
-    await stop.wait()
+    log.info("server_listening", host=host, port=port)
+    code = await _serve_until_stopped(app, stop, host, port)
     await runner.cleanup()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
-    log.info("server_stopped")
+    log.info("server_stopped", exit_code=code)
+    return code
+
+
+async def _serve_until_stopped(app: web.Application, stop: asyncio.Event, host: str, port: int) -> int:
+    """0 once `stop` is set; 1 as soon as the engine fails to load."""
+    loading = app[STATE].loading
+    assert loading is not None
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait([loading, stopped], return_when=asyncio.FIRST_COMPLETED)
+    if loading.done():
+        exc = loading.exception()
+        if exc is not None:
+            is_user_error = isinstance(exc, (OSError, ValueError))  # a bad file or setting: no traceback
+            log.error("startup_failed", error=f"{type(exc).__name__}: {exc}", exc_info=None if is_user_error else exc)
+            stopped.cancel()
+            return 1
+        engine = app[STATE].engine
+        assert engine is not None
+        log.info("server_ready", host=host, port=port, model=engine.model_name)
+    await stopped
     return 0

@@ -20,13 +20,17 @@ if TYPE_CHECKING:
 class AppState:
     """Mutable state of one app (the app's own mapping is frozen once it starts).
 
-    `engine` and `metrics` are set by the engine context before the first request is
-    served. `in_flight` holds every Generation between submission and close.
+    `engine` and `metrics` are set by the engine context, at start-up for a given engine or
+    by the `loading` task (which returns whether it started the engine) for one built from
+    config; `is_ready` turns True once both are set and the engine runs, and routes are
+    served only then. `in_flight` holds every Generation between submission and close.
     """
 
     config: Config
     engine: AsyncEngine | None = None
     metrics: ServerMetrics | None = None
+    loading: asyncio.Task[bool] | None = None
+    is_ready: bool = False
     is_draining: bool = False
     in_flight: set[Generation] = field(default_factory=set)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
