@@ -73,4 +73,9 @@ def test_pipeline_flags():
     add_config_flags(parser)
     config = config_from_args(parser.parse_args(["--pipeline", "on", "--pipeline-min-host-decodes", "3"]))
     assert config.scheduler.pipeline == "on" and config.scheduler.pipeline_min_host_decodes == 3
-    assert Config().scheduler.pipeline == "off"
+    assert Config().scheduler.pipeline == "auto"
+    config = config_from_args(parser.parse_args(["--tpot-slo-ms", "80", "--max-host-wait-iterations", "2", "--cost-tables", "none"]))
+    assert (config.scheduler.tpot_slo_ms, config.scheduler.max_host_wait_iterations, config.scheduler.cost_tables) == (80.0, 2, "none")
+    for bad in ({"tpot_slo_ms": 0.0}, {"max_host_wait_iterations": -1}, {"pipeline": "maybe"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Config().override(**bad).validate()
