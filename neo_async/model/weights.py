@@ -44,8 +44,9 @@ class LlamaWeights:
     lm_head: Linear  # [vocab, hidden]; built from embed when tied
 
     @staticmethod
-    def builder(spec: ModelSpec, dtype: torch.dtype, device: torch.device) -> "WeightsBuilder":
-        return WeightsBuilder(spec, dtype, device)
+    def builder(spec: ModelSpec, dtype: torch.dtype, device: torch.device, widen: bool = False) -> "WeightsBuilder":
+        """widen: projections stored and computed in float32 (see `Linear`)."""
+        return WeightsBuilder(spec, dtype, device, widen)
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,9 @@ class WeightsBuilder:
     `add(name, tensor)` copies into it. Norms and biases stay float32.
     """
 
-    def __init__(self, spec: ModelSpec, dtype: torch.dtype, device: torch.device) -> None:
-        self.spec, self.dtype, self.device = spec, dtype, device
+    def __init__(self, spec: ModelSpec, dtype: torch.dtype, device: torch.device, widen: bool = False) -> None:
+        self.spec, self.dtype, self.device, self.widen = spec, dtype, device, widen
+        self.projection_dtype = torch.float32 if widen else dtype
         self.slots = _layer_slots(spec)
         self.buffers: list[dict[str, torch.Tensor]] = [{} for _ in range(spec.num_layers)]
         self.written: list[set[str]] = [set() for _ in range(spec.num_layers)]
@@ -123,7 +125,7 @@ class WeightsBuilder:
         if name in ("model.embed_tokens.weight", "lm_head.weight"):
             if len(shape) != 2 or shape[1] != self.spec.hidden_size:
                 raise ValueError(f"weight {name!r} has shape {tuple(shape)}, expected [vocab, {self.spec.hidden_size}]")
-            dtype = self.dtype
+            dtype = self.projection_dtype if name == "lm_head.weight" else self.dtype
         elif name == "model.norm.weight":
             if tuple(shape) != (self.spec.hidden_size,):
                 raise ValueError(f"weight {name!r} has shape {tuple(shape)}, expected ({self.spec.hidden_size},)")
@@ -136,13 +138,13 @@ class WeightsBuilder:
     def _layer_buffers(self, index: int) -> dict[str, torch.Tensor]:
         buffers = self.buffers[index]
         if not buffers:  # NOTE: torch.empty: the writes touch each page once, with no zeroing pass
-            for key, (shape, dtype) in _layer_buffer_shapes(self.spec, self.dtype).items():
+            for key, (shape, dtype) in _layer_buffer_shapes(self.spec, self.projection_dtype).items():
                 buffers[key] = torch.empty(shape, dtype=dtype, device=self.device)
         return buffers
 
-    def finish(self, widen: bool = False) -> LlamaWeights:
-        """widen: bf16 projections computed in float32 (see `Linear`)."""
+    def finish(self) -> LlamaWeights:
         spec = self.spec
+        widen = self.widen
         layers = []
         for index, (buffers, written) in enumerate(zip(self.buffers, self.written)):
             missing = [p for p in _LAYER_PARTS if p not in written]
