@@ -109,3 +109,35 @@ def fresh_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
         is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[0],
     )  # [1, Hq, T, D]
     return out[0].transpose(0, 1).float()
+
+
+_BULK_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def bulk_stream(device: torch.device) -> torch.cuda.Stream:
+    """The stream of bulk copies (swaps) on `device`: apart from the latency-critical lane."""
+    if device not in _BULK_STREAMS:
+        _BULK_STREAMS[device] = torch.cuda.Stream(device)
+    return _BULK_STREAMS[device]
+
+
+def enqueue_layers(device: torch.device, copy_layer: Callable[[int], None], num_layers: int) -> list[torch.cuda.Event]:
+    """Every layer's copies issued now on the bulk stream, after the work the compute stream
+    has so far; one event per layer, recorded after that layer's copies."""
+    stream = bulk_stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    events = []
+    with torch.cuda.stream(stream):
+        for layer in range(num_layers):
+            copy_layer(layer)
+            event = torch.cuda.Event()
+            event.record(stream)
+            events.append(event)
+    return events
+
+
+def wait_layer(event: torch.cuda.Event) -> None:
+    """A layer's copies done, for the host (which reads or reuses host blocks next) and for
+    the compute stream (which reads or reuses device blocks next)."""
+    event.synchronize()
+    torch.cuda.current_stream().wait_event(event)
