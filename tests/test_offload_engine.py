@@ -23,7 +23,9 @@ def prompts() -> list[list[int]]:
 
 
 def _engine(**overrides) -> Engine:
-    base = dict(dtype="float32", block_size=16, max_num_batched_tokens=128, max_num_seqs=8)
+    # the fixed placement rules: these tests check the mechanics (swaps, host prefills, aborts);
+    # the measured policy's choices are tested on synthetic costs (test_sched_policy, test_pipelined_engine)
+    base = dict(dtype="float32", block_size=16, max_num_batched_tokens=128, max_num_seqs=8, cost_tables="none")
     return Engine(Config().override(**{**base, **overrides}))
 
 

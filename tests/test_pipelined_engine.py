@@ -70,7 +70,8 @@ def _pipelined(plans: list[Plan]) -> list[Plan]:
 def test_neo_pipelined_gives_the_same_tokens_as_sequential_and_off(prompts, reference):
     sequential, seq_plans = _run(_engine(offload="neo", device_kv_tokens=192, host_kv_tokens=4096, pipeline="off"), prompts)
     assert not _pipelined(seq_plans)
-    engine = _engine(offload="neo", device_kv_tokens=192, host_kv_tokens=4096, pipeline="on")
+    # the fixed split (no cost tables): every plan with host decodes pipelined, prefills in b0
+    engine = _engine(offload="neo", device_kv_tokens=192, host_kv_tokens=4096, pipeline="on", cost_tables="none")
     tokens, plans = _run(engine, prompts)
     assert tokens == sequential == reference
     pipelined = _pipelined(plans)
@@ -89,7 +90,7 @@ def test_neo_pipelined_gives_the_same_tokens_as_sequential_and_off(prompts, refe
 
 @pytest.mark.slow
 def test_full_offload_pipelined_gives_the_same_tokens(prompts, reference):
-    tokens, plans = _run(_engine(offload="full", device_kv_tokens=32, host_kv_tokens=4096, pipeline="on"), prompts)
+    tokens, plans = _run(_engine(offload="full", device_kv_tokens=32, host_kv_tokens=4096, pipeline="on", cost_tables="none"), prompts)
     assert tokens == reference
     assert len(_pipelined(plans)) >= 5
 

@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("offload") / "server.log"
-    proc = ServerProcess(log, "--offload", "neo", "--device-kv-tokens", "256", "--host-kv-tokens", "65536", "--max-num-seqs", "32")
+    proc = ServerProcess(log, "--offload", "neo", "--device-kv-tokens", "256", "--host-kv-tokens", "65536", "--max-num-seqs", "32",
+                        "--cost-tables", "none")
     yield proc
     proc.stop()
 
