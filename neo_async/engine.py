@@ -103,15 +103,20 @@ class Engine:
 
     def _cost_model(self, offload: str) -> CostModel | None:
         """The policy's cost tables: none without a host pool (nothing to decide) or when
-        cost_tables is "none"; "auto": cached for this machine, else a quick profile now; else
-        the tables at that path, refused when measured for another machine or setup."""
+        cost_tables is "none"; "auto": cached for this machine, else a quick profile now (a
+        profile that fails is logged as a warning and the fixed rules serve); else the tables at
+        that path, refused when measured for another machine or setup."""
         source = self.config.scheduler.cost_tables
         if offload == "off" or source == "none":
             return None
         from neo_async.profile.cache import load_or_profile, load_for
 
         if source == AUTO:
-            return load_or_profile(self, quick=True)
+            try:
+                return load_or_profile(self, quick=True)
+            except Exception as e:  # noqa: BLE001 - a failed profile must not stop serving
+                log.warning("cost_tables_unavailable", error=repr(e), fallback="fixed rules, sequential steps")
+                return None
         return load_for(self, Path(source))
 
     def _num_device_blocks(self, dtype_bytes: int) -> int:

@@ -235,3 +235,12 @@ def test_the_cli_writes_json_plots_and_the_cache(checkpoint, tmp_path):
     assert "linear_sequential.png" in pngs and "host_decode_pipelined.png" in pngs and "steps.png" in pngs
     assert all((out / p).read_bytes().startswith(b"\x89PNG") for p in pngs)
     assert cache.load_cached(costs.key) == costs
+
+
+def test_a_failing_start_up_profile_falls_back_to_the_fixed_rules(checkpoint, monkeypatch):
+    def broken(engine, quick=True):
+        raise RuntimeError("no timer on this device")
+
+    monkeypatch.setattr("neo_async.profile.measure.profile_engine", broken)
+    engine = _engine(checkpoint, cost_tables="auto", torch_threads=3)  # a key no other test profiled
+    assert engine.costs is None and engine.scheduler.policy is None
