@@ -139,12 +139,10 @@ class Policy:
         for share in _B1_SHARES:
             n1 = max(1, round(load.host_decodes * share))
             kv1 = load.host_kv_tokens * n1 // load.host_decodes
-            b1 = Load(num_tokens=n1, num_sampled=n1, host_decodes=n1, host_kv_tokens=kv1)
+            b1 = Load()
+            b1.add_decode(kv1, is_host=True, count=n1)
             b0 = load.copy()
-            b0.num_tokens -= n1
-            b0.num_sampled -= n1
-            b0.host_decodes -= n1
-            b0.host_kv_tokens -= kv1
+            b0.add_decode(-kv1, is_host=True, count=-n1)
             if b0.num_tokens > 0:
                 best = min(best, pipelined_time(self.costs, b0, b1))
         return best
@@ -176,10 +174,7 @@ class Policy:
         if not steady.num_tokens:
             return True  # nothing else runs: waiting longer cannot help
         grown = steady.copy()
-        grown.num_tokens += 1
-        grown.num_sampled += 1
-        grown.host_decodes += 1
-        grown.host_kv_tokens += num_tokens
+        grown.add_decode(num_tokens, is_host=True)
         after = self.best_time(grown)
         if self.slo_s is not None:
             return after <= self.slo_s

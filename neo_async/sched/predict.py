@@ -37,39 +37,28 @@ class Load:
     host_kv_tokens: int = 0
 
     def add(self, chunk: ScheduledChunk) -> None:
+        if chunk.is_decode:
+            self.add_decode(chunk.seq_len, chunk.is_host, sampled=chunk.is_sampling)
+            return
         self.num_tokens += chunk.num_tokens
         self.num_sampled += chunk.is_sampling
-        if not chunk.is_decode:
-            self.prefills.append((chunk.num_tokens, chunk.seq_len))
-        elif chunk.is_host:
-            self.host_decodes += 1
-            self.host_kv_tokens += chunk.seq_len
-        else:
-            self.device_decodes += 1
-            self.device_kv_tokens += chunk.seq_len
+        self.prefills.append((chunk.num_tokens, chunk.seq_len))
 
-    def add_decode(self, seq_len: int, is_host: bool) -> None:
-        """A decode of a request whose cache will hold seq_len tokens."""
-        self.num_tokens += 1
-        self.num_sampled += 1
+    def add_decode(self, kv_tokens: int, is_host: bool, sampled: bool = True, count: int = 1) -> None:
+        """count decodes (negative: taken away) of requests whose caches will hold kv_tokens in all."""
+        self.num_tokens += count
+        self.num_sampled += count * sampled
         if is_host:
-            self.host_decodes += 1
-            self.host_kv_tokens += seq_len
+            self.host_decodes += count
+            self.host_kv_tokens += kv_tokens
         else:
-            self.device_decodes += 1
-            self.device_kv_tokens += seq_len
+            self.device_decodes += count
+            self.device_kv_tokens += kv_tokens
 
     def remove_decode(self, chunk: ScheduledChunk) -> None:
         """Undo `add` of a decode chunk."""
         assert chunk.is_decode
-        self.num_tokens -= 1
-        self.num_sampled -= chunk.is_sampling
-        if chunk.is_host:
-            self.host_decodes -= 1
-            self.host_kv_tokens -= chunk.seq_len
-        else:
-            self.device_decodes -= 1
-            self.device_kv_tokens -= chunk.seq_len
+        self.add_decode(-chunk.seq_len, chunk.is_host, sampled=chunk.is_sampling, count=-1)
 
     def copy(self) -> "Load":
         return dataclasses.replace(self, prefills=list(self.prefills))

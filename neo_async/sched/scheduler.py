@@ -17,8 +17,10 @@ Offload modes: "off" (device only, recompute preemption: the baseline), "neo" (b
 placement decided every iteration), "full" (every request on the host; the device runs the
 linear layers and prefill attention only).
 
-With `pipeline` on, a plan with enough host decodes is split into two sub-batches
-(`pipeline.py`) that the executor overlaps per layer.
+With a cost model, the policy (`policy.py`) shapes each plan: pipelined (two sub-batches the
+executor overlaps per layer) or sequential, host decodes deferred within a bound, prefill tokens
+within a latency target, admission to the host by predicted rate. Without one, pipeline "on"
+splits by KV tokens (`pipeline.py`).
 """
 
 from __future__ import annotations
