@@ -9,21 +9,15 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from neo_async.bench.processes import free_port, stop_process
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def health_status(port: int) -> int | None:
@@ -55,12 +49,7 @@ def one_run(serve_args: list[str], timeout_s: float) -> tuple[float | None, floa
                 break
             time.sleep(0.01)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     return first_answer, first_ok
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +16,7 @@ from loadgen.cli import main
 from loadgen.client import ClientConfig, fetch_models, wait_until_ready
 from loadgen.records import read_jsonl
 from loadgen.schema import check_result
+from neo_async.bench.processes import free_port, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -38,12 +37,6 @@ def azure_trace() -> Path:
 async def served_models(base_url: str) -> list[str]:
     async with aiohttp.ClientSession() as session:
         return await fetch_models(session, ClientConfig(base_url=base_url))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +67,7 @@ def server(tmp_path_factory):
             pytest.fail(f"server did not come up:\n{log_path.read_text()[-3000:]}")
         yield base_url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process)
 
 
 def test_azure_replay_accounts_for_every_request(server, tmp_path):

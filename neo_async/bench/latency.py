@@ -12,9 +12,6 @@ p99 TPOT of the first mode at its lowest rate), a comparison plot and a JSON sum
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,14 +19,9 @@ import urllib.request
 from pathlib import Path
 
 from neo_async.bench.common import print_table, write_json
+from neo_async.bench.processes import free_port, stop_process
 
 DEFAULT_TRACE = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / "osc_lengths_llama2.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(mode: str, port: int, args: argparse.Namespace, log_path: Path) -> subprocess.Popen:
@@ -57,16 +49,6 @@ def wait_ready(server: subprocess.Popen, port: int, timeout_s: float) -> None:
     raise RuntimeError(f"the server was not ready within {timeout_s} s")
 
 
-def stop_server(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-
-
 def run_mode(mode: str, args: argparse.Namespace, out_dir: Path) -> dict:
     from loadgen import cli as loadgen_cli
     from loadgen import sweep
@@ -84,7 +66,7 @@ def run_mode(mode: str, args: argparse.Namespace, out_dir: Path) -> dict:
         if code != 0:
             raise RuntimeError(f"the load generator failed with exit code {code} on mode {mode}")
     finally:
-        stop_server(server)
+        stop_process(server, grace_s=60, group=True)
     return sweep.load_sweep(out_dir / f"{mode}-sweep.json")
 
 
