@@ -173,3 +173,28 @@ def test_admissions_one_by_one_never_lower_the_predicted_rate():
         admitted += 1
     assert 0 < admitted < 200
     assert steady.num_tokens / p.best_time(steady) >= start
+
+
+def test_aborting_a_deferred_host_decode_frees_everything_it_held():
+    costs = SyntheticCosts(host_per_kv=2e-5)  # host attention dominates: long host decodes sit out
+    config = SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64, pipeline="auto", max_host_wait_iterations=3)
+    s = Scheduler(config, BlockPool(8, 4, "device"), BlockPool(64, 4, "host"), "neo", costs=costs)
+    for i, prompt in enumerate((12, 40, 40, 8)):
+        s.add(Request(f"r{i}", list(range(10, 10 + prompt)), SamplingParams(max_tokens=20), 0.0, prompt + 20))
+    deferred = None
+    for _ in range(40):
+        plan = s.schedule()
+        out = ExecuteOutput({c.request_id: 7 for c in plan.chunks if c.is_sampling})
+        s.update(plan, out)
+        s.check()
+        if plan.deferred_ids:
+            deferred = plan.deferred_ids[0]
+            break
+    assert deferred is not None and s.host_waits[deferred] == 1
+    held = len(s.host_pool.block_ids(deferred))
+    used = s.host_pool.num_used
+    s.finish(deferred)
+    s.check()
+    assert deferred not in s.host_waits and s.host_pool.num_used == used - held
+    drive(s, 400)
+    assert s.device_pool.num_used == 0 and s.host_pool.num_used == 0 and not s.host_waits
