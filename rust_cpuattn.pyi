@@ -117,6 +117,44 @@ def copy_blocks(
     threads. The destination pools must not overlap each other or the source pools.
     """
 
+class DecodeTicket:
+    """One decode call queued on a `HostLane`."""
+
+    @property
+    def done(self) -> bool:
+        """Whether the call has run."""
+
+    def wait(self) -> None:
+        """Blocks, with the GIL released, until the call has run; raises ValueError if it
+        failed. A ticket dropped before the call ran waits for it first (the ticket keeps the
+        call's arrays alive)."""
+
+class HostLane:
+    """A worker thread that runs decode calls in submission order without the GIL (the host
+    lane of pipelining): submitting returns at once, so the caller goes on meanwhile."""
+
+    def __init__(self, name: str = "neo-host-lane") -> None: ...
+    def submit_decode(
+        self,
+        q: Array,
+        k_cache: Array,
+        v_cache: Array,
+        block_table: Array,
+        rows: Array,
+        seq_lens: Array,
+        layer: int,
+        scale: float,
+        out: Array,
+        k_new: Array | None = None,
+        v_new: Array | None = None,
+    ) -> DecodeTicket:
+        """`paged_decode_attention`'s call, validated now (ValueError on bad input), run on the
+        lane's thread. Until the ticket's `wait` returns, the caller must not read `out` nor
+        write any array of the call (the KV pools' other slabs excepted: the memory contract)."""
+
+    def drain(self) -> None:
+        """Returns once every call submitted so far has run."""
+
 # Row-wise layer operations. Rows: 2-D C-contiguous float32, float16 or bfloat16 arrays;
 # parameters: float32. Arithmetic in float32, each stored value rounded once. Results go into
 # the caller's arrays (which must not overlap the inputs). Raise ValueError on bad input.

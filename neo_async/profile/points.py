@@ -137,7 +137,7 @@ class Points:
         def run(i: int) -> None:
             job = self.host_cache.decode_job(i % self.spec.num_layers, q, tables, seq_lens, scale, k_new=k, v_new=v, out=out)
             if pipelined:
-                self.lane.submit(job.run).wait()
+                self.lane.submit(job).wait()
             else:
                 job.run()
             job.finish()

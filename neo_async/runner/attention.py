@@ -122,7 +122,10 @@ class KVCache:
         def run_rust() -> None:
             rust_cpuattn.paged_decode_attention(*args, out=staged, k_new=k_staged, v_new=v_staged)
 
-        return DecodeJob(run_rust, None if staged is out else lambda: out.copy_(staged))
+        def submit(lane: rust_cpuattn.HostLane) -> rust_cpuattn.DecodeTicket:
+            return lane.submit_decode(*args, out=staged, k_new=k_staged, v_new=v_staged)
+
+        return DecodeJob(run_rust, None if staged is out else lambda: out.copy_(staged), submit)
 
     def _staged_decode_job(
         self, layer: int, q: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
@@ -175,11 +178,19 @@ class KVCache:
 
 class DecodeJob:
     """A prepared decode attention call (see `KVCache.decode_job`): `run` on any thread, then
-    `finish` (the output's copy back, if any) on the calling thread."""
+    `finish` (the output's copy back, if any) on the calling thread. `native`, when given,
+    queues the same call on a `rust_cpuattn.HostLane` instead and returns its ticket (a lane
+    thread runs it without the GIL)."""
 
-    def __init__(self, run: Callable[[], None], finish: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        run: Callable[[], None],
+        finish: Callable[[], None] | None = None,
+        native: Callable[[rust_cpuattn.HostLane], rust_cpuattn.DecodeTicket] | None = None,
+    ) -> None:
         self.run = run
         self._finish = finish
+        self.native = native
 
     def finish(self) -> None:
         if self._finish is not None:

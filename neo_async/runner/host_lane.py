@@ -1,9 +1,16 @@
-"""The host lane: one worker thread that runs host attention jobs in submission order, so the
+"""The host lane: host attention jobs run in submission order off the calling thread, so the
 calling thread (the device lane) keeps issuing device work meanwhile.
 
-A job is a callable that touches only what it was given (staged inputs, its output, its slabs
-of the KV pools: rust_cpuattn's memory contract) and releases the GIL for its bulk
-(rust_cpuattn calls do), so the lane needs the GIL only to start and finish a job.
+Two queues, one per kind of job, each first-in first-out:
+- native: a `DecodeJob` with `native` (the Rust kernel on CPU tensors) is queued on
+  rust_cpuattn's `HostLane`, whose thread runs it without the GIL: the job starts as soon as
+  that thread wakes, whatever the calling thread does meanwhile;
+- Python: any other job (torch attention, staged copies from a GPU) runs on a Python worker
+  thread, which needs the GIL to start and to finish each job (rust_cpuattn and torch release
+  it for their bulk). `native=False` sends every job there (to compare the two).
+
+A job touches only what it was given (staged inputs, its output, its slabs of the KV pools:
+rust_cpuattn's memory contract).
 """
 
 from __future__ import annotations
@@ -11,10 +18,19 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
+from typing import Protocol
+
+from neo_async.native import rust_cpuattn
+from neo_async.runner.attention import DecodeJob
+
+
+class Waitable(Protocol):
+    def wait(self) -> None: ...
 
 
 class Handle:
-    """One submitted job; `wait` returns once it has run (re-raising its exception)."""
+    """One job submitted to the Python queue; `wait` returns once it has run (re-raising its
+    exception)."""
 
     def __init__(self, job: Callable[[], None]) -> None:
         self.job = job
@@ -28,21 +44,30 @@ class Handle:
 
 
 class HostLane:
-    def __init__(self, name: str = "neo-host-lane") -> None:
+    def __init__(self, name: str = "neo-host-lane", native: bool = True) -> None:
+        self.name = name
+        self._native = rust_cpuattn.HostLane(name) if native and rust_cpuattn is not None else None
         self._jobs: queue.SimpleQueue[Handle | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, job: Callable[[], None]) -> Handle:
+    def submit(self, job: DecodeJob | Callable[[], None]) -> Waitable:
+        if isinstance(job, DecodeJob):
+            if job.native is not None and self._native is not None:
+                return job.native(self._native)
+            job = job.run
         handle = Handle(job)
         self._jobs.put(handle)
         return handle
 
     def drain(self) -> None:
         """Returns once every job submitted so far has run (their errors are dropped)."""
-        self.submit(lambda: None).done.wait()
+        if self._native is not None:
+            self._native.drain()
+        self.submit(lambda: None).wait()
 
     def close(self) -> None:
+        self.drain()
         self._jobs.put(None)
         self._thread.join()
 

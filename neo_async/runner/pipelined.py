@@ -26,7 +26,7 @@ import torch
 
 from neo_async.kv.swap import LayerCopy
 from neo_async.runner.batch import BatchTensors
-from neo_async.runner.host_lane import Handle, HostLane
+from neo_async.runner.host_lane import HostLane, Waitable
 from neo_async.sched.plan import KVLocation, Plan, ScheduledChunk
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class _SubBatch:
         self.rope = executor.model.rope(self.batch.positions)
         self.out: torch.Tensor | None = None  # [T, Hq, D] float32 of the layer in flight
         self.job = None
-        self.handle: Handle | None = None
+        self.handle: Waitable | None = None
 
     def pre(self, layer: int, lane: HostLane, device_attention: bool) -> None:
         """pre, then the host decodes' attention submitted to the lane (and, when asked, the
@@ -51,7 +51,7 @@ class _SubBatch:
         q, k, v = self.ex.model.pre(layer, self.hidden, self.rope)
         self.out = torch.empty(q.shape, dtype=torch.float32, device=self.ex.device)
         self.job = self.ex.host_decode_job(layer, self.batch, q, k, v, self.out)
-        self.handle = lane.submit(self.job.run) if self.job is not None else None
+        self.handle = lane.submit(self.job) if self.job is not None else None
         if device_attention:
             self.ex.device_attention(layer, self.batch, q, k, v, self.out)
 

@@ -15,6 +15,8 @@
 //!   thread team); [`paged_decode_attention_with`] takes an explicit [`KernelConfig`].
 //! - [`store_new_rows`]: writes the new token's K/V rows before attention.
 //! - [`copy::copy_blocks`]: copies (layer, block) slabs between pools (swaps).
+//! - [`lane::Lane`]: a worker thread running jobs in order with a ticket to wait on (the host
+//!   lane of pipelining).
 //! - [`rowops`]: RMSNorm, residual add + RMSNorm, RoPE, SiLU-gated product over rows.
 
 pub mod bandwidth;
@@ -24,6 +26,7 @@ mod error;
 pub mod dtype;
 pub mod isa;
 mod kernel;
+pub mod lane;
 pub mod layout;
 pub mod partition;
 pub mod pool;

@@ -16,23 +16,219 @@
 //!   slabs (l, dst_block_ids[i]) of dst_k and dst_v, for l in layers.
 
 mod array;
+mod lane;
 mod rowops;
 
-use array::{array, core_err, err, Elem, KV};
+use array::{array, core_err, err, Array, Elem, KV};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use rust_cpuattn::{self as core, BlockTable, DecodeArgs, KvPool, KvPoolMut, KvSlice, Layout};
 
 #[derive(Clone, Copy)]
-enum Kernel {
+pub(crate) enum Kernel {
     Fast,
     Reference,
 }
 
 /// The pools of a decode call: read only, or written first by a store of new rows.
-enum Pools<'a> {
+pub(crate) enum Pools<'a> {
     Read(KvPool<'a>, KvPool<'a>),
     Store { k: KvPoolMut<'a>, v: KvPoolMut<'a>, k_new: KvSlice<'a>, v_new: KvSlice<'a> },
+}
+
+/// A validated decode call: the views of its arrays, checked once, kept alive (with the Python
+/// objects behind them) for as long as the call's work may run.
+pub(crate) struct DecodeCall {
+    /// Keeps the arrays' owners alive (torch tensors hold no buffer export).
+    _objects: Vec<Py<PyAny>>,
+    qa: Array,
+    ka: Array,
+    va: Array,
+    ta: Array,
+    ra: Array,
+    la: Array,
+    new: Option<(Array, Array)>,
+    oa: Array,
+    layout: Layout,
+    num_q_heads: usize,
+    layer: usize,
+    scale: f32,
+}
+
+/// The work of a decode call, owning nothing: views into a `DecodeCall`'s arrays.
+pub(crate) struct DecodeWork<'a> {
+    kernel: Kernel,
+    layout: Layout,
+    args: DecodeArgs<'a>,
+    pools: Pools<'a>,
+    out: &'a mut [f32],
+}
+
+impl DecodeWork<'_> {
+    /// Runs the call (the store of new rows first, when asked). Needs no Python.
+    pub(crate) fn run(self) -> core::Result<()> {
+        let DecodeWork { kernel, layout, args, pools, out } = self;
+        let mut attend = |k: KvPool<'_>, v: KvPool<'_>| match kernel {
+            Kernel::Fast => core::paged_decode_attention(&args, &layout, k, v, out),
+            Kernel::Reference => core::paged_decode_attention_reference(&args, &layout, k, v, out),
+        };
+        match pools {
+            Pools::Read(k, v) => attend(k, v),
+            Pools::Store { mut k, mut v, k_new, v_new } => {
+                core::store_new_rows(&layout, &args.table, args.layer, &mut k, &mut v, k_new, v_new)?;
+                attend(k.read_only(), v.read_only())
+            }
+        }
+    }
+}
+
+impl DecodeCall {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new<'py>(
+        py: Python<'py>,
+        q: &Bound<'py, PyAny>,
+        (k_cache, v_cache): (&Bound<'py, PyAny>, &Bound<'py, PyAny>),
+        block_table: &Bound<'py, PyAny>,
+        rows: &Bound<'py, PyAny>,
+        seq_lens: &Bound<'py, PyAny>,
+        layer: i64,
+        scale: f64,
+        out: Option<Bound<'py, PyAny>>,
+        (k_new, v_new): (Option<&Bound<'py, PyAny>>, Option<&Bound<'py, PyAny>>),
+    ) -> PyResult<(DecodeCall, Bound<'py, PyAny>)> {
+        let qa = array(q, "q")?;
+        qa.expect(3, &[Elem::F32])?;
+        let ka = array(k_cache, "k_cache")?;
+        let va = array(v_cache, "v_cache")?;
+        ka.expect(5, KV)?;
+        va.expect(5, KV)?;
+        if ka.shape != va.shape || ka.elem != va.elem {
+            return Err(err(format!(
+                "k_cache {:?} {:?} and v_cache {:?} {:?} differ",
+                ka.shape, ka.elem, va.shape, va.elem
+            )));
+        }
+        let s = &ka.shape;
+        let layout = Layout::new(s[0], s[1], s[2], s[3], s[4]).map_err(core_err)?;
+        let (num_seqs, num_q_heads, head_dim) = (qa.shape[0], qa.shape[1], qa.shape[2]);
+        if head_dim != layout.head_dim {
+            return Err(err(format!("q head_dim {head_dim} != cache head_dim {}", layout.head_dim)));
+        }
+        let ta = array(block_table, "block_table")?;
+        ta.expect(2, &[Elem::I32])?;
+        let ra = array(rows, "rows")?;
+        let la = array(seq_lens, "seq_lens")?;
+        for a in [&ra, &la] {
+            a.expect(1, &[Elem::I32])?;
+            if a.shape[0] != num_seqs {
+                return Err(err(format!("{} has {} entries but q has batch {num_seqs}", a.name, a.shape[0])));
+            }
+        }
+        if layer < 0 {
+            return Err(err(format!("layer must be non-negative, got {layer}")));
+        }
+        let new = match (k_new, v_new) {
+            (None, None) => None,
+            (Some(k), Some(v)) => {
+                let (kn, vn) = (array(k, "k_new")?, array(v, "v_new")?);
+                for a in [&kn, &vn] {
+                    a.expect(3, &[ka.elem, Elem::F32])?;
+                    if a.shape != [num_seqs, layout.num_kv_heads, head_dim] {
+                        return Err(err(format!(
+                            "{} has shape {:?}, expected [{num_seqs}, {}, {head_dim}]",
+                            a.name, a.shape, layout.num_kv_heads
+                        )));
+                    }
+                }
+                Some((kn, vn))
+            }
+            _ => return Err(err("k_new and v_new must be given together")),
+        };
+        let out = match out {
+            Some(o) => o,
+            None => {
+                static EMPTY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+                let empty = EMPTY.get_or_try_init(py, || py.import("numpy")?.getattr("empty").map(Bound::unbind))?;
+                empty.bind(py).call1(((num_seqs, num_q_heads, head_dim), "float32"))?
+            }
+        };
+        let oa = array(&out, "out")?;
+        oa.expect(3, &[Elem::F32])?;
+        if oa.shape != qa.shape {
+            return Err(err(format!("out has shape {:?}, expected {:?}", oa.shape, qa.shape)));
+        }
+        let mut inputs = vec![&qa, &ka, &va, &ta, &ra, &la];
+        if let Some((kn, vn)) = &new {
+            inputs.extend([kn, vn]);
+        }
+        // Written arrays must not overlap anything else of the call.
+        let mut written = vec![&oa];
+        if new.is_some() {
+            written.extend([&ka, &va]);
+        }
+        for w in &written {
+            for a in inputs.iter().chain(&[&oa]) {
+                if !std::ptr::eq(*w, *a) && w.overlaps(a) {
+                    return Err(err(format!("{} overlaps {} in memory", w.name, a.name)));
+                }
+            }
+        }
+        let mut objects: Vec<Py<PyAny>> =
+            [q, k_cache, v_cache, block_table, rows, seq_lens, &out].iter().map(|o| (*o).clone().unbind()).collect();
+        objects.extend(k_new.into_iter().chain(v_new).map(|o| o.clone().unbind()));
+        let call = DecodeCall {
+            _objects: objects,
+            qa,
+            ka,
+            va,
+            ta,
+            ra,
+            la,
+            new,
+            oa,
+            layout,
+            num_q_heads,
+            layer: layer as usize,
+            scale: scale as f32,
+        };
+        Ok((call, out))
+    }
+
+    /// The call's work, viewing this call's arrays.
+    ///
+    /// SAFETY (callers): the work runs to its end before `self` is dropped (`self` keeps the
+    /// Python objects alive), at most one work of a call exists, and until it ends nobody but
+    /// the work reads `out` or writes any array of the call but the KV pools' other slabs (the
+    /// module header's contract).
+    pub(crate) unsafe fn work(&self, kernel: Kernel) -> PyResult<DecodeWork<'static>> {
+        // SAFETY: the objects are alive while `self` is (it holds references to them), which
+        // the caller extends over the work; the checks in `new` make the `&mut` view of `out`
+        // disjoint from every other view; the pools are viewed writable only when a store is
+        // requested, and the work touches only the slabs the module header lists.
+        unsafe {
+            let table = BlockTable {
+                block_ids: self.ta.slice::<i32>(Elem::I32),
+                width: self.ta.shape[1],
+                rows: self.ra.slice::<i32>(Elem::I32),
+                seq_lens: self.la.slice::<i32>(Elem::I32),
+            };
+            let args = DecodeArgs {
+                q: self.qa.slice::<f32>(Elem::F32),
+                num_q_heads: self.num_q_heads,
+                table,
+                layer: self.layer,
+                scale: self.scale,
+            };
+            let pools = match &self.new {
+                None => Pools::Read(self.ka.pool(), self.va.pool()),
+                Some((kn, vn)) => {
+                    Pools::Store { k: self.ka.pool_mut()?, v: self.va.pool_mut()?, k_new: kn.kv(), v_new: vn.kv() }
+                }
+            };
+            let out = self.oa.slice_mut::<f32>(Elem::F32)?;
+            Ok(DecodeWork { kernel, layout: self.layout, args, pools, out })
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -40,129 +236,20 @@ fn decode<'py>(
     py: Python<'py>,
     kernel: Kernel,
     q: &Bound<'py, PyAny>,
-    (k_cache, v_cache): (&Bound<'py, PyAny>, &Bound<'py, PyAny>),
+    caches: (&Bound<'py, PyAny>, &Bound<'py, PyAny>),
     block_table: &Bound<'py, PyAny>,
     rows: &Bound<'py, PyAny>,
     seq_lens: &Bound<'py, PyAny>,
     layer: i64,
     scale: f64,
     out: Option<Bound<'py, PyAny>>,
-    (k_new, v_new): (Option<&Bound<'py, PyAny>>, Option<&Bound<'py, PyAny>>),
+    new: (Option<&Bound<'py, PyAny>>, Option<&Bound<'py, PyAny>>),
 ) -> PyResult<Bound<'py, PyAny>> {
-    let qa = array(q, "q")?;
-    qa.expect(3, &[Elem::F32])?;
-    let ka = array(k_cache, "k_cache")?;
-    let va = array(v_cache, "v_cache")?;
-    ka.expect(5, KV)?;
-    va.expect(5, KV)?;
-    if ka.shape != va.shape || ka.elem != va.elem {
-        return Err(err(format!(
-            "k_cache {:?} {:?} and v_cache {:?} {:?} differ",
-            ka.shape, ka.elem, va.shape, va.elem
-        )));
-    }
-    let s = &ka.shape;
-    let layout = Layout::new(s[0], s[1], s[2], s[3], s[4]).map_err(core_err)?;
-    let (num_seqs, num_q_heads, head_dim) = (qa.shape[0], qa.shape[1], qa.shape[2]);
-    if head_dim != layout.head_dim {
-        return Err(err(format!("q head_dim {head_dim} != cache head_dim {}", layout.head_dim)));
-    }
-    let ta = array(block_table, "block_table")?;
-    ta.expect(2, &[Elem::I32])?;
-    let ra = array(rows, "rows")?;
-    let la = array(seq_lens, "seq_lens")?;
-    for a in [&ra, &la] {
-        a.expect(1, &[Elem::I32])?;
-        if a.shape[0] != num_seqs {
-            return Err(err(format!("{} has {} entries but q has batch {num_seqs}", a.name, a.shape[0])));
-        }
-    }
-    if layer < 0 {
-        return Err(err(format!("layer must be non-negative, got {layer}")));
-    }
-    let new = match (k_new, v_new) {
-        (None, None) => None,
-        (Some(k), Some(v)) => {
-            let (kn, vn) = (array(k, "k_new")?, array(v, "v_new")?);
-            for a in [&kn, &vn] {
-                a.expect(3, &[ka.elem, Elem::F32])?;
-                if a.shape != [num_seqs, layout.num_kv_heads, head_dim] {
-                    return Err(err(format!(
-                        "{} has shape {:?}, expected [{num_seqs}, {}, {head_dim}]",
-                        a.name, a.shape, layout.num_kv_heads
-                    )));
-                }
-            }
-            Some((kn, vn))
-        }
-        _ => return Err(err("k_new and v_new must be given together")),
-    };
-    let out = match out {
-        Some(o) => o,
-        None => {
-            static EMPTY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-            let empty = EMPTY.get_or_try_init(py, || py.import("numpy")?.getattr("empty").map(Bound::unbind))?;
-            empty.bind(py).call1(((num_seqs, num_q_heads, head_dim), "float32"))?
-        }
-    };
-    let oa = array(&out, "out")?;
-    oa.expect(3, &[Elem::F32])?;
-    if oa.shape != qa.shape {
-        return Err(err(format!("out has shape {:?}, expected {:?}", oa.shape, qa.shape)));
-    }
-    let mut inputs = vec![&qa, &ka, &va, &ta, &ra, &la];
-    if let Some((kn, vn)) = &new {
-        inputs.extend([kn, vn]);
-    }
-    // Written arrays must not overlap anything else of the call.
-    let mut written = vec![&oa];
-    if new.is_some() {
-        written.extend([&ka, &va]);
-    }
-    for w in &written {
-        for a in inputs.iter().chain(&[&oa]) {
-            if !std::ptr::eq(*w, *a) && w.overlaps(a) {
-                return Err(err(format!("{} overlaps {} in memory", w.name, a.name)));
-            }
-        }
-    }
-    // SAFETY: every object behind these arrays is borrowed by this function until it returns,
-    // and the checks above make the `&mut` view of `out` disjoint from every other view.
-    let (qs, table_ids, row_ids, lens, out_s) = unsafe {
-        (
-            qa.slice::<f32>(Elem::F32),
-            ta.slice::<i32>(Elem::I32),
-            ra.slice::<i32>(Elem::I32),
-            la.slice::<i32>(Elem::I32),
-            oa.slice_mut::<f32>(Elem::F32)?,
-        )
-    };
-    // SAFETY: as above; the pools are viewed writable only when a store is requested. The
-    // call touches only the slabs the module header lists, which the caller keeps from other
-    // threads (the pool contract), and the checks above keep the written pools apart from
-    // every other array of the call.
-    let pools = unsafe {
-        match &new {
-            None => Pools::Read(ka.pool(), va.pool()),
-            Some((kn, vn)) => Pools::Store { k: ka.pool_mut()?, v: va.pool_mut()?, k_new: kn.kv(), v_new: vn.kv() },
-        }
-    };
-    let table = BlockTable { block_ids: table_ids, width: ta.shape[1], rows: row_ids, seq_lens: lens };
-    let args = DecodeArgs { q: qs, num_q_heads, table, layer: layer as usize, scale: scale as f32 };
-    py.detach(move || -> core::Result<()> {
-        let mut attend = |k: KvPool<'_>, v: KvPool<'_>| match kernel {
-            Kernel::Fast => core::paged_decode_attention(&args, &layout, k, v, out_s),
-            Kernel::Reference => core::paged_decode_attention_reference(&args, &layout, k, v, out_s),
-        };
-        match pools {
-            Pools::Read(k, v) => attend(k, v),
-            Pools::Store { mut k, mut v, k_new, v_new } => {
-                core::store_new_rows(&layout, &table, args.layer, &mut k, &mut v, k_new, v_new)?;
-                attend(k.read_only(), v.read_only())
-            }
-        }
-    })
-    .map_err(core_err)?;
+    let (call, out) = DecodeCall::new(py, q, caches, block_table, rows, seq_lens, layer, scale, out, new)?;
+    // SAFETY: the work runs to its end inside this function, while `call` lives.
+    let work = unsafe { call.work(kernel)? };
+    py.detach(move || work.run()).map_err(core_err)?;
+    drop(call);
     Ok(out)
 }
 
@@ -333,6 +420,8 @@ fn rust_cpuattn_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(supported_isas, m)?)?;
     m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
     m.add_function(wrap_pyfunction!(copy_blocks, m)?)?;
+    m.add_class::<lane::HostLane>()?;
+    m.add_class::<lane::DecodeTicket>()?;
     m.add_function(wrap_pyfunction!(rowops::rms_norm, m)?)?;
     m.add_function(wrap_pyfunction!(rowops::add_rms_norm, m)?)?;
     m.add_function(wrap_pyfunction!(rowops::rope, m)?)?;
