@@ -25,16 +25,16 @@ class ModelConfig:
     max_model_len: int | None = None  # None = the checkpoint's context length
     served_model_name: str | None = None
     # the device lane: torch's intra-op pool on the CPU device; None = every core this process
-    # may use (pipeline on: every core but kernel_threads')
-    torch_threads: int | None = None
+    # may use (pipeline on: every core but host_threads')
+    device_threads: int | None = None
     # the host lane: rust_cpuattn's team; None = 1 on the CPU device (pipeline on: half the
     # cores), else every core
-    kernel_threads: int | None = None
+    host_threads: int | None = None
     # no tokenizer: prompts and outputs are token ids, text fields stay empty, stop strings are refused
     skip_tokenizer_init: bool = False
 
     def validate(self) -> None:
-        for name in ("torch_threads", "kernel_threads"):
+        for name in ("device_threads", "host_threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1")

@@ -25,7 +25,7 @@ from neo_async.runner.device import (
     device_free_bytes,
     host_available_bytes,
     pick_device,
-    pipelined_torch_threads,
+    pipelined_device_threads,
     torch_dtype,
 )
 from neo_async.runner.executor import Executor
@@ -44,8 +44,8 @@ class Engine:
         config.validate()
         self.config = config
         self.device = pick_device()
-        self.num_torch_threads, self.num_kernel_threads = configure_threads(
-            self.device, config.model.torch_threads, config.model.kernel_threads
+        self.num_device_threads, self.num_host_threads = configure_threads(
+            self.device, config.model.device_threads, config.model.host_threads
         )
         dtype = torch_dtype(config.model.dtype)
         started = time.perf_counter()
@@ -70,8 +70,8 @@ class Engine:
         self.host_pool = BlockPool(num_host_blocks, block_size, "host")
         self.sampler = Sampler(self.spec.vocab_size, self.spec.eos_token_ids, self.device)
         self.executor = Executor(self.model, self.cache, self.sampler, self.host_cache)
-        self.executor.pipelined_torch_threads = pipelined_torch_threads(
-            self.device, config.model.torch_threads, self.num_kernel_threads
+        self.executor.pipelined_device_threads = pipelined_device_threads(
+            self.device, config.model.device_threads, self.num_host_threads
         )
         self.costs = self._cost_model(cache_cfg.offload if num_host_blocks else "off")
         self.scheduler = Scheduler(config.scheduler, self.device_pool, self.host_pool, cache_cfg.offload, costs=self.costs)
@@ -96,8 +96,8 @@ class Engine:
             host_kv_blocks=num_host_blocks,
             block_size=block_size,
             max_model_len=self.max_model_len,
-            torch_threads=self.num_torch_threads,
-            kernel_threads=self.num_kernel_threads,
+            device_threads=self.num_device_threads,
+            host_threads=self.num_host_threads,
             load_s=round(time.perf_counter() - started, 2),
         )
 

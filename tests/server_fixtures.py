@@ -33,7 +33,7 @@ class ServerProcess:
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "neo_async", "serve", "--port", "0", "--log-format", "json", "--torch-threads", "1", *args]
+        cmd = [sys.executable, "-m", "neo_async", "serve", "--port", "0", "--log-format", "json", "--device-threads", "1", *args]
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self.base_url = f"http://127.0.0.1:{self.wait_event('server_listening')['port']}"
         if wait_ready:

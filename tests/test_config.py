@@ -31,7 +31,7 @@ def test_toml_then_flags_override(tmp_path):
         ("[scheduler]\nswap_in_watermark = 1.5\n", "swap_in_watermark"),
         ('[scheduler]\npipeline = "maybe"\n', "pipeline must be one of"),
         ("[scheduler]\npipeline_min_host_decodes = 0\n", "pipeline_min_host_decodes must be >= 1"),
-        ("[model]\nkernel_threads = 0\n", "kernel_threads must be >= 1"),
+        ("[model]\nhost_threads = 0\n", "host_threads must be >= 1"),
     ],
 )
 def test_bad_config_is_a_clear_value_error(tmp_path, text, message):

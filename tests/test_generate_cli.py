@@ -9,7 +9,7 @@ import pytest
 
 from tests.server_fixtures import REPO_ROOT
 
-PROMPT = ["--prompt", "The capital of France is", "--max-tokens", "12", "--dtype", "float32", "--torch-threads", "1"]
+PROMPT = ["--prompt", "The capital of France is", "--max-tokens", "12", "--dtype", "float32", "--device-threads", "1"]
 
 
 def _generate(*flags: str) -> subprocess.CompletedProcess:

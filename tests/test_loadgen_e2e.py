@@ -51,7 +51,7 @@ def server(tmp_path_factory):
         "serve",
         "--port",
         str(port),
-        "--torch-threads",
+        "--device-threads",
         "1",
         "--device-kv-tokens",
         "4096",

@@ -26,7 +26,7 @@ from tests.model_factory import write_random_checkpoint
 LIMITS = dict(max_num_seqs=8, max_num_batched_tokens=256, max_model_len=512)
 # NOTE: one torch thread: on a loaded two-core machine, two OpenMP threads stall for a time slice
 # whenever the other core is taken, which can make any point of a table look slow
-THREADS = dict(torch_threads=1, kernel_threads=1)
+THREADS = dict(device_threads=1, host_threads=1)
 ONE_CALL = Settings(repeats=1, point_budget_s=0.0, budget_s=0.0)  # every point timed once, no warm-up
 
 
@@ -138,8 +138,8 @@ def test_load_or_profile_reuses_the_stored_table_for_the_same_key_only(profiled,
 @pytest.mark.parametrize(
     "change, field",
     [
-        (dict(torch_threads=2), "torch_threads"),
-        (dict(kernel_threads=2), "kernel_threads"),
+        (dict(device_threads=2), "device_threads"),
+        (dict(host_threads=2), "host_threads"),
         (dict(dtype="bfloat16"), "dtype"),
         (dict(block_size=32), "block_size"),
         (dict(max_num_batched_tokens=1024), "grid_limits"),
@@ -151,7 +151,7 @@ def test_a_changed_setting_never_reuses_a_table(profiled, checkpoint, change, fi
     other = _engine(checkpoint, **change)
     key = cache.profile_key(other)
     assert key[field] != costs.key[field]
-    assert {k for k in key if key[k] != costs.key[k]} <= {field, "pipelined_torch_threads", "linear_dtype"}
+    assert {k for k in key if key[k] != costs.key[k]} <= {field, "pipelined_device_threads", "linear_dtype"}
     assert cache.cache_path(key) != cache.cache_path(costs.key)
     assert cache.load_cached(key) is None
 
@@ -224,7 +224,7 @@ def test_the_cli_writes_json_plots_and_the_cache(checkpoint, tmp_path):
     out = tmp_path / "out"
     argv = ["--model", str(checkpoint), "--dtype", "float32", "--device-kv-tokens", "1024", "--host-kv-tokens", "1024",
             "--max-num-seqs", "8", "--max-num-batched-tokens", "64", "--max-model-len", "256",
-            "--torch-threads", "1", "--quick", "--budget-s", "0", "--heldout-points", "2", "--out", str(out), "--log-level", "warning"]
+            "--device-threads", "1", "--quick", "--budget-s", "0", "--heldout-points", "2", "--out", str(out), "--log-level", "warning"]
     assert main(argv) == 0
     costs = MeasuredCosts.load(out / "cost_tables.json")
     assert isinstance(costs.linear_pipelined, Table1D) and max(costs.linear_pipelined.xs) == 128  # 64 raised to the default, within half the context
@@ -242,5 +242,5 @@ def test_a_failing_start_up_profile_falls_back_to_the_fixed_rules(checkpoint, mo
         raise RuntimeError("no timer on this device")
 
     monkeypatch.setattr("neo_async.profile.measure.profile_engine", broken)
-    engine = _engine(checkpoint, cost_tables="auto", torch_threads=3)  # a key no other test profiled
+    engine = _engine(checkpoint, cost_tables="auto", device_threads=3)  # a key no other test profiled
     assert engine.costs is None and engine.scheduler.policy is None

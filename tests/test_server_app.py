@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 async def test_app_runs_a_given_engine_for_its_lifetime():
-    config = Config().override(torch_threads=1, device_kv_tokens=4096)
+    config = Config().override(device_threads=1, device_kv_tokens=4096)
     engine = AsyncEngine.from_config(config)
     assert not engine.is_running
     async with TestClient(TestServer(create_app(config, engine=engine))) as client:

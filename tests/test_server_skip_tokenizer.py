@@ -37,7 +37,7 @@ def prompts():
 @pytest.fixture(scope="module")
 def expected(checkpoint, prompts):
     """Greedy token ids of each prompt, from the embedding API on the same checkpoint."""
-    llm = LLM(str(checkpoint), skip_tokenizer_init=True, dtype="float32", offload="off", torch_threads=1)
+    llm = LLM(str(checkpoint), skip_tokenizer_init=True, dtype="float32", offload="off", device_threads=1)
     outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True))
     return [o.token_ids for o in outs]
 

@@ -20,7 +20,7 @@ from neo_async.server import create_app
 from neo_async.server.state import STATE
 from tests.server_fixtures import REPO_ROOT, ServerProcess, http
 
-CONFIG = Config().override(torch_threads=1, device_kv_tokens=4096)
+CONFIG = Config().override(device_threads=1, device_kv_tokens=4096)
 COMPLETION = {"prompt": "Hi", "max_tokens": 2, "ignore_eos": True}
 
 

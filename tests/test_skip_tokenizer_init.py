@@ -11,7 +11,7 @@ from neo_async import LLM, SamplingParams
 from neo_async.config import add_config_flags, config_from_args
 from tests.model_factory import VOCAB_SIZE, write_random_checkpoint
 
-ENGINE_ARGS = dict(dtype="float32", device_kv_tokens=1024, host_kv_tokens=0, offload="off", torch_threads=1)
+ENGINE_ARGS = dict(dtype="float32", device_kv_tokens=1024, host_kv_tokens=0, offload="off", device_threads=1)
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12)
 
 

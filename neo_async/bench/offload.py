@@ -18,7 +18,7 @@ from neo_async.bench.common import machine_info, print_table, write_json
 
 COLUMNS = ["output_len", "device_kv_tokens", "mode", "pipeline", "tok_s", "seconds", "ratio_vs_off", "pipelined_steps",
            "deferred", "pred_err_p50", "pred_err_p90",
-           "swaps_out", "swaps_in", "host_prefill_tokens", "preemptions", "host_kv_blocks", "torch_threads", "kernel_threads"]
+           "swaps_out", "swaps_in", "host_prefill_tokens", "preemptions", "host_kv_blocks", "device_threads", "host_threads"]
 
 
 def make_workload(num_prompts: int, input_len: int, output_len: int, vocab_size: int, seed: int) -> list[tuple[list[int], int]]:
@@ -55,8 +55,8 @@ def run_case(config_overrides: dict[str, Any], workload_args: tuple[int, int, in
         "preemptions": stats.num_preemptions_total,
         "host_kv_blocks": stats.num_host_blocks_total,
         "pipelined_steps": f"{stats.num_pipelined_iterations_total}/{stats.num_iterations_total}",
-        "torch_threads": llm.engine.num_torch_threads,
-        "kernel_threads": llm.engine.num_kernel_threads,
+        "device_threads": llm.engine.num_device_threads,
+        "host_threads": llm.engine.num_host_threads,
     }
     del llm
     gc.collect()

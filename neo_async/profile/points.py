@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from neo_async.kv.swap import LayerCopy
-from neo_async.profile.scratch import torch_threads
+from neo_async.profile.scratch import device_threads
 from neo_async.profile.timing import Bench, Timer
 from neo_async.runner.attention import KVCache, pad_block_tables, prefill_attention
 from neo_async.runner.batch import BatchTensors
@@ -56,8 +56,8 @@ class Points:
     def budget(self, pipelined: bool):
         """torch's threads in a step of that kind (the executor's pipelined budget, else the
         engine's)."""
-        pipelined_threads = self.engine.executor.pipelined_torch_threads
-        return torch_threads(pipelined_threads if pipelined else self.engine.num_torch_threads)
+        pipelined_threads = self.engine.executor.pipelined_device_threads
+        return device_threads(pipelined_threads if pipelined else self.engine.num_device_threads)
 
     def measure(self, benches: list[Bench], pipelined: bool) -> list[float]:
         """Median seconds of each bench, under the budget of a step of that kind."""

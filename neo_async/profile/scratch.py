@@ -27,7 +27,7 @@ def scratch_blocks(pool: BlockPool) -> Iterator[list[int]]:
 
 
 @contextlib.contextmanager
-def torch_threads(num_threads: int | None) -> Iterator[None]:
+def device_threads(num_threads: int | None) -> Iterator[None]:
     """torch's intra-op pool sized num_threads for the block (unchanged when None)."""
     before = torch.get_num_threads()
     if num_threads is not None and num_threads != before:

@@ -20,7 +20,7 @@ def torch_dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
-def configure_threads(device: torch.device, torch_threads: int | None, kernel_threads: int | None) -> tuple[int, int]:
+def configure_threads(device: torch.device, device_threads: int | None, host_threads: int | None) -> tuple[int, int]:
     """Size torch's intra-op pool (CPU device only) and rust_cpuattn's pool; returns both sizes.
 
     Default kernel threads: 1 on the CPU device, where the kernel runs between torch's ops on
@@ -30,15 +30,15 @@ def configure_threads(device: torch.device, torch_threads: int | None, kernel_th
     """
     cores = len(os.sched_getaffinity(0))
     if device.type == "cpu":
-        torch.set_num_threads(max(1, torch_threads or cores))
+        torch.set_num_threads(max(1, device_threads or cores))
     num_torch = torch.get_num_threads()
     if rust_cpuattn is None:
         return num_torch, 0
-    rust_cpuattn.set_num_threads(kernel_threads or (1 if device.type == "cpu" else cores))
+    rust_cpuattn.set_num_threads(host_threads or (1 if device.type == "cpu" else cores))
     return num_torch, rust_cpuattn.get_num_threads()
 
 
-def pipelined_torch_threads(device: torch.device, torch_threads: int | None, num_kernel_threads: int) -> int | None:
+def pipelined_device_threads(device: torch.device, device_threads: int | None, num_host_threads: int) -> int | None:
     """torch's intra-op budget during a pipelined step on the CPU device: the cores the host
     lane (its worker thread running the kernel's team) does not use, so the two lanes overlap on
     separate cores; None on CUDA (torch's CPU threads are not the device lane there). Sequential
@@ -46,7 +46,7 @@ def pipelined_torch_threads(device: torch.device, torch_threads: int | None, num
     if device.type != "cpu":
         return None
     cores = len(os.sched_getaffinity(0))
-    return torch_threads or max(1, cores - max(1, num_kernel_threads))
+    return device_threads or max(1, cores - max(1, num_host_threads))
 
 
 def device_free_bytes(device: torch.device) -> int:

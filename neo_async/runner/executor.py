@@ -36,7 +36,7 @@ class Executor:
         self.pool_devices = {loc: c.device for loc, c in self.caches.items()}
         self.keep_logits = False  # when set, outputs carry each sampling row's raw logits (tests)
         self.host_lane: HostLane | None = None  # started by the first pipelined plan
-        self.pipelined_torch_threads: int | None = None  # torch's budget during pipelined steps (CPU device)
+        self.pipelined_device_threads: int | None = None  # torch's budget during pipelined steps (CPU device)
 
     @torch.inference_mode()
     def execute(self, plan: Plan) -> ExecuteOutput:
@@ -52,7 +52,7 @@ class Executor:
         if plan.is_pipelined:
             if self.host_lane is None:
                 self.host_lane = HostLane()
-            with _torch_threads(self.pipelined_torch_threads):
+            with _device_threads(self.pipelined_device_threads):
                 sampling, hidden = run_pipelined(self, plan, copies, self.host_lane)
         else:
             sampling, hidden = self._run_sequential(plan, copies)
@@ -139,7 +139,7 @@ class Executor:
 
 
 @contextlib.contextmanager
-def _torch_threads(num_threads: int | None) -> Iterator[None]:
+def _device_threads(num_threads: int | None) -> Iterator[None]:
     """torch's intra-op pool sized num_threads for the block (unchanged when None)."""
     before = torch.get_num_threads()
     if num_threads is None or num_threads == before:
