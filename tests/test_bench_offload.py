@@ -22,13 +22,19 @@ def test_tiny_workload_writes_consistent_rows(tmp_path):
     assert all(r["tok_s"] > 0 for r in rows)
 
 
-def test_pipeline_list_runs_neo_both_ways(tmp_path):
+def test_pipeline_and_lane_lists_run_neo_every_way(tmp_path):
     out = tmp_path / "offload.json"
-    argv = ["--modes", "neo", "--pipeline", "off,on", "--num-prompts", "4", "--input-len", "60", "--output-lens", "6",
-            "--device-kv-tokens", "96", "--host-kv-tokens", "2048", "--dtype", "float32", "--output", str(out)]
+    argv = ["--modes", "neo", "--pipeline", "off,on", "--host-lanes", "rust,python", "--num-prompts", "4",
+            "--input-len", "60", "--output-lens", "6", "--device-kv-tokens", "96", "--host-kv-tokens", "2048",
+            "--dtype", "float32", "--output", str(out)]
     assert bench_offload.main(argv) == 0
     result = json.loads(out.read_text())
-    assert result["host_lane_handoff_us"] > 0
+    assert set(result["host_lane_handoff_us"]) == {"rust", "python"}
+    assert all(us > 0 for us in result["host_lane_handoff_us"].values())
     rows = result["rows"]
-    assert [(r["mode"], r["pipeline"]) for r in rows] == [("neo", "off"), ("neo", "on")]
-    assert rows[0]["pipelined_steps"].startswith("0/") and not rows[1]["pipelined_steps"].startswith("0/")
+    assert [(r["mode"], r["pipeline"], r["host_lane"]) for r in rows] == [
+        ("neo", "off", "rust"), ("neo", "off", "python"), ("neo", "on", "rust"), ("neo", "on", "python")]
+    for row in rows:
+        assert row["pipelined_steps"].startswith("0/") == (row["pipeline"] == "off")
+    # the same greedy workload: the same number of tokens every way
+    assert len({round(r["tok_s"] * r["seconds"]) for r in rows}) == 1

@@ -4,7 +4,9 @@ experiment scaled to this machine): prompts of input_len +-10% tokens, outputs o
 output_len +-10% tokens, all submitted at once, `ignore_eos`. `--pipeline off,on,auto` runs
 each offloading mode sequential, always pipelined, and as the cost tables choose (`off` runs
 once: it has no host decodes). Rows with a cost model report the predictor's median and p90
-relative error of iteration time. A bar chart of tokens/s goes next to the JSON."""
+relative error of iteration time. `--host-lanes rust,python` runs each offloading case with
+host attention handed to rust_cpuattn's lane thread and to a Python worker thread (the GIL's
+cost to pipelining). A bar chart of tokens/s goes next to the JSON."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 
 from neo_async.bench.common import machine_info, print_table, write_json
 
-COLUMNS = ["output_len", "device_kv_tokens", "mode", "pipeline", "tok_s", "seconds", "ratio_vs_off", "pipelined_steps",
+COLUMNS = ["output_len", "device_kv_tokens", "mode", "pipeline", "host_lane", "tok_s", "seconds", "ratio_vs_off", "pipelined_steps",
            "deferred", "pred_err_p50", "pred_err_p90",
            "swaps_out", "swaps_in", "host_prefill_tokens", "preemptions", "host_kv_blocks", "device_threads", "host_threads"]
 
@@ -28,11 +30,15 @@ def make_workload(num_prompts: int, input_len: int, output_len: int, vocab_size:
     return [([rng.randrange(100, vocab_size) for _ in range(spread(input_len))], spread(output_len)) for _ in range(num_prompts)]
 
 
-def run_case(config_overrides: dict[str, Any], workload_args: tuple[int, int, int, int]) -> dict[str, Any]:
-    """One engine, one run of the workload (the same prompts for every case: same seed, same vocab)."""
+def run_case(config_overrides: dict[str, Any], workload_args: tuple[int, int, int, int], host_lane: str = "rust") -> dict[str, Any]:
+    """One engine, one run of the workload (the same prompts for every case: same seed, same
+    vocab); host_lane "python" hands host attention to a Python worker thread."""
     from neo_async import LLM, SamplingParams
+    from neo_async.runner.host_lane import HostLane
 
     llm = LLM(**config_overrides)
+    if host_lane == "python":
+        llm.engine.executor.host_lane = HostLane(native=False)
     num_prompts, input_len, output_len, seed = workload_args
     workload = make_workload(num_prompts, input_len, output_len, llm.engine.spec.vocab_size, seed)
     params = [SamplingParams(temperature=0.0, max_tokens=m, ignore_eos=True) for _, m in workload]
@@ -63,20 +69,25 @@ def run_case(config_overrides: dict[str, Any], workload_args: tuple[int, int, in
     return row
 
 
-def lane_handoff_us(num_jobs: int = 2000) -> float:
+def lane_handoff_us(native: bool, num_jobs: int = 2000) -> float:
     """Microseconds per submit + wait of an empty job on the host lane (the per-layer, per
-    sub-batch cost of handing host attention to the worker thread, on an idle machine)."""
+    sub-batch cost of handing host attention over, on an idle machine): rust_cpuattn's lane
+    thread (native) or the Python worker thread."""
+    from neo_async.native import rust_cpuattn
     from neo_async.runner.host_lane import HostLane
 
-    lane = HostLane()
+    if native:
+        lane = rust_cpuattn.HostLane()
+        handoff = lane.drain
+    else:
+        python_lane = HostLane(native=False)
+        handoff = lambda: python_lane.submit(lambda: None).wait()  # noqa: E731
     for _ in range(100):
-        lane.submit(lambda: None).wait()
+        handoff()
     started = time.perf_counter()
     for _ in range(num_jobs):
-        lane.submit(lambda: None).wait()
-    seconds = time.perf_counter() - started
-    lane.close()
-    return seconds / num_jobs * 1e6
+        handoff()
+    return (time.perf_counter() - started) / num_jobs * 1e6
 
 
 def plot_throughput(rows: list[dict[str, Any]], json_path: str) -> None:
@@ -90,13 +101,14 @@ def plot_throughput(rows: list[dict[str, Any]], json_path: str) -> None:
     import matplotlib.pyplot as plt
 
     cases = sorted({(r["output_len"], r["device_kv_tokens"]) for r in rows})
-    series = sorted({(r["mode"], r["pipeline"]) for r in rows})
+    series = sorted({(r["mode"], r["pipeline"], r["host_lane"]) for r in rows})
     width = 0.8 / len(series)
     fig, axis = plt.subplots(figsize=(max(6, 1.6 * len(cases) * len(series) / 2), 4), constrained_layout=True)
-    for k, (mode, pipeline) in enumerate(series):
-        values = [next((r["tok_s"] for r in rows if (r["output_len"], r["device_kv_tokens"], r["mode"], r["pipeline"])
-                        == (*case, mode, pipeline)), 0.0) for case in cases]
-        axis.bar([i + k * width for i in range(len(cases))], values, width, label=f"{mode} (pipeline {pipeline})")
+    for k, (mode, pipeline, lane) in enumerate(series):
+        values = [next((r["tok_s"] for r in rows if (r["output_len"], r["device_kv_tokens"], r["mode"], r["pipeline"],
+                        r["host_lane"]) == (*case, mode, pipeline, lane)), 0.0) for case in cases]
+        label = f"{mode} (pipeline {pipeline})" + (f", {lane} lane" if lane != "-" else "")
+        axis.bar([i + k * width for i in range(len(cases))], values, width, label=label)
     axis.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))])
     axis.set_xticklabels([f"out {o}\ncap {c}" for o, c in cases])
     axis.set_ylabel("output tokens/s")
@@ -114,6 +126,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--pipeline", default="auto", help="comma-separated pipeline settings (off, on, auto) for neo and full")
     parser.add_argument("--device-kv-tokens", default="2048", help="comma-separated caps of the device pool; 'uncapped' holds the whole workload")
     parser.add_argument("--host-kv-tokens", default="auto")
+    parser.add_argument("--host-lanes", default="rust", help="comma-separated host lanes (rust, python) for neo and full")
     parser.add_argument("--num-prompts", type=int, default=32)
     parser.add_argument("--input-len", type=int, default=1000)
     parser.add_argument("--output-lens", default="200", help="comma-separated output lengths")
@@ -129,6 +142,9 @@ def main(argv: list[str]) -> int:
     configure_logging("console", "warning")
     modes = args.modes.split(",")
     pipelines = args.pipeline.split(",")
+    lanes = args.host_lanes.split(",")
+    if not set(lanes) <= {"rust", "python"}:
+        parser.error(f"--host-lanes: rust and/or python, got {args.host_lanes!r}")
     host_kv_tokens: int | str = args.host_kv_tokens if args.host_kv_tokens == "auto" else int(args.host_kv_tokens)
     base = dict(model=args.model, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens, host_kv_tokens=host_kv_tokens)
@@ -138,21 +154,23 @@ def main(argv: list[str]) -> int:
         whole = int(args.num_prompts * (args.input_len + output_len) * 1.1) + 16 * args.num_prompts
         for cap in [whole if x == "uncapped" else int(x) for x in args.device_kv_tokens.split(",")]:
             case_rows = []
-            for mode in modes:
-                for pipeline in pipelines if mode != "off" else ["off"]:
-                    row = {"output_len": output_len, "device_kv_tokens": cap, "mode": mode, "pipeline": pipeline}
-                    row |= run_case({**base, "offload": mode, "device_kv_tokens": cap, "pipeline": pipeline}, workload)
-                    case_rows.append(row)
-                    print_table([row], COLUMNS[:6])
+            cases = [(m, p, lane) for m in modes for p in (pipelines if m != "off" else ["off"])
+                     for lane in (lanes if m != "off" else ["-"])]
+            for mode, pipeline, lane in cases:
+                row = {"output_len": output_len, "device_kv_tokens": cap, "mode": mode, "pipeline": pipeline, "host_lane": lane}
+                row |= run_case({**base, "offload": mode, "device_kv_tokens": cap, "pipeline": pipeline}, workload,
+                                "python" if lane == "python" else "rust")
+                case_rows.append(row)
+                print_table([row], COLUMNS[:7])
             off = next((r for r in case_rows if r["mode"] == "off"), None)
             for row in case_rows:
                 row["ratio_vs_off"] = row["tok_s"] / off["tok_s"] if off else None
             rows += case_rows
     print()
     print_table(rows, COLUMNS)
-    handoff = lane_handoff_us() if "on" in pipelines else None
-    if handoff is not None:
-        print(f"host lane hand-off (submit + wait of an empty job): {handoff:.1f} us")
+    handoff = {lane: lane_handoff_us(lane == "rust") for lane in lanes}
+    for lane, us in handoff.items():
+        print(f"{lane} host lane hand-off (submit + wait of an empty job): {us:.1f} us")
     plot_throughput(rows, args.output)
     write_json(args.output, {"bench": "offload", "dtype": args.dtype, "num_prompts": args.num_prompts,
                              "input_len": args.input_len, "machine": machine_info(), "rows": rows,
