@@ -81,6 +81,7 @@ class Engine:
         self.num_iterations_total = 0
         self.num_pipelined_iterations_total = 0
         self.num_deferred_total = 0
+        self.schedule_seconds_total = 0.0
         # (predicted, measured) seconds of the executor in recent priced iterations: the predictor's error
         self.predictions: collections.deque[tuple[float, float]] = collections.deque(maxlen=100_000)
         self.num_swap_bytes_total = {"out": 0, "in": 0}
@@ -219,6 +220,7 @@ class Engine:
         started = time.perf_counter()
         plan = self.scheduler.schedule()
         executing = time.perf_counter()
+        self.schedule_seconds_total += executing - started
         output = self.executor.execute(plan)
         execute_s = time.perf_counter() - executing
         advanced = self.scheduler.update(plan, output)
@@ -240,7 +242,7 @@ class Engine:
         num_prefill = sum(c.num_tokens for c in plan.chunks if not c.is_decode)
         iteration_s = time.perf_counter() - started
         if plan.chunks:
-            self._log_iteration(plan, execute_s)
+            self._log_iteration(plan, execute_s, executing - started)
         self.last_step = StepStats(
             iteration_s=iteration_s,
             num_seqs=len(plan.chunks),
@@ -258,11 +260,12 @@ class Engine:
             num_deferred=len(plan.deferred_ids),
             predicted_s=plan.predicted_s,
             execute_s=execute_s,
+            schedule_s=executing - started,
         )
         return deltas
 
     @staticmethod
-    def _log_iteration(plan: Plan, iteration_s: float) -> None:
+    def _log_iteration(plan: Plan, iteration_s: float, schedule_s: float) -> None:
         sides = [[c for c in plan.chunks if c.sub_batch == j] for j in (0, 1)]
         log.debug(
             "iteration",
@@ -274,6 +277,7 @@ class Engine:
             deferred=len(plan.deferred_ids),
             predicted_ms=None if plan.predicted_s is None else round(plan.predicted_s * 1000, 3),
             measured_ms=round(iteration_s * 1000, 3),
+            schedule_ms=round(schedule_s * 1000, 3),
         )
 
     def _account_movement(self, plan: Plan) -> dict[str, int]:
@@ -320,6 +324,7 @@ class Engine:
             num_iterations_total=self.num_iterations_total,
             num_pipelined_iterations_total=self.num_pipelined_iterations_total,
             num_deferred_total=self.num_deferred_total,
+            schedule_seconds_total=self.schedule_seconds_total,
         )
 
     def check(self) -> None:

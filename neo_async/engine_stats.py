@@ -25,6 +25,7 @@ class StepStats:
     num_deferred: int = 0  # host decodes the policy left out of this iteration
     predicted_s: float | None = None  # the cost model's time for this iteration, when there is one
     execute_s: float = 0.0  # the executor's part of the iteration: the span the cost model predicts
+    schedule_s: float = 0.0  # the scheduler's part (planning, the policy's search)
 
     @property
     def prediction_error(self) -> float | None:
@@ -56,6 +57,7 @@ class EngineStats:
     num_host_prefill_tokens_total: int = 0  # prompt tokens whose KV was written to the host pool
     num_pipelined_iterations_total: int = 0  # iterations run as two overlapped sub-batches
     num_deferred_total: int = 0  # host decodes left out of an iteration by the policy
+    schedule_seconds_total: float = 0.0  # time spent planning iterations
 
     @property
     def device_kv_usage(self) -> float:

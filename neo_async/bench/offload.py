@@ -19,7 +19,7 @@ from typing import Any
 from neo_async.bench.common import machine_info, print_table, write_json
 
 COLUMNS = ["output_len", "device_kv_tokens", "mode", "pipeline", "host_lane", "tok_s", "seconds", "ratio_vs_off", "pipelined_steps",
-           "deferred", "pred_err_p50", "pred_err_p90",
+           "deferred", "sched_ms", "pred_err_p50", "pred_err_p90",
            "swaps_out", "swaps_in", "host_prefill_tokens", "preemptions", "host_kv_blocks", "device_threads", "host_threads"]
 
 
@@ -51,6 +51,7 @@ def run_case(config_overrides: dict[str, Any], workload_args: tuple[int, int, in
     errors = sorted(abs(p - m) / m for p, m in llm.engine.predictions)
     row = {
         "deferred": stats.num_deferred_total,
+        "sched_ms": stats.schedule_seconds_total / max(1, stats.num_iterations_total) * 1000,  # per iteration
         "pred_err_p50": errors[len(errors) // 2] if errors else None,
         "pred_err_p90": errors[int(len(errors) * 0.9)] if errors else None,
         "tok_s": tokens / seconds,
