@@ -29,8 +29,11 @@ def test_decode_linear_is_weight_bound_and_prefill_compute_bound() -> None:
     costs = t4_costs()
     weights_s = (LAYER_PARAMS * 2 + 1 * (6 * 4096 + 3 * 11008) * 2) / (320e9 * 0.8)
     assert costs.linear(1, False) == pytest.approx(weights_s + 40e-6)
-    compute_s = 2 * 2048 * LAYER_PARAMS / (65e12 * 0.6)
+    # the T4's power cap: 24 TFLOPS sustained, under 0.6 x 65 TFLOPS of datasheet peak
+    compute_s = 2 * 2048 * LAYER_PARAMS / 24e12
     assert costs.linear(2048, False) == pytest.approx(compute_s + 40e-6)
+    a10g = RooflineCosts(load_model_spec("llama-2-7b"), load_gpu("A10G"), load_host("g5.8xlarge"), load_calibration())
+    assert a10g.linear(4096, False) == pytest.approx(2 * 4096 * LAYER_PARAMS / (125e12 * 0.6) + 40e-6)
 
 
 def test_attention_costs() -> None:
@@ -39,7 +42,7 @@ def test_attention_costs() -> None:
     assert costs.device_decode_attention(4, 1000, False) == pytest.approx((1000 * kv_token + 4 * 2 * 4096 * 2) / 256e9)
     # prefill of 500 tokens from scratch: 4 * (pairs) * q_size flops at 40% of peak
     pairs = 500 * (500 - 499 / 2)
-    assert costs.prefill_attention(500, 500) == pytest.approx(4 * pairs * 4096 / (65e12 * 0.4))
+    assert costs.prefill_attention(500, 500) == pytest.approx(4 * pairs * 4096 / min(65e12 * 0.4, 24e12))
     # host: 8 vCPUs = 4 cores x 12 GB/s (under 0.8 x 140.8 GB/s of channels), our kernel at 0.55
     host_bw = 4 * 12e9 * 0.55
     staged = 3 * (2 * 4096 + 2 * 4096) * 2 / (16 * 0.985e9 * 0.8)
@@ -55,11 +58,16 @@ def test_host_attention_turns_compute_bound_with_grouped_query_heads() -> None:
     assert kernel == pytest.approx(max(bandwidth_s, compute_s))
 
 
-def test_host_bandwidth_bounded_by_cores_then_channels() -> None:
-    calibration = load_calibration()
+def test_host_bandwidth_bounded_by_cores_then_dies_then_channels() -> None:
+    efficiency = load_calibration().stream_efficiency
     host = load_host("g5.16xlarge")
-    assert host.read_gbs(2, calibration.stream_efficiency) == pytest.approx(20.0)  # one core (2 hyperthreads)
-    assert host.read_gbs(64, calibration.stream_efficiency) == pytest.approx(0.8 * 204.8)
+    assert host.read_gbs(2, efficiency) == pytest.approx(20.0)  # one core (2 hyperthreads)
+    assert host.read_gbs(64, efficiency) == pytest.approx(0.8 * 204.8)  # 4 dies' links exceed the channels
+    # g5 sizes: 4 and 8 cores fit one Zen 2 die (its fabric link reads 46.9 GB/s), 16 cores two
+    gbs = {name: load_host(name).read_gbs(load_host(name).vcpus, efficiency) for name in ("g5.2xlarge", "g5.4xlarge", "g5.8xlarge")}
+    assert gbs == pytest.approx({"g5.2xlarge": 46.9, "g5.4xlarge": 46.9, "g5.8xlarge": 2 * 46.9})
+    # Intel hosts have no die bound: cores, then channels
+    assert load_host("g4dn.4xlarge").read_gbs(16, efficiency) == pytest.approx(8 * 12.0)
 
 
 def test_swap_and_tensor_parallelism() -> None:

@@ -7,6 +7,8 @@ Examples:
       --request-rates 0.5,1,2,3 --offload neo --save-result
   neo-async plan --gpu A10G --host g5.8xlarge --model llama-3-8b --output-len 200 --tpot-slo-ms 100
   neo-async simulate --reproduce          # writes docs/reproduction.md and its plots
+  neo-async simulate --model smollm2-135m --compare-bench results/bench_offload.json \\
+      --cost-tables-json ~/.cache/neo-async/profiles/costs-<key>.json   # this machine: measured vs simulated
 """
 
 from __future__ import annotations
@@ -101,6 +103,9 @@ def simulate_parser() -> argparse.ArgumentParser:
     out.add_argument("--reproduce", action="store_true", help="run the paper's experiments, write docs/reproduction.md")
     out.add_argument("--reproduce-out", type=Path, default=None, help="with --reproduce: the markdown path")
     out.add_argument("--quick", action="store_true", help="with --reproduce: fewer requests and rates")
+    out.add_argument("--compare-bench", default=None, metavar="JSON",
+                     help="simulate each row of a `neo-async bench offload` result with --cost-tables-json "
+                          "(this machine's tables) and print measured against simulated")
     return p
 
 
@@ -112,6 +117,8 @@ def simulate_main(argv: list[str]) -> int:
 
             reproduce(args.reproduce_out, quick=args.quick)
             return 0
+        if args.compare_bench:
+            return _compare_bench(args)
         return _simulate(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"neo-async simulate: {e}", file=sys.stderr)
@@ -147,6 +154,17 @@ def _simulate(args: argparse.Namespace) -> int:
         plot = plot_load_latency([document], args.plot_path or path.with_suffix(".png"), deployment.name)
         print(f"saved {path} and {plot}")
     return 0 if all(r["completed"] for r in results) else 1
+
+
+def _compare_bench(args: argparse.Namespace) -> int:
+    from neo_async.sim.bench_compare import compare, format_comparison
+
+    if not args.cost_tables_json:
+        raise ValueError("--compare-bench needs --cost-tables-json (the tables `neo-async profile` measured here)")
+    config = config_from_args(args, groups=("cache", "scheduler"))
+    rows = compare(args.compare_bench, args.cost_tables_json, args.sim_model, config.scheduler, config.cache.block_size, args.seed)
+    print(format_comparison(rows))
+    return 0
 
 
 def plan_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,9 @@ class Gpu:
     pcie_gen: int
     pcie_lanes: int
     nvlink_gbs: float  # per direction; 0 = none
+    # what a large dense GEMM sustains when the board's power cap lowers its clocks (measured,
+    # public); no tensor work runs faster. 0: no cap known (the datasheet peak x efficiency holds)
+    sustained_tflops: float = 0.0
 
     @property
     def pcie_gbs(self) -> float:
@@ -35,15 +38,23 @@ class Host:
     sockets: int
     per_core_gbs: float
     smt: int = 2  # vCPUs per physical core
+    # chiplet CPUs: cores per compute die and the read bandwidth of one die's link to the memory
+    # controllers; a VM's cores span at least ceil(cores / ccd_cores) dies. 0: no such bound
+    ccd_cores: int = 0
+    ccd_gbs: float = 0.0
 
     @property
     def memory_gbs(self) -> float:
         return self.socket_gbs * self.sockets
 
     def read_gbs(self, threads: int, stream_efficiency: float) -> float:
-        """Read bandwidth `threads` vCPUs sustain: bounded by their cores and by the channels."""
+        """Read bandwidth `threads` vCPUs sustain: bounded by their cores, by the links of the
+        fewest compute dies those cores fit on, and by the channels."""
         cores = -(-threads // self.smt)
-        return min(self.memory_gbs * stream_efficiency, cores * self.per_core_gbs)
+        gbs = min(self.memory_gbs * stream_efficiency, cores * self.per_core_gbs)
+        if self.ccd_cores and self.ccd_gbs:
+            gbs = min(gbs, -(-cores // self.ccd_cores) * self.ccd_gbs)
+        return gbs
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,9 @@ class RooflineCosts:
         # reachable rates: per GPU (flops/s, bytes/s) and for the host lane
         self.matmul_flops = self.gpu.tflops * TERA * c.matmul_efficiency
         self.attention_flops = self.gpu.tflops * TERA * c.attention_efficiency
+        if self.gpu.sustained_tflops:  # a power-capped board: no tensor work beats its measured GEMM rate
+            self.matmul_flops = min(self.matmul_flops, self.gpu.sustained_tflops * TERA)
+            self.attention_flops = min(self.attention_flops, self.gpu.sustained_tflops * TERA)
         self.device_bytes_per_s = self.gpu.memory_gbs * GIGA * c.memory_efficiency
         self.pcie_bytes_per_s = self.gpu.pcie_gbs * GIGA * c.pcie_efficiency
         host_gbs = self.host.read_gbs(self.host_threads, c.stream_efficiency)

@@ -59,6 +59,8 @@ def pool_sizes(
 
 
 def build_scheduler(config: SchedulerConfig, sizes: PoolSizes, offload: str, costs: CostModel | None) -> Scheduler:
+    """As the engine builds it: with offload off the scheduler gets no cost model (the engine
+    loads none: there is nothing to decide), whatever prices the simulated iterations."""
     device = BlockPool(sizes.device_blocks, sizes.block_size, "device")
     host = BlockPool(sizes.host_blocks, sizes.block_size, "host")
-    return Scheduler(config, device, host, offload, costs=costs)
+    return Scheduler(config, device, host, offload, costs=None if offload == "off" else costs)
