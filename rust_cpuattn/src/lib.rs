@@ -21,6 +21,7 @@
 
 pub mod bandwidth;
 pub mod copy;
+pub mod dequant;
 mod error;
 
 pub mod dtype;

@@ -16,6 +16,7 @@
 //!   slabs (l, dst_block_ids[i]) of dst_k and dst_v, for l in layers.
 
 mod array;
+mod dequant;
 mod lane;
 mod rowops;
 
@@ -426,5 +427,6 @@ fn rust_cpuattn_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rowops::add_rms_norm, m)?)?;
     m.add_function(wrap_pyfunction!(rowops::rope, m)?)?;
     m.add_function(wrap_pyfunction!(rowops::silu_mul, m)?)?;
+    m.add_function(wrap_pyfunction!(dequant::dequantize, m)?)?;
     Ok(())
 }
