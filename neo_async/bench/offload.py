@@ -34,9 +34,11 @@ def run_case(config_overrides: dict[str, Any], workload_args: tuple[int, int, in
     """One engine, one run of the workload (the same prompts for every case: same seed, same
     vocab); host_lane "python" hands host attention to a Python worker thread."""
     from neo_async import LLM, SamplingParams
+    from neo_async.profile.scratch import wait_host_pools_populated
     from neo_async.runner.host_lane import HostLane
 
     llm = LLM(**config_overrides)
+    wait_host_pools_populated()  # the pools' first-touch faults are start-up work, not the run's
     if host_lane == "python":
         llm.engine.executor.host_lane = HostLane(native=False)
     num_prompts, input_len, output_len, seed = workload_args
