@@ -1,9 +1,10 @@
-"""GGUF dequantisation (model/dequant.py) against the `gguf` package and a float64 reference
-written from the per-block formulas of ggml's `dequantize_row_*`.
+"""GGUF dequantisation (model/dequant.py, the Rust kernels of rust_cpuattn.dequantize) against
+the `gguf` package and a float64 reference written from the per-block formulas of ggml's
+`dequantize_row_*`.
 
-Every kernel's float32 result must equal both exactly: products of a float16 scale and a
-small integer are exact in float32, so each element is rounded once, as in float64 then
-rounded to float32.
+Every float32 result must equal both exactly: products of a float16 scale and a small integer
+are exact in float32, so each element is rounded once, as in float64 then rounded to float32;
+float16/bfloat16 results are those values rounded once more.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 from gguf.quants import dequantize as gguf_dequantize
 
 from neo_async.bench.synthetic_gguf import random_blocks
-from neo_async.model.dequant import BLOCK_KERNELS, chunks, dequantize_into
+from neo_async.model.dequant import RUST_TYPES, dequantize_into
+from neo_async.native import rust_cpuattn
+from tests.seeds import stable_seed
 
 NUM_BLOCKS = 7
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+needs_rust = pytest.mark.skipif(rust_cpuattn is None, reason="the rust_cpuattn extension is not built")
 
 
 # Integer fields are read with .tolist(): Python ints, never wrapping uint8 arithmetic.
@@ -143,6 +148,20 @@ REFERENCES = {
 }
 
 
+REFERENCES = {
+    T.Q4_0: _ref_q4_0,
+    T.Q4_1: _ref_q4_1,
+    T.Q5_0: lambda x: _ref_q5(x, has_min=False),
+    T.Q5_1: lambda x: _ref_q5(x, has_min=True),
+    T.Q8_0: _ref_q8_0,
+    T.Q2_K: _ref_q2_k,
+    T.Q3_K: _ref_q3_k,
+    T.Q4_K: lambda x: _ref_q45_k(x, five_bits=False),
+    T.Q5_K: lambda x: _ref_q45_k(x, five_bits=True),
+    T.Q6_K: _ref_q6_k,
+}
+
+
 def _reference(blocks: np.ndarray, ggml_type: T) -> torch.Tensor:
     """float64 per-block formulas, rounded once to float32 -> [num_blocks * block_size]."""
     values = [v for block in blocks for v in REFERENCES[ggml_type](block)]
@@ -153,56 +172,84 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view({4: torch.int32, 2: torch.int16}[t.element_size()])
 
 
-def _ours(blocks: np.ndarray, ggml_type: T, dtype: torch.dtype) -> torch.Tensor:
-    out = torch.empty(blocks.shape[0] * GGML_QUANT_SIZES[ggml_type][0], dtype=dtype)
-    dequantize_into(out, blocks.reshape(-1), ggml_type)
-    return out
+def _package(blocks: np.ndarray, ggml_type: T) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(gguf_dequantize(blocks, ggml_type), dtype=np.float32).reshape(-1).copy())
 
 
-def test_every_kernel_has_a_reference():
-    assert set(BLOCK_KERNELS) == set(REFERENCES)
+def test_every_quantised_rust_type_has_a_reference():
+    assert {t for t in RUST_TYPES if GGML_QUANT_SIZES[t][0] > 1} == set(REFERENCES)
 
 
+@needs_rust
 @pytest.mark.parametrize("ggml_type", list(REFERENCES), ids=lambda t: t.name)
 def test_kernel_equals_float64_reference_and_gguf_package(ggml_type: T):
-    blocks = random_blocks(ggml_type, NUM_BLOCKS, np.random.default_rng(int(ggml_type)))
-    ours = _ours(blocks, ggml_type, torch.float32)
+    blocks = random_blocks(ggml_type, NUM_BLOCKS, np.random.default_rng(stable_seed("blocks", ggml_type.name)))
+    ours = torch.empty(NUM_BLOCKS * GGML_QUANT_SIZES[ggml_type][0])
+    dequantize_into(ours, blocks.reshape(-1), ggml_type)
     assert torch.equal(_bits(ours), _bits(_reference(blocks, ggml_type)))
-    package = torch.from_numpy(gguf_dequantize(blocks, ggml_type).reshape(-1).copy())
-    assert torch.equal(_bits(ours), _bits(package))
+    assert torch.equal(_bits(ours), _bits(_package(blocks, ggml_type)))
 
 
 @pytest.mark.parametrize("ggml_type", [*REFERENCES, T.F32, T.F16, T.BF16, T.IQ4_NL, T.TQ2_0], ids=lambda t: t.name)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_many_blocks_in_chunks_match_gguf_package(ggml_type: T, dtype: torch.dtype, monkeypatch):
-    """Chunked writes into bf16/f32 rows equal the package's float32 result, converted once;
-    types without a kernel (IQ4_NL, TQ2_0) go through the package."""
-    monkeypatch.setattr("neo_async.model.dequant.CHUNK_ELEMENTS", 1024)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_many_rows_match_gguf_package(ggml_type: T, dtype: torch.dtype):
+    """Rows of many blocks (several of the kernel's parallel chunks, one ending inside a row)
+    in every output dtype equal the package's float32 result converted once; types without
+    a Rust kernel (IQ4_NL, TQ2_0) go through the package."""
     block_size = GGML_QUANT_SIZES[ggml_type][0]
-    rows, cols = 24, max(256, block_size)
-    blocks = random_blocks(ggml_type, rows * cols // block_size, np.random.default_rng(7))
+    rows, cols = 40, 5 * max(256, block_size)
+    rng = np.random.default_rng(stable_seed("rows", ggml_type.name, str(dtype)))
+    blocks = random_blocks(ggml_type, rows * cols // block_size, rng)
     out = torch.empty(rows, cols, dtype=dtype)
     dequantize_into(out, blocks.reshape(-1), ggml_type)
-    expected = torch.from_numpy(np.asarray(gguf_dequantize(blocks, ggml_type), dtype=np.float32).reshape(rows, cols).copy())
+    expected = _package(blocks, ggml_type).view(rows, cols)
     assert torch.equal(_bits(out), _bits(expected.to(dtype)))
 
 
-def test_strided_destination_receives_rows_in_storage_order(monkeypatch):
-    """A permuted view of the destination (as for rotary rows) is filled in index order."""
-    monkeypatch.setattr("neo_async.model.dequant.CHUNK_ELEMENTS", 64)
-    blocks = random_blocks(T.Q8_0, 16, np.random.default_rng(3))  # 16 rows of 32
-    plain = torch.empty(16, 32, dtype=torch.bfloat16)
-    dequantize_into(plain, blocks.reshape(-1), T.Q8_0)
-    dest = torch.empty(16, 32, dtype=torch.bfloat16)
-    view = dest.view(2, 2, 4, 32).transpose(1, 2)  # [2, 4, 2, 32]: rows (h, i, j) -> (h, j, i)
-    dequantize_into(view, blocks.reshape(-1), T.Q8_0)
-    assert torch.equal(dest.view(2, 2, 4, 32), plain.view(2, 4, 2, 32).transpose(1, 2))
+@pytest.mark.parametrize("ggml_type", [T.Q4_1, T.Q6_K, T.F32, T.IQ4_NL], ids=lambda t: t.name)
+def test_dest_rows_place_each_stored_row(ggml_type: T):
+    """Stored row r lands in row dest_rows[r], on the Rust and the package path alike."""
+    block_size = GGML_QUANT_SIZES[ggml_type][0]
+    rows, cols = 12, max(256, block_size)
+    rng = np.random.default_rng(stable_seed("permuted", ggml_type.name))
+    blocks = random_blocks(ggml_type, rows * cols // block_size, rng)
+    dest_rows = rng.permutation(rows).astype(np.int64)
+    out = torch.empty(rows, cols, dtype=torch.bfloat16)
+    dequantize_into(out, blocks.reshape(-1), ggml_type, dest_rows)
+    expected = torch.empty(rows, cols)
+    expected[torch.from_numpy(dest_rows)] = _package(blocks, ggml_type).view(rows, cols)
+    assert torch.equal(_bits(out), _bits(expected.bfloat16()))
 
 
-def test_chunks_cover_whole_rows_and_reject_a_wrong_size():
-    blocks = random_blocks(T.Q4_1, 12, np.random.default_rng(0)).reshape(-1)
-    pieces = chunks(torch.empty(3, 128), blocks, T.Q4_1)
-    assert sum(d.numel() for d, _ in pieces) == 384
-    assert all(b.shape[0] * 32 == d.numel() for d, b in pieces)
+def test_a_wrong_size_or_layout_is_rejected():
+    blocks = random_blocks(T.Q4_1, 12, np.random.default_rng(0)).reshape(-1)  # 384 values
     with pytest.raises(ValueError, match="does not fill"):
-        chunks(torch.empty(3, 96), blocks, T.Q4_1)
+        dequantize_into(torch.empty(3, 96), blocks, T.Q4_1)
+    with pytest.raises(ValueError, match="does not fill"):
+        dequantize_into(torch.empty(8, 48), blocks, T.Q4_1)  # rows of 48: not whole blocks
+    with pytest.raises(ValueError, match="does not fill"):
+        dequantize_into(torch.empty(128, 3).t(), blocks, T.Q4_1)  # not contiguous
+
+
+@needs_rust
+def test_binding_rejects_bad_arguments_with_value_errors():
+    src = random_blocks(T.Q8_0, 4, np.random.default_rng(1)).reshape(-1)  # 128 values
+    out = torch.empty(2, 64, dtype=torch.bfloat16)
+    cases = [
+        ((99, src, out), "no dequantisation kernel"),
+        ((-1, src, out), "not a ggml type"),
+        ((int(T.Q8_0), src[:-1], out), "does not fill"),
+        ((int(T.Q8_0), src, torch.empty(2, 48)), "multiple"),
+        ((int(T.Q8_0), src, torch.empty(2, 64, dtype=torch.int32)), "dtype|float32"),
+        ((int(T.Q8_0), src, torch.empty(64, 2).t()), "contiguous"),
+        ((int(T.Q8_0), src.reshape(4, 34)[:, :32], out), "contiguous"),
+        ((int(T.Q8_0), [1, 2, 3], out), "buffer"),
+        ((int(T.Q8_0), src, out, np.array([0, 0])), "permutation"),
+        ((int(T.Q8_0), src, out, np.array([0, 1], dtype=np.int32)), "dest_rows"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ValueError, match=message):
+            rust_cpuattn.dequantize(*args)
+    overlapping = np.zeros(1024, dtype=np.uint8)
+    with pytest.raises(ValueError, match="overlaps"):
+        rust_cpuattn.dequantize(int(T.Q8_0), overlapping[:136], torch.from_numpy(overlapping[:512].view(np.float32)).view(2, 64))

@@ -49,9 +49,8 @@ def touch_fresh(num_bytes: int) -> float:
 
 
 def stream_dequantize(path: Path, dtype: torch.dtype) -> float:
-    """Every tensor into one reused buffer (no fresh memory): read + dequantisation only, on
-    as many threads as `load_model` uses (their writes overlap: only the time matters)."""
-    from neo_async.model.dequant import chunks, dequantize_chunks
+    """Every tensor into one reused buffer (no fresh memory): read + dequantisation only."""
+    from neo_async.model.dequant import dequantize_into
     from neo_async.model.gguf_reader import GGUFFile
 
     started = time.perf_counter()
@@ -59,12 +58,8 @@ def stream_dequantize(path: Path, dtype: torch.dtype) -> float:
         largest = max(info.num_elements for info in file.tensors.values())
         scratch = torch.empty(largest, dtype=dtype)
         scratch.fill_(0)
-        work = []
         for info in file.tensors.values():
-            dest = scratch[: info.num_elements].view(info.shape)
-            work += [(d, b, info.ggml_type) for d, b in chunks(dest, file.raw(info), info.ggml_type)]
-        dequantize_chunks(work, torch.get_num_threads())
-        del work
+            dequantize_into(scratch[: info.num_elements].view(info.shape), file.raw(info), info.ggml_type)
     return time.perf_counter() - started
 
 

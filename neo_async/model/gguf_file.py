@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from neo_async.model.dequant import Chunk, chunks, dequantize_chunks, dequantize_into
+from neo_async.model.dequant import dequantize_into
 from neo_async.model.gguf_reader import GGUFFile
 from neo_async.model.spec import ModelSpec, RopeScaling
 from neo_async.model.weights import WeightsBuilder
@@ -91,6 +92,12 @@ def rotary_rows_view(dest: torch.Tensor, num_heads: int) -> torch.Tensor:
     return dest.view(num_heads, 2, head_dim // 2, *dest.shape[1:]).transpose(1, 2)
 
 
+def rotary_dest_rows(num_rows: int, num_heads: int) -> np.ndarray:
+    """int64 [num_rows]: the row of ours that each of the file's Q/K rows goes to (the
+    index order of `rotary_rows_view`)."""
+    return rotary_rows_view(torch.arange(num_rows), num_heads).reshape(-1).numpy()
+
+
 def canonical_name(name: str) -> str:
     """GGUF tensor name -> canonical (HF) name; raises ValueError on names we do not know."""
     if name.startswith("blk."):
@@ -102,13 +109,10 @@ def canonical_name(name: str) -> str:
     raise ValueError(f"unexpected GGUF tensor {name!r}")
 
 
-def load_gguf_weights(
-    file: GGUFFile, spec: ModelSpec, builder: WeightsBuilder, num_threads: int = 1
-) -> tuple[float, ...] | None:
-    """Dequantise every tensor of `file` straight into its place in `builder`, chunks in file
-    order over `num_threads` threads; returns the `rope_freqs` factors if the file has them."""
+def load_gguf_weights(file: GGUFFile, spec: ModelSpec, builder: WeightsBuilder) -> tuple[float, ...] | None:
+    """Dequantise every tensor of `file` straight into its place in `builder`, in file order;
+    returns the `rope_freqs` factors if the file has them."""
     rope_freqs = None
-    work: list[Chunk] = []
     for info in file.tensors.values():
         raw = file.raw(info)
         if info.name == "rope_freqs.weight":
@@ -118,10 +122,10 @@ def load_gguf_weights(
             continue
         dest = builder.target(canonical_name(info.name), info.shape)
         kind = info.name.split(".")[2] if info.name.startswith("blk.") else ""
-        if kind == "attn_q":
-            dest = rotary_rows_view(dest, spec.num_heads)
-        elif kind == "attn_k":
-            dest = rotary_rows_view(dest, spec.num_kv_heads)
-        work += [(d, b, info.ggml_type) for d, b in chunks(dest, raw, info.ggml_type)]
-    dequantize_chunks(work, num_threads)
+        dest_rows = None
+        if kind in ("attn_q", "attn_k"):
+            dest_rows = rotary_dest_rows(dest.shape[0], spec.num_heads if kind == "attn_q" else spec.num_kv_heads)
+            if dest.dim() == 1:  # a bias: every entry is a row
+                dest = dest.view(-1, 1)
+        dequantize_into(dest, raw, info.ggml_type, dest_rows)
     return rope_freqs

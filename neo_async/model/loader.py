@@ -110,7 +110,7 @@ def _load_gguf(
         clock.lap("model_tokenizer_built")
         builder: WeightsBuilder = LlamaWeights.builder(spec, dtype, device, _widen(spec, dtype, device))
         file.advise_sequential()
-        rope_freqs = load_gguf_weights(file, spec, builder, num_threads=torch.get_num_threads())
+        rope_freqs = load_gguf_weights(file, spec, builder)
         num_bytes = sum(info.num_bytes for info in file.tensors.values())
         clock.lap("model_weights_dequantized", num_bytes=num_bytes)
     if rope_freqs is not None:
