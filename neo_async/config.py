@@ -106,6 +106,8 @@ class SchedulerConfig:
     tpot_slo_ms: float | None = None
     # a host decode left out of an iteration (its lane predicted to slow the step) runs within this many
     max_host_wait_iterations: int = 4
+    # predictions corrected online by measured iterations (`sched/calibration.py`)
+    calibrate_costs: bool = True
     # "auto": tables cached for this machine, model and thread split, else a quick profile at
     # start-up; a path: tables written by `neo-async profile`; "none": no cost model (fixed rules)
     cost_tables: str = "auto"

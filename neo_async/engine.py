@@ -223,6 +223,7 @@ class Engine:
         self.schedule_seconds_total += executing - started
         output = self.executor.execute(plan)
         execute_s = time.perf_counter() - executing
+        output.execute_s = execute_s
         advanced = self.scheduler.update(plan, output)
         if plan.predicted_s is not None:
             self.predictions.append((plan.predicted_s, execute_s))

@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from neo_async.config import SchedulerConfig
+from neo_async.sched.calibration import Calibration
 from neo_async.sched.costs import CostModel
 from neo_async.sched.predict import Load, pipelined_time, sequential_time
 from neo_async.sched.plan import ScheduledChunk
@@ -43,6 +44,19 @@ class Policy:
         self.costs = costs
         self.config = config
         self.slo_s = config.tpot_slo_ms / 1000 if config.tpot_slo_ms is not None else None
+        self.calibration = Calibration()
+
+    def observe(self, is_pipelined: bool, has_prefill: bool, predicted_s: float, measured_s: float) -> None:
+        """A plan's measured time: corrects later predictions of its kind (when enabled)."""
+        if self.config.calibrate_costs:
+            self.calibration.observe(is_pipelined, has_prefill, predicted_s, measured_s)
+
+    def _sequential_time(self, load: Load, swap_blocks: int = 0) -> float:
+        return sequential_time(self.costs, load, swap_blocks) * self.calibration.factor(False, bool(load.prefills))
+
+    def _pipelined_time(self, b0: Load, b1: Load, swap_blocks: int = 0) -> float:
+        has_prefill = bool(b0.prefills or b1.prefills)
+        return pipelined_time(self.costs, b0, b1, swap_blocks) * self.calibration.factor(True, has_prefill)
 
     # ---- the iteration's plan ------------------------------------------------------------
 
@@ -68,7 +82,7 @@ class Policy:
 
     def _sequential(self, chunks: list[ScheduledChunk], deferrable: list[ScheduledChunk], swap_blocks: int) -> Choice:
         load = Load.of(chunks)
-        price = lambda: sequential_time(self.costs, load, swap_blocks)  # noqa: E731
+        price = lambda: self._sequential_time(load, swap_blocks)  # noqa: E731
         deferred = self._defer(load.num_tokens, deferrable, price, lambda c: load.remove_decode(c), lambda c: load.add(c))
         kept = [c for c in chunks if c.request_id not in deferred]
         return Choice(kept, sorted(deferred), False, price())
@@ -85,7 +99,7 @@ class Policy:
             times = []
             for j in (0, 1):
                 loads[j].add(chunk)
-                times.append(pipelined_time(self.costs, *loads, swap_blocks))
+                times.append(self._pipelined_time(*loads, swap_blocks))
                 loads[j].remove_decode(chunk)
             side[chunk.request_id] = 1 if k == 0 or times[1] <= times[0] else 0  # b1 is never empty
             loads[side[chunk.request_id]].add(chunk)
@@ -93,7 +107,7 @@ class Policy:
             side[host[-1].request_id] = 0
             loads[1].remove_decode(host[-1])
             loads[0].add(host[-1])
-        price = lambda: pipelined_time(self.costs, *loads, swap_blocks)  # noqa: E731
+        price = lambda: self._pipelined_time(*loads, swap_blocks)  # noqa: E731
         deferred = self._defer(
             loads[0].num_tokens + loads[1].num_tokens,
             deferrable,
@@ -133,7 +147,7 @@ class Policy:
     def best_time(self, load: Load) -> float:
         """The faster of sequential and pipelined for a load whose host decodes may be split in
         any proportion (the per-request split unknown: shares of the total tried)."""
-        best = sequential_time(self.costs, load)
+        best = self._sequential_time(load)
         if self.config.pipeline == "off" or load.host_decodes < self.config.pipeline_min_host_decodes:
             return best
         for share in _B1_SHARES:
@@ -144,7 +158,7 @@ class Policy:
             b0 = load.copy()
             b0.add_decode(-kv1, is_host=True, count=-n1)
             if b0.num_tokens > 0:
-                best = min(best, pipelined_time(self.costs, b0, b1))
+                best = min(best, self._pipelined_time(b0, b1))
         return best
 
     def prefill_budget(self, decodes: Load, max_tokens: int, min_tokens: int) -> int:
