@@ -1,9 +1,12 @@
-"""Model loading against the machine's bounds: `python -m neo_async.bench.load`.
+"""Start-up and model loading against the machine's bounds: `neo-async bench load`.
 
-Per repeat, on one GGUF file (the embedded default, `--model PATH`, or a generated Llama of
+First (`--serve-starts N`, default 5; 0 skips) `neo-async serve` is started N times and timed
+from process start to the first /health 200, phase by phase (bench/startup.py); the median
+is the last row. Then, per repeat, on one GGUF file (the embedded default, `--model PATH`, or a generated Llama of
 `--synthetic 7b|tiny` shape in `--type`, written under `--dir` and deleted afterwards):
   read      the whole file into a reused buffer (page cache warm: what `cat > /dev/null` does)
   touch     first write to fresh memory of the weights' size (page faults, zeroing)
+  memcpy    a 1 GiB copy between buffers already touched (memory bandwidth, each way)
   stream    every tensor dequantised into a reused buffer: file read + dequantisation only
   load      `load_model` as the engine calls it: read, dequantise into fresh weights, fuse
 Rates are GB/s of file bytes (read, stream, load) or of weight bytes (touch, load_out).
@@ -20,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as `neo-async serve` (server/startup.py), before torch allocates
+import torch  # noqa: E402
 
 from neo_async.bench.common import machine_info, print_table, write_json
 
@@ -45,6 +50,15 @@ def read_file(path: Path) -> float:
 def touch_fresh(num_bytes: int) -> float:
     started = time.perf_counter()
     torch.empty(num_bytes, dtype=torch.uint8).fill_(1)
+    return time.perf_counter() - started
+
+
+def memcpy(num_bytes: int = 1 << 30) -> float:
+    src = torch.ones(num_bytes, dtype=torch.uint8)
+    dst = torch.zeros(num_bytes, dtype=torch.uint8)
+    dst.copy_(src)  # warm: both touched, threads started
+    started = time.perf_counter()
+    dst.copy_(src)
     return time.perf_counter() - started
 
 
@@ -90,7 +104,7 @@ def _available_bytes() -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m neo_async.bench.load", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="neo-async bench load", description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a GGUF file (default: the embedded model)")
     parser.add_argument("--synthetic", choices=["7b", "tiny"], help="generate a Llama GGUF of this shape instead")
     parser.add_argument("--layers", type=int, help="synthetic: this many layers instead of the shape's")
@@ -98,12 +112,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="synthetic: where the file is written")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--phases", default="read,touch,stream,load")
+    parser.add_argument("--phases", default="read,touch,memcpy,stream,load")
+    parser.add_argument("--serve-starts", type=int, default=5, help="time this many serve starts (0: none)")
+    parser.add_argument("--serve-args", default="", help="extra flags for those serve starts")
     parser.add_argument("--cold", action="store_true", help="drop the file from the page cache before each phase")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     phases = args.phases.split(",")
+    serve_rows = _serve(args) if args.serve_starts > 0 else []
 
     generated = None
     if args.synthetic:
@@ -131,7 +148,16 @@ def main(argv: list[str] | None = None) -> None:
         if generated is not None:
             generated.unlink()
     print_table(rows, ["phase", "repeat", "seconds", "GB/s", "out_GB/s"])
-    write_json(args.json, {"machine": machine_info(), "file": str(path), "rows": rows})
+    write_json(args.json, {"machine": machine_info(), "serve_starts": serve_rows, "file": str(path), "rows": rows})
+
+
+def _serve(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from neo_async.bench.startup import phase_columns, profile_cache_note, time_starts
+
+    print(f"neo-async serve {args.serve_args}: seconds from process start; {profile_cache_note()}")
+    rows = time_starts(args.serve_starts, args.serve_args.split())
+    print_table(rows, phase_columns(rows))
+    return rows
 
 
 def _run(path: Path, dtype: torch.dtype, phases: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -152,6 +178,9 @@ def _run(path: Path, dtype: torch.dtype, phases: list[str], args: argparse.Names
             elif phase == "touch":
                 row["seconds"] = touch_fresh(weight_bytes)
                 row["out_GB/s"] = weight_bytes / row["seconds"] / 1e9
+            elif phase == "memcpy":
+                row["seconds"] = memcpy()
+                row["out_GB/s"] = (1 << 30) / row["seconds"] / 1e9
             elif phase == "stream":
                 row["seconds"] = stream_dequantize(path, dtype)
                 row["GB/s"] = file_bytes / row["seconds"] / 1e9
