@@ -220,10 +220,11 @@ the summary above.)
   request decoding with no prefill, does not lose tokens/s; on 4-8 cores that never holds, so
   neo stays device-only at outputs 50-200, and at 300-400, where it does use the host, it loses
   up to 8%. Admitting every prompt the device cannot hold is worse (-27% at output 100 on
-  g5.2xlarge in a trial run), since our policy then also runs those host decodes in decode-only
-  iterations (it bounds how long a host request may wait; the paper's policy lets it wait). This
-  is the scheduler's admission and deferral policy, not the cost model: matching the paper needs
-  admission that prices the prefill shadow. Both sizes get the same host lane in our model (4 and
+  g5.2xlarge in a trial run, with or without the bound on how long a host decode may wait):
+  with so weak a host lane, host decodes slow the decode-only iterations they join more than
+  they add. This is the scheduler's admission and deferral policy, not the cost model: matching
+  the paper needs a policy that runs host decodes in the shadow of prefill work and keeps them
+  out of decode-only iterations on weak hosts. Both sizes get the same host lane in our model (4 and
   8 cores fit on one Zen 2 die, whose fabric link reads 46.9 GB/s), as the paper's two nearly
   identical curves suggest.
 - **A10G, g5.8xlarge: +15% against +30%.** The same admission rule keeps it device-only up to
