@@ -89,17 +89,27 @@ def check_steps(points: Points, costs: MeasuredCosts, shapes: list[StepShape]) -
 
 def step_shapes(engine: Engine) -> list[StepShape]:
     """Probe steps unlike the ones the overheads were fitted to: bigger batches, longer
-    contexts, a prefill chunk joining decodes."""
+    contexts, a prefill chunk joining decodes; device-only steps (no host job glue); and
+    serving-sized ones: 16 decodes of ~1100 tokens, a full prefill chunk fresh and after a
+    cached prefix."""
     seqs = engine.config.scheduler.max_num_seqs
+    max_tokens = engine.config.scheduler.max_num_batched_tokens
     n = max(2, min(16, seqs // 2))
     kv = min(512, engine.max_model_len - 1)
-    chunk = min(64, engine.config.scheduler.max_num_batched_tokens // 2)
+    chunk = min(64, max_tokens // 2)
     prefix = min(256, engine.max_model_len - chunk - 1)
+    long_kv = min(1100, engine.max_model_len - 1)
+    big_chunk = min(512, max_tokens)
+    big_prefix = max(0, min(500, engine.max_model_len - big_chunk - 1))
     shapes = [
         StepShape(device_decodes=n // 2, host_decodes=n // 2, kv_tokens=kv),
         StepShape(device_decodes=2, host_decodes=n, kv_tokens=kv),
         StepShape(device_decodes=2, host_decodes=n, kv_tokens=kv, pipelined=True),
         StepShape(device_decodes=n // 2, host_decodes=n // 2, kv_tokens=kv, prefill=(chunk, prefix), pipelined=True),
         StepShape(device_decodes=4, host_decodes=0, kv_tokens=kv, prefill=(chunk, prefix)),
+        StepShape(device_decodes=1, kv_tokens=kv),
+        StepShape(device_decodes=min(16, seqs), kv_tokens=long_kv),
+        StepShape(device_decodes=0, prefill=(big_chunk, 0)),
+        StepShape(device_decodes=0, prefill=(big_chunk, big_prefix)),
     ]
     return runnable(shapes, engine.host_cache is not None)
