@@ -32,6 +32,7 @@ def costs(**overrides) -> MeasuredCosts:
         iteration_sampled=Table1D((1.0, 64.0), (2e-3, 65e-3)),  # 1 ms + 1 ms per row
         iteration_prefill_tokens=Table1D((16.0, 512.0), (16e-6, 512e-6)),
         layer_overhead=50e-6,
+        host_layer_overhead=30e-6,
         pipelined_layer_overhead=80e-6,
         key={"dtype": "bfloat16", "model": {"num_layers": 10}},
         meta={"mode": "quick"},
@@ -51,7 +52,7 @@ def test_decode_attention_is_read_per_request_and_exact_for_bilinear_physics():
     # 8 requests of 512 tokens: between grid points on both axes
     assert c.device_decode_attention(8, 8 * 512, False) == pytest.approx(1e-4 + 8e-5 + 1e-8 * 8 * 512)
     assert c.device_decode_attention(8, 8 * 512, True) == pytest.approx(2e-4 + 8e-5 + 1e-8 * 8 * 512)
-    assert c.host_decode_attention(3, 3 * 100, False) == pytest.approx(1e-4 + 6e-5 + 4e-8 * 300)
+    assert c.host_decode_attention(3, 3 * 100, False) == pytest.approx(1e-4 + 6e-5 + 4e-8 * 300 + 30e-6)
     assert c.host_decode_attention(3, 3 * 100, True) == pytest.approx(3e-4 + 6e-5 + 4e-8 * 300)
     assert c.host_decode_attention(0, 0, True) == 0.0
 
@@ -75,7 +76,7 @@ def test_iteration_is_the_sampled_rows_plus_the_prefill_tokens_beyond_them():
 def test_the_predictor_prices_a_plan_from_the_tables():
     c = costs()
     load = Load(num_tokens=4, num_sampled=4, device_decodes=2, device_kv_tokens=512, host_decodes=2, host_kv_tokens=512)
-    layer = (4e-3 + 50e-6) + (1e-4 + 2e-5 + 1e-8 * 512) + (1e-4 + 4e-5 + 4e-8 * 512)
+    layer = (4e-3 + 50e-6) + (1e-4 + 2e-5 + 1e-8 * 512) + (1e-4 + 4e-5 + 4e-8 * 512 + 30e-6)
     assert sequential_time(c, load) == pytest.approx(10 * layer + 5e-3)
     b0 = Load(num_tokens=2, num_sampled=2, device_decodes=2, device_kv_tokens=512)
     b1 = Load(num_tokens=2, num_sampled=2, host_decodes=2, host_kv_tokens=512)
@@ -83,6 +84,19 @@ def test_the_predictor_prices_a_plan_from_the_tables():
     d1 = 4e-3 + 40e-6
     h1 = 3e-4 + 4e-5 + 4e-8 * 512
     assert pipelined_time(c, b0, b1) == pytest.approx(10 * (max(d0, h1) + d1) + 5e-3)
+
+
+def test_the_host_job_glue_is_charged_only_to_sequential_steps_with_host_decodes():
+    c = costs()
+    device_only = Load(num_tokens=4, num_sampled=4, device_decodes=4, device_kv_tokens=1024)
+    without = costs(host_layer_overhead=0.0)
+    assert sequential_time(c, device_only) == pytest.approx(sequential_time(without, device_only))
+    with_host = Load(num_tokens=4, num_sampled=4, device_decodes=2, device_kv_tokens=512, host_decodes=2, host_kv_tokens=512)
+    assert sequential_time(c, with_host) == pytest.approx(sequential_time(without, with_host) + 10 * 30e-6)
+    b0 = Load(num_tokens=2, num_sampled=2, device_decodes=2, device_kv_tokens=512)
+    b1 = Load(num_tokens=2, num_sampled=2, host_decodes=2, host_kv_tokens=512)
+    assert pipelined_time(c, b0, b1) == pytest.approx(pipelined_time(without, b0, b1))  # its own overhead
+    assert c.host_decode_attention(0, 0, False) == 0.0
 
 
 def test_json_round_trip_keeps_every_field(tmp_path):
@@ -98,6 +112,9 @@ def test_other_formats_and_malformed_files_are_refused(tmp_path):
     data = costs().to_json()
     with pytest.raises(ValueError, match="format"):
         MeasuredCosts.from_json(data | {"format": FORMAT + 1})
+    old = {k: v for k, v in data.items() if k != "host_layer_overhead"} | {"format": 1}
+    with pytest.raises(ValueError, match="format"):  # one overhead for every sequential step
+        MeasuredCosts.from_json(old)
     broken = dict(data)
     del broken["host_decode_pipelined"]
     with pytest.raises(ValueError, match="malformed"):

@@ -98,7 +98,7 @@ def test_quick_profile_covers_the_engine_limits_and_gives_every_block_back(profi
         if isinstance(value, dict) and "ys" in value:
             flat = [z for row in value["zs"] for z in row] if "zs" in value else value["ys"]
             assert all(math.isfinite(v) and v > 0 for v in flat), name
-    assert costs.layer_overhead >= 0 and costs.pipelined_layer_overhead >= 0
+    assert min(costs.layer_overhead, costs.host_layer_overhead, costs.pipelined_layer_overhead) >= 0
     assert costs.meta["mode"] == "quick" and costs.meta["seconds"] < 60
     assert costs.key == cache.profile_key(engine)
     engine.check()
@@ -244,3 +244,22 @@ def test_a_failing_start_up_profile_falls_back_to_the_fixed_rules(checkpoint, mo
     monkeypatch.setattr("neo_async.profile.measure.profile_engine", broken)
     engine = _engine(checkpoint, cost_tables="auto", device_threads=3)  # a key no other test profiled
     assert engine.costs is None and engine.scheduler.policy is None
+
+
+def test_each_overhead_is_fitted_on_the_steps_that_pay_it():
+    from neo_async.profile.probes import StepShape, build_plan, fit_overheads
+    from neo_async.sched.predict import plan_time
+    from tests.test_cost_tables import costs
+
+    bare = costs(layer_overhead=0.0, host_layer_overhead=0.0, pipelined_layer_overhead=0.0)
+    truth = costs(layer_overhead=40e-6, host_layer_overhead=300e-6, pipelined_layer_overhead=500e-6)
+    shapes = [StepShape(device_decodes=1), StepShape(device_decodes=8), StepShape(device_decodes=2, host_decodes=4),
+              StepShape(device_decodes=8, host_decodes=8), StepShape(device_decodes=4, host_decodes=4, pipelined=True)]
+    plans = [build_plan(s, list(range(64)), list(range(64)), 16) for s in shapes]
+    measured = [(plan_time(truth, p.chunks, p.is_pipelined), p) for p in plans]
+    fitted = fit_overheads(bare, measured)
+    assert fitted.layer_overhead == pytest.approx(40e-6, rel=1e-6)
+    assert fitted.host_layer_overhead == pytest.approx(300e-6, rel=1e-6)
+    assert fitted.pipelined_layer_overhead == pytest.approx(500e-6, rel=1e-6)
+    # a step faster than the tables alone fits no negative overhead
+    assert fit_overheads(bare, [(1e-9, plans[0])]).layer_overhead == 0.0

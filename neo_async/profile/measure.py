@@ -21,7 +21,7 @@ import torch
 
 from neo_async.profile.grids import Grids, make_grids
 from neo_async.profile.points import Points
-from neo_async.profile.probes import StepShape, fit_layer_overhead, measure_steps, runnable
+from neo_async.profile.probes import StepShape, fit_overheads, measure_steps, runnable
 from neo_async.profile.scratch import scratch_blocks, wait_host_pools_populated
 from neo_async.profile.timing import Bench, Timer
 from neo_async.runner.attention import KVCache
@@ -97,13 +97,10 @@ def profile_engine(engine: Engine, quick: bool = True, settings: Settings | None
         costs = MeasuredCosts(num_layers=engine.spec.num_layers, **tables)  # type: ignore[arg-type]
         t0 = time.perf_counter()
         steps = measure_steps(points, overhead_probes(engine))
-        costs = dataclasses.replace(
-            costs,
-            layer_overhead=fit_layer_overhead(costs, steps, pipelined=False),
-            pipelined_layer_overhead=fit_layer_overhead(costs, steps, pipelined=True),
-        )
+        costs = fit_overheads(costs, steps)
         log.info("profile_table", table="layer_overhead", seconds=round(time.perf_counter() - t0, 2),
                  layer_overhead_us=round(costs.layer_overhead * 1e6, 1),
+                 host_layer_overhead_us=round(costs.host_layer_overhead * 1e6, 1),
                  pipelined_layer_overhead_us=round(costs.pipelined_layer_overhead * 1e6, 1))
     seconds = time.perf_counter() - started
     log.info("profile_done", mode=mode, seconds=round(seconds, 1))
@@ -156,11 +153,15 @@ def measure_table(points: Points, grids: Grids, name: str) -> Table1D | Table2D:
 
 
 def overhead_probes(engine: Engine) -> list[StepShape]:
-    """Steps the overheads are fitted to: small batches, where the glue is a visible share; the
-    pipelined ones with the device lane busy (device decodes in b0), so its glue shows."""
+    """Steps the overheads are fitted to: small batches, where the glue is a visible share;
+    device-only ones for the device glue, sequential ones with host decodes for the host job's
+    glue, the pipelined ones with the device lane busy (device decodes in b0), so its glue shows."""
     n = max(2, min(8, engine.config.scheduler.max_num_seqs // 2))
     kv = min(256, engine.max_model_len - 1)
     shapes = [
+        StepShape(device_decodes=1, kv_tokens=kv),
+        StepShape(device_decodes=n, kv_tokens=kv),
+        StepShape(device_decodes=2 * n, kv_tokens=kv),
         StepShape(device_decodes=n, host_decodes=n, kv_tokens=kv),
         StepShape(device_decodes=1, host_decodes=2, kv_tokens=kv),
         StepShape(device_decodes=n, host_decodes=n, kv_tokens=kv, pipelined=True),

@@ -9,13 +9,15 @@ decode and the prefill), the split the scheduler makes.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from neo_async.profile.points import GREEDY
 from neo_async.profile.timing import Bench
-from neo_async.sched.costs import CostModel
+from neo_async.sched.cost_tables import MeasuredCosts
 from neo_async.sched.plan import KVLocation, Plan, ScheduledChunk
 from neo_async.sched.predict import plan_time
 
@@ -90,23 +92,25 @@ def measure_steps(points: Points, shapes: list[StepShape]) -> list[tuple[float, 
     return list(zip(seconds, plans))
 
 
-def fit_layer_overhead(costs: CostModel, measured: list[tuple[float, Plan]], pipelined: bool) -> float:
-    """The per-layer overhead (seconds, >= 0) that makes the predicted time of each step match
-    its measurement, as `MeasuredCosts.linear` charges it, the median over the steps.
+def has_host_decodes(plan: Plan) -> bool:
+    return any(c.is_decode and c.is_host for c in plan.chunks)
 
-    `costs` must charge no overhead yet; the prediction is non-decreasing in the overhead, so
-    each step's value is found by bisection (0 when the step is faster than predicted without)."""
+
+def fit_overhead(measured: list[tuple[float, Plan]], predict: Callable[[float, Plan], float]) -> float:
+    """The per-layer overhead x (seconds, >= 0) with predict(x, plan) equal to each step's
+    measurement, the median over the steps (0.0 when none).
+
+    predict must be non-decreasing in x and add at most x per layer; each step's value is found
+    by bisection (0 when the step is faster than predicted without any)."""
     values = []
     for seconds, plan in measured:
-        if plan.is_pipelined != pipelined:
-            continue
-        lo, hi = 0.0, max(seconds / costs.num_layers, 1e-6)
-        if plan_time(_Overhead(costs, 0.0, pipelined), plan.chunks, pipelined) >= seconds:
+        if predict(0.0, plan) >= seconds:
             values.append(0.0)
             continue
-        for _ in range(40):
+        lo, hi = 0.0, max(seconds, 1e-6)
+        for _ in range(50):
             mid = (lo + hi) / 2
-            if plan_time(_Overhead(costs, mid, pipelined), plan.chunks, pipelined) < seconds:
+            if predict(mid, plan) < seconds:
                 lo = mid
             else:
                 hi = mid
@@ -114,16 +118,23 @@ def fit_layer_overhead(costs: CostModel, measured: list[tuple[float, Plan]], pip
     return statistics.median(values) if values else 0.0
 
 
-class _Overhead:
-    """costs with a per-layer overhead charged through linear(), as MeasuredCosts does."""
+def fit_overheads(costs: MeasuredCosts, measured: list[tuple[float, Plan]]) -> MeasuredCosts:
+    """costs (charging no overhead yet) with the three overheads fitted to whole steps, each on
+    the steps that pay it: `layer_overhead` on sequential device-only steps, then
+    `host_layer_overhead` on sequential steps with host decodes (the device glue charged as
+    fitted), `pipelined_layer_overhead` on pipelined steps."""
+    device_only = [m for m in measured if not m[1].is_pipelined and not has_host_decodes(m[1])]
+    with_host = [m for m in measured if not m[1].is_pipelined and has_host_decodes(m[1])]
+    pipelined = [m for m in measured if m[1].is_pipelined]
 
-    def __init__(self, costs: CostModel, overhead: float, pipelined: bool) -> None:
-        self.costs = costs
-        self.num_layers = costs.num_layers
-        self.per_call = overhead / 2 if pipelined else overhead
+    def sequential(**fields: float) -> Callable[[Plan], float]:
+        c = dataclasses.replace(costs, **fields)
+        return lambda plan: plan_time(c, plan.chunks, False)
 
-    def linear(self, num_tokens: int, pipelined: bool) -> float:
-        return self.costs.linear(num_tokens, pipelined) + self.per_call
-
-    def __getattr__(self, name: str):
-        return getattr(self.costs, name)
+    layer = fit_overhead(device_only, lambda x, plan: sequential(layer_overhead=x)(plan))
+    host = fit_overhead(with_host, lambda x, plan: sequential(layer_overhead=layer, host_layer_overhead=x)(plan))
+    pipe = fit_overhead(
+        pipelined,
+        lambda x, plan: plan_time(dataclasses.replace(costs, pipelined_layer_overhead=x), plan.chunks, True),
+    )
+    return dataclasses.replace(costs, layer_overhead=layer, host_layer_overhead=host, pipelined_layer_overhead=pipe)

@@ -31,7 +31,8 @@ def format_costs(costs: MeasuredCosts) -> str:
     from neo_async.profile.measure import POINTS
 
     parts = [format_table(name, getattr(costs, name)) for name in POINTS]
-    parts.append(f"layer_overhead: {costs.layer_overhead * 1e6:.1f} us per layer (sequential), "
+    parts.append(f"layer_overhead: {costs.layer_overhead * 1e6:.1f} us per layer (sequential, device work), "
+                 f"{costs.host_layer_overhead * 1e6:.1f} us per layer (sequential, host decode job), "
                  f"{costs.pipelined_layer_overhead * 1e6:.1f} us per layer (pipelined)")
     return "\n\n".join(parts)
 

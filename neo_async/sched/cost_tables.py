@@ -5,10 +5,15 @@ Parametrisation: decode attention is tabled over (requests, KV tokens per reques
 attention over (chunk tokens, cached prefix tokens), so every grid cell is a real batch and the
 bilinear interpolation is exact for the physics (time ~ a + b*requests + c*requests*length).
 
-Fixed overheads are measured, not assumed: each table's intercept holds its own call's cost,
-`layer_overhead` is the executor's per-layer glue that no table isolates (the residual of whole
-probe steps), charged through `linear()` (once per layer in a sequential step, half per
-sub-batch in a pipelined one); `iteration()` is the step's work outside the layers.
+Fixed overheads are measured, not assumed: each table's intercept holds its own call's cost;
+the executor's per-layer glue that no table isolates is the residual of whole probe steps, in
+three parts: `layer_overhead`, the device work's glue of a sequential step (fitted on
+device-only steps), charged through `linear()`; `host_layer_overhead`, the host decode job's
+glue in a sequential step (its setup, staging fresh tensors; fitted on steps with host decodes
+once `layer_overhead` is known), charged through `host_decode_attention()` so that only steps
+with host decodes pay it; `pipelined_layer_overhead`, a pipelined step's whole glue (fitted on
+pipelined steps), half per sub-batch through `linear()`. `iteration()` is the step's work
+outside the layers.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 
 from neo_async.sched.costs import Table1D, Table2D
 
-FORMAT = 1  # bumped whenever the meaning of a field changes; other formats are never loaded
+FORMAT = 2  # bumped whenever the meaning of a field changes; other formats are never loaded
 
 _TABLES_1D = ("linear_sequential", "linear_pipelined", "swap_blocks", "iteration_sampled", "iteration_prefill_tokens")
 _TABLES_2D = (
@@ -47,7 +52,8 @@ class MeasuredCosts:
     swap_blocks: Table1D  # x: blocks, one layer, K and V
     iteration_sampled: Table1D  # x: sampled rows: batch tensors, embedding, logits, sampling
     iteration_prefill_tokens: Table1D  # x: prefill tokens beyond the sampled rows
-    layer_overhead: float = 0.0  # sequential step, per layer
+    layer_overhead: float = 0.0  # sequential step, per layer (device work's glue)
+    host_layer_overhead: float = 0.0  # sequential step with host decodes, per layer (host job's glue)
     pipelined_layer_overhead: float = 0.0  # pipelined step, per layer (both sub-batches)
     key: dict[str, Any] = field(default_factory=dict)  # what the numbers depend on (see profile/cache.py)
     meta: dict[str, Any] = field(default_factory=dict)  # how they were measured (mode, seconds, date)
@@ -67,8 +73,11 @@ class MeasuredCosts:
         return _per_request(table, num_requests, kv_tokens)
 
     def host_decode_attention(self, num_requests: int, kv_tokens: int, pipelined: bool) -> float:
-        table = self.host_decode_pipelined if pipelined else self.host_decode_sequential
-        return _per_request(table, num_requests, kv_tokens)
+        if num_requests <= 0:
+            return 0.0
+        if pipelined:
+            return _per_request(self.host_decode_pipelined, num_requests, kv_tokens)
+        return _per_request(self.host_decode_sequential, num_requests, kv_tokens) + self.host_layer_overhead
 
     def swap(self, num_blocks: int) -> float:
         return self.swap_blocks(num_blocks)
@@ -86,6 +95,7 @@ class MeasuredCosts:
             data[name] = getattr(self, name).to_json()
         data |= {
             "layer_overhead": self.layer_overhead,
+            "host_layer_overhead": self.host_layer_overhead,
             "pipelined_layer_overhead": self.pipelined_layer_overhead,
             "key": self.key,
             "meta": self.meta,
@@ -103,6 +113,7 @@ class MeasuredCosts:
             return cls(
                 num_layers=int(data["num_layers"]),
                 layer_overhead=float(data["layer_overhead"]),
+                host_layer_overhead=float(data["host_layer_overhead"]),
                 pipelined_layer_overhead=float(data["pipelined_layer_overhead"]),
                 key=dict(data["key"]),
                 meta=dict(data.get("meta", {})),
