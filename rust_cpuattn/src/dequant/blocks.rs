@@ -58,17 +58,23 @@ fn floats<T: KvElem, const N: usize>(src: &[u8], out: &mut [T], value: impl Fn([
     }
 }
 
-/// Runs of blocks of `QK` values in `TS` bytes: each block into an f32 buffer on the stack,
-/// then converted into its place in `out`.
+/// Values converted per pass: small blocks are dequantised a group at a time into an f32
+/// buffer on the stack, then the group is converted in one long loop.
+const GROUP_VALUES: usize = 256;
+
+/// Runs of blocks of `QK` values in `TS` bytes (QK divides GROUP_VALUES), a group at a time.
 #[inline(always)]
 fn each<T: KvElem, const QK: usize, const TS: usize>(
     src: &[u8],
     out: &mut [T],
     kernel: impl Fn(&[u8; TS], &mut [f32; QK]),
 ) {
-    let mut values = [0f32; QK];
-    for (b, o) in src.chunks_exact(TS).zip(out.chunks_exact_mut(QK)) {
-        kernel(b.try_into().unwrap(), &mut values);
+    let mut values = [0f32; GROUP_VALUES];
+    let per_group = GROUP_VALUES / QK;
+    for (blocks, o) in src.chunks(TS * per_group).zip(out.chunks_mut(GROUP_VALUES)) {
+        for (b, y) in blocks.chunks_exact(TS).zip(values.chunks_exact_mut(QK)) {
+            kernel(b.try_into().unwrap(), y.try_into().unwrap());
+        }
         for (o, &v) in o.iter_mut().zip(&values) {
             *o = T::from_f32(v);
         }
