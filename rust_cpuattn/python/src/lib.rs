@@ -232,28 +232,6 @@ impl DecodeCall {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn decode<'py>(
-    py: Python<'py>,
-    kernel: Kernel,
-    q: &Bound<'py, PyAny>,
-    caches: (&Bound<'py, PyAny>, &Bound<'py, PyAny>),
-    block_table: &Bound<'py, PyAny>,
-    rows: &Bound<'py, PyAny>,
-    seq_lens: &Bound<'py, PyAny>,
-    layer: i64,
-    scale: f64,
-    out: Option<Bound<'py, PyAny>>,
-    new: (Option<&Bound<'py, PyAny>>, Option<&Bound<'py, PyAny>>),
-) -> PyResult<Bound<'py, PyAny>> {
-    let (call, out) = DecodeCall::new(py, q, caches, block_table, rows, seq_lens, layer, scale, out, new)?;
-    // SAFETY: the work runs to its end inside this function, while `call` lives.
-    let work = unsafe { call.work(kernel)? };
-    py.detach(move || work.run()).map_err(core_err)?;
-    drop(call);
-    Ok(out)
-}
-
 /// Defines a `#[pyfunction]` with the public decode signature running `$kernel`.
 macro_rules! decode_function {
     ($name:ident, $kernel:expr, $doc:literal) => {
@@ -277,7 +255,12 @@ macro_rules! decode_function {
         ) -> PyResult<Bound<'py, PyAny>> {
             let caches = (k_cache, v_cache);
             let new = (k_new.as_ref(), v_new.as_ref());
-            decode(py, $kernel, q, caches, block_table, rows, seq_lens, layer, scale, out, new)
+            let (call, out) = DecodeCall::new(py, q, caches, block_table, rows, seq_lens, layer, scale, out, new)?;
+            // SAFETY: the work runs to its end inside this function, while `call` lives.
+            let work = unsafe { call.work($kernel)? };
+            py.detach(move || work.run()).map_err(core_err)?;
+            drop(call);
+            Ok(out)
         }
     };
 }
