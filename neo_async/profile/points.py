@@ -3,8 +3,14 @@ steps: each method prepares a `Bench` (inputs built, the timed call), to be time
 table's thread budget (`Points.budget`).
 
 Inputs are random tensors of the model's shapes; KV lives in scratch blocks (free blocks the
-profile holds, see `scratch.py`). Attention and linear points rotate through the layers, as a
-step does, so KV and weights come from memory, not from a cache warmed by the last repeat.
+profile holds, see `scratch.py`). Every per-layer call, whichever point it times, takes the
+next layer of one rotation (`next_layer`), as a step does, so KV and weights come from memory,
+not from a cache warmed by the call before.
+
+NOTE: one rotation for all points, not one per point: points are timed in round-robin passes,
+and with a layer per call index the points of one pass all read the same layer's blocks and
+weights, each finding its neighbour's in the cache (16 decodes of 1024 tokens read 2.3x
+faster than in a step).
 """
 
 from __future__ import annotations
@@ -52,6 +58,13 @@ class Points:
         self.lane = lane
         self.block_size = engine.cache.block_size
         self.gen = torch.Generator(device="cpu").manual_seed(0)
+        self._calls = 0
+
+    def next_layer(self) -> int:
+        """The layer of the next per-layer call: 0, 1, ..., num_layers - 1, 0, ..."""
+        layer = self._calls % self.spec.num_layers
+        self._calls += 1
+        return layer
 
     def budget(self, pipelined: bool):
         """torch's threads in a step of that kind (the executor's pipelined budget, else the
@@ -79,7 +92,7 @@ class Points:
         rope = model.rope(positions)
 
         def run(i: int) -> None:
-            layer = i % s.num_layers
+            layer = self.next_layer()
             q, _k, _v = model.pre(layer, hidden, rope)
             out = torch.zeros(q.shape, dtype=torch.float32, device=self.device)
             model.post(layer, hidden, out.view(num_tokens, -1))
@@ -103,7 +116,7 @@ class Points:
         scale = s.attn_scale
 
         def run(i: int) -> None:
-            layer = i % s.num_layers
+            layer = self.next_layer()
             self.cache.store(layer, k, v, slot_blocks, slot_offsets)
             if prefix:  # as Executor.device_attention: over the pool when a prefix is cached
                 self.cache.prefill(layer, q, cached, prefix, total, scale)
@@ -121,7 +134,7 @@ class Points:
         scale = self.spec.attn_scale
 
         def run(i: int) -> None:
-            self.cache.decode(i % self.spec.num_layers, q, tables, seq_lens, scale, k_new=k, v_new=v, out=out)
+            self.cache.decode(self.next_layer(), q, tables, seq_lens, scale, k_new=k, v_new=v, out=out)
 
         return Bench(run)
 
@@ -135,7 +148,7 @@ class Points:
         scale = self.spec.attn_scale
 
         def run(i: int) -> None:
-            job = self.host_cache.decode_job(i % self.spec.num_layers, q, tables, seq_lens, scale, k_new=k, v_new=v, out=out)
+            job = self.host_cache.decode_job(self.next_layer(), q, tables, seq_lens, scale, k_new=k, v_new=v, out=out)
             if pipelined:
                 self.lane.submit(job).wait()
             else:
@@ -154,7 +167,7 @@ class Points:
         copies = (LayerCopy(runs_out, self.cache, self.host_cache), LayerCopy(runs_in, self.host_cache, self.cache))
 
         def run(i: int) -> None:
-            copies[i % 2].copy_layer((i // 2) % self.spec.num_layers)
+            copies[i % 2].copy_layer(self.next_layer())
 
         return Bench(run)
 
