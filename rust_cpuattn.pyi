@@ -155,6 +155,16 @@ class HostLane:
     def drain(self) -> None:
         """Returns once every call submitted so far has run."""
 
+# GGUF dequantisation.
+
+def dequantize(ggml_type: int, src: Any, out: Array, dest_rows: Array | None = None) -> None:
+    """Dequantises the GGUF blocks in `src` (any C-contiguous buffer: a slice of the file's
+    memory map is read in place) into `out` (float32, float16 or bfloat16, C-contiguous, rows of
+    out.shape[-1] values), with ggml's float32 operations in ggml's order, each stored value
+    rounded once to out's dtype. `dest_rows` (an int64 permutation of the rows) writes stored
+    row r to out row dest_rows[r]. Runs on rayon's threads with the GIL released. Raises ValueError on an
+    unknown or unsupported type, sizes that do not match, or overlapping arrays."""
+
 # Row-wise layer operations. Rows: 2-D C-contiguous float32, float16 or bfloat16 arrays;
 # parameters: float32. Arithmetic in float32, each stored value rounded once. Results go into
 # the caller's arrays (which must not overlap the inputs). Raise ValueError on bad input.
