@@ -104,24 +104,23 @@ class Points:
         """One chunk's K/V stored in the device pool, its cached prefix gathered (when any) and
         its attention: the executor's per-chunk prefill work."""
         s, bs = self.spec, self.block_size
-        q = self._randn(chunk, s.num_heads, s.head_dim)
-        k = self._randn(chunk, s.num_kv_heads, s.head_dim)
-        v = self._randn(chunk, s.num_kv_heads, s.head_dim)
+        q, k, v = self._qkv(chunk)
         total = prefix + chunk
         block_ids = [self.device_ids[j % len(self.device_ids)] for j in range(-(-total // bs))]
         pool_device = self.cache.device
         slot_blocks = torch.tensor([block_ids[p // bs] for p in range(prefix, total)], device=pool_device)
         slot_offsets = torch.tensor([p % bs for p in range(prefix, total)], device=pool_device)
         cached = torch.tensor(block_ids, device=pool_device)
+        out = torch.empty((chunk, s.num_heads, s.head_dim), dtype=torch.float32, device=self.device)
         scale = s.attn_scale
 
         def run(i: int) -> None:
             layer = self.next_layer()
             self.cache.store(layer, k, v, slot_blocks, slot_offsets)
             if prefix:  # as Executor.device_attention: over the pool when a prefix is cached
-                self.cache.prefill(layer, q, cached, prefix, total, scale)
+                out[:] = self.cache.prefill(layer, q, cached, prefix, total, scale)
             else:
-                prefill_attention(q, k.transpose(0, 1), v.transpose(0, 1), prefix, scale)
+                out[:] = prefill_attention(q, k.transpose(0, 1), v.transpose(0, 1), prefix, scale)
 
         return Bench(run)
 
@@ -204,11 +203,19 @@ class Points:
     def _decode_chunk(self, request_id: str, location: KVLocation, block_id: int) -> ScheduledChunk:
         return ScheduledChunk(request_id, [1], self.block_size - 1, [block_id], True, GREEDY, [1], [], location)
 
+    def _qkv(self, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [T, Hq, D], k, v [T, Hkv, D]: views of one [T, (Hq + 2 Hkv) D] projection, as
+        `model.pre` returns them (strided, not contiguous), so attention pays what it pays in a
+        step for reading them."""
+        s = self.spec
+        qkv = self._randn(num_tokens, s.q_size + 2 * s.kv_size)
+        q, k, v = qkv.split([s.q_size, s.kv_size, s.kv_size], dim=-1)
+        return (q.view(num_tokens, s.num_heads, s.head_dim), k.view(num_tokens, s.num_kv_heads, s.head_dim),
+                v.view(num_tokens, s.num_kv_heads, s.head_dim))
+
     def _decode_inputs(self, num_requests: int) -> tuple[torch.Tensor, ...]:
         s = self.spec
-        q = self._randn(num_requests, s.num_heads, s.head_dim)
-        k = self._randn(num_requests, s.num_kv_heads, s.head_dim)
-        v = self._randn(num_requests, s.num_kv_heads, s.head_dim)
+        q, k, v = self._qkv(num_requests)
         out = torch.empty((num_requests, s.num_heads, s.head_dim), dtype=torch.float32, device=self.device)
         return q, k, v, out
 
