@@ -263,3 +263,14 @@ def test_each_overhead_is_fitted_on_the_steps_that_pay_it():
     assert fitted.pipelined_layer_overhead == pytest.approx(500e-6, rel=1e-6)
     # a step faster than the tables alone fits no negative overhead
     assert fit_overheads(bare, [(1e-9, plans[0])]).layer_overhead == 0.0
+
+
+def test_the_prefill_grid_is_dense_where_its_attention_is_not_linear():
+    from neo_async.profile.grids import make_grids
+
+    for quick in (True, False):
+        g = make_grids(512, 64, 8192, 16, 2048, quick)
+        assert g.prefill_chunks == (16, 32, 64, 128, 256, 512)
+        assert g.prefill_prefixes[:3] == (0, 64, 128)  # a cached prefix is another code path than none
+        assert all(b <= 2 * a for a, b in zip(g.prefill_prefixes[1:], g.prefill_prefixes[2:]))
+        assert g.prefill_prefixes[-1] + 512 <= (4096 if quick else 8192)

@@ -125,16 +125,12 @@ def fit_overheads(costs: MeasuredCosts, measured: list[tuple[float, Plan]]) -> M
     fitted), `pipelined_layer_overhead` on pipelined steps."""
     device_only = [m for m in measured if not m[1].is_pipelined and not has_host_decodes(m[1])]
     with_host = [m for m in measured if not m[1].is_pipelined and has_host_decodes(m[1])]
-    pipelined = [m for m in measured if m[1].is_pipelined]
+    pipelined_steps = [m for m in measured if m[1].is_pipelined]
 
-    def sequential(**fields: float) -> Callable[[Plan], float]:
-        c = dataclasses.replace(costs, **fields)
-        return lambda plan: plan_time(c, plan.chunks, False)
+    def priced(pipelined: bool, name: str, **fixed: float) -> Callable[[float, Plan], float]:
+        return lambda x, plan: plan_time(dataclasses.replace(costs, **fixed, **{name: x}), plan.chunks, pipelined)
 
-    layer = fit_overhead(device_only, lambda x, plan: sequential(layer_overhead=x)(plan))
-    host = fit_overhead(with_host, lambda x, plan: sequential(layer_overhead=layer, host_layer_overhead=x)(plan))
-    pipe = fit_overhead(
-        pipelined,
-        lambda x, plan: plan_time(dataclasses.replace(costs, pipelined_layer_overhead=x), plan.chunks, True),
-    )
+    layer = fit_overhead(device_only, priced(False, "layer_overhead"))
+    host = fit_overhead(with_host, priced(False, "host_layer_overhead", layer_overhead=layer))
+    pipe = fit_overhead(pipelined_steps, priced(True, "pipelined_layer_overhead"))
     return dataclasses.replace(costs, layer_overhead=layer, host_layer_overhead=host, pipelined_layer_overhead=pipe)
