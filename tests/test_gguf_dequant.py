@@ -148,20 +148,6 @@ REFERENCES = {
 }
 
 
-REFERENCES = {
-    T.Q4_0: _ref_q4_0,
-    T.Q4_1: _ref_q4_1,
-    T.Q5_0: lambda x: _ref_q5(x, has_min=False),
-    T.Q5_1: lambda x: _ref_q5(x, has_min=True),
-    T.Q8_0: _ref_q8_0,
-    T.Q2_K: _ref_q2_k,
-    T.Q3_K: _ref_q3_k,
-    T.Q4_K: lambda x: _ref_q45_k(x, five_bits=False),
-    T.Q5_K: lambda x: _ref_q45_k(x, five_bits=True),
-    T.Q6_K: _ref_q6_k,
-}
-
-
 def _reference(blocks: np.ndarray, ggml_type: T) -> torch.Tensor:
     """float64 per-block formulas, rounded once to float32 -> [num_blocks * block_size]."""
     values = [v for block in blocks for v in REFERENCES[ggml_type](block)]
