@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import re
 import tomllib
 import types
 import typing
@@ -211,13 +213,36 @@ def add_config_flags(parser: argparse.ArgumentParser, groups: tuple[str, ...] | 
         if groups is not None and gf.name not in groups:
             continue
         group = parser.add_argument_group(gf.name)
+        docs = field_docs(gf.default_factory)  # type: ignore[arg-type]
         for f in dataclasses.fields(gf.default_factory):  # type: ignore[arg-type]
             flag = "--" + f.name.replace("_", "-")
             kind = _scalar_type(f.type)
+            help_text = " ".join(filter(None, [docs.get(f.name, ""), f"(default: {f.default})"])).replace("%", "%%")
             if kind is bool:
-                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             else:
-                group.add_argument(flag, dest=f.name, type=kind, default=None, help=f"(default: {f.default})")
+                group.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+
+
+_FIELD_LINE = re.compile(r"(\w+)\s*:[^=]*=")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's comments in the class's source (the comment lines just above it, then its
+    trailing comment): the one text of a setting, shown by --help."""
+    docs: dict[str, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(cls).splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            pending.append(text.lstrip("#").strip())
+            continue
+        match = _FIELD_LINE.match(text)
+        if match and line.startswith("    ") and not line.startswith("     "):
+            trailing = text.split("  # ", 1)[1].strip() if "  # " in text else ""
+            docs[match.group(1)] = " ".join(pending + [trailing]).strip()
+        pending = []
+    return docs
 
 
 def config_from_args(args: argparse.Namespace, groups: tuple[str, ...] | None = None) -> Config:

@@ -1,4 +1,5 @@
 import argparse
+import dataclasses
 
 import pytest
 
@@ -79,3 +80,17 @@ def test_pipeline_flags():
     for bad in ({"tpot_slo_ms": 0.0}, {"max_host_wait_iterations": -1}, {"pipeline": "maybe"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             Config().override(**bad).validate()
+
+
+def test_flags_show_each_fields_comment_as_help():
+    from neo_async.config import SchedulerConfig, field_docs
+
+    docs = field_docs(SchedulerConfig)
+    assert docs["max_num_seqs"] == "running requests per iteration"
+    assert docs["tpot_slo_ms"].startswith("per-output-token latency target")
+    assert set(docs) <= {f.name for f in dataclasses.fields(SchedulerConfig)}  # no method lines
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    text = parser.format_help()
+    assert "running requests per iteration (default: 64)" in " ".join(text.split())
+    assert "predictions corrected online" in " ".join(text.split())
