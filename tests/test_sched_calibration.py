@@ -11,7 +11,7 @@ from neo_async.config import SchedulerConfig
 from neo_async.kv.block_pool import BlockPool
 from neo_async.sampling_params import SamplingParams
 from neo_async.sched.calibration import Calibration
-from neo_async.sched.plan import ExecuteOutput
+from neo_async.sched.plan import ExecuteOutput, Plan
 from neo_async.sched.predict import plan_time
 from neo_async.sched.request import Request
 from neo_async.sched.scheduler import Scheduler
@@ -69,7 +69,8 @@ def test_measured_slow_pipelined_steps_turn_the_policy_sequential():
         choice = p.choose(workload(), 0, {})
         if not choice.is_pipelined:
             break
-        p.observe(True, True, choice.predicted_s, 3.0 * plan_time(costs, choice.chunks, True))
+        plan = Plan(chunks=choice.chunks, is_pipelined=True, predicted_s=choice.predicted_s)
+        p.observe(plan, 3.0 * plan_time(costs, choice.chunks, True))
     choice = p.choose(workload(), 0, {})
     assert not choice.is_pipelined
     assert choice.predicted_s == pytest.approx(plan_time(costs, choice.chunks, False))

@@ -19,7 +19,7 @@ from neo_async.config import SchedulerConfig
 from neo_async.sched.calibration import Calibration
 from neo_async.sched.costs import CostModel
 from neo_async.sched.predict import Load, pipelined_time, sequential_time
-from neo_async.sched.plan import ScheduledChunk
+from neo_async.sched.plan import Plan, ScheduledChunk
 
 # a deferral must raise the predicted rate by this share: predictions are not exact
 _MIN_GAIN = 0.02
@@ -46,10 +46,12 @@ class Policy:
         self.slo_s = config.tpot_slo_ms / 1000 if config.tpot_slo_ms is not None else None
         self.calibration = Calibration()
 
-    def observe(self, is_pipelined: bool, has_prefill: bool, predicted_s: float, measured_s: float) -> None:
-        """A plan's measured time: corrects later predictions of its kind (when enabled)."""
-        if self.config.calibrate_costs:
-            self.calibration.observe(is_pipelined, has_prefill, predicted_s, measured_s)
+    def observe(self, plan: Plan, measured_s: float) -> None:
+        """A priced plan's measured time: corrects later predictions of its kind (when enabled);
+        the kind read as the pricing reads it (prefill chunks in the plan's Load)."""
+        if self.config.calibrate_costs and plan.predicted_s is not None:
+            has_prefill = bool(Load.of(plan.chunks).prefills)
+            self.calibration.observe(plan.is_pipelined, has_prefill, plan.predicted_s, measured_s)
 
     def _sequential_time(self, load: Load, swap_blocks: int = 0) -> float:
         return sequential_time(self.costs, load, swap_blocks) * self.calibration.factor(False, bool(load.prefills))

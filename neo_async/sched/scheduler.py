@@ -262,9 +262,8 @@ class Scheduler:
     def update(self, plan: Plan, output: ExecuteOutput) -> list[Request]:
         """Advance counters; append sampled tokens. Returns the requests that got a token.
         A measured plan (output.execute_s) corrects the policy's later predictions."""
-        if self.policy is not None and plan.predicted_s is not None and output.execute_s is not None:
-            has_prefill = any(not c.is_decode for c in plan.chunks)
-            self.policy.observe(plan.is_pipelined, has_prefill, plan.predicted_s, output.execute_s)
+        if self.policy is not None and output.execute_s is not None:
+            self.policy.observe(plan, output.execute_s)
         advanced = []
         for chunk in plan.chunks:
             request = self.requests.get(chunk.request_id)
