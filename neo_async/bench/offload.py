@@ -79,18 +79,17 @@ def lane_handoff_us(native: bool, num_jobs: int = 2000) -> float:
     from neo_async.native import rust_cpuattn
     from neo_async.runner.host_lane import HostLane
 
-    if native:
-        lane = rust_cpuattn.HostLane()
-        handoff = lane.drain
-    else:
-        python_lane = HostLane(native=False)
-        handoff = lambda: python_lane.submit(lambda: None).wait()  # noqa: E731
+    python_lane = None if native else HostLane(native=False)
+    handoff = rust_cpuattn.HostLane().drain if native else lambda: python_lane.submit(lambda: None).wait()
     for _ in range(100):
         handoff()
     started = time.perf_counter()
     for _ in range(num_jobs):
         handoff()
-    return (time.perf_counter() - started) / num_jobs * 1e6
+    seconds = time.perf_counter() - started
+    if python_lane is not None:
+        python_lane.close()
+    return seconds / num_jobs * 1e6
 
 
 def plot_throughput(rows: list[dict[str, Any]], json_path: str) -> None:

@@ -15,7 +15,6 @@ import sys
 import tempfile
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from neo_async.bench.processes import free_port, stop_process
@@ -90,6 +89,8 @@ def phase_columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def profile_cache_note() -> str:
-    cache = Path.home() / ".cache" / "neo-async" / "profiles"
+    from neo_async.profile.cache import cache_dir
+
+    cache = cache_dir()
     warm = cache.is_dir() and any(cache.glob("costs-*.json"))
     return f"profile cache {'warm' if warm else 'cold (the first start also profiles, ~30 s)'}: {cache}"

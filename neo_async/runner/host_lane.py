@@ -45,7 +45,6 @@ class Handle:
 
 class HostLane:
     def __init__(self, name: str = "neo-host-lane", native: bool = True) -> None:
-        self.name = name
         self._native = rust_cpuattn.HostLane(name) if native and rust_cpuattn is not None else None
         self._jobs: queue.SimpleQueue[Handle | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
