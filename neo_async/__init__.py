@@ -1,5 +1,13 @@
 """neo-async: online LLM inference with CPU offloading of KV cache and decode attention."""
 
+import os as _os
+
+# torch's OpenMP workers (libgomp) spin-wait this many rounds after each parallel region before
+# they sleep; at libgomp's default (300000) they go on spinning on the cores that a sequential
+# step's host attention is split onto next. libgomp reads it once, when torch loads: it must be
+# set before torch is imported.
+_os.environ.setdefault("GOMP_SPINCOUNT", "3000")
+
 from neo_async.outputs import FinishReason, RequestDelta, RequestOutput, TokenLogprob
 from neo_async.sampling_params import SamplingParams
 

@@ -26,6 +26,7 @@ from neo_async.runner.device import (
     host_available_bytes,
     pick_device,
     pipelined_device_threads,
+    sequential_host_parts,
     torch_dtype,
 )
 from neo_async.runner.executor import Executor
@@ -73,6 +74,7 @@ class Engine:
         self.executor.pipelined_device_threads = pipelined_device_threads(
             self.device, config.model.device_threads, self.num_host_threads
         )
+        self.executor.sequential_host_parts = sequential_host_parts(self.device, self.num_device_threads, self.num_host_threads)
         self.costs = self._cost_model(cache_cfg.offload if num_host_blocks else "off")
         self.scheduler = Scheduler(config.scheduler, self.device_pool, self.host_pool, cache_cfg.offload, costs=self.costs)
         self.outputs = OutputProcessor(self.tokenizer, self.spec.eos_token_ids)

@@ -89,6 +89,28 @@ def test_neo_pipelined_gives_the_same_tokens_as_sequential_and_off(prompts, refe
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("parts", [1, 2])
+def test_sequential_host_attention_split_across_threads_gives_the_same_tokens(prompts, reference, parts):
+    """A sequential step's host decodes split into two kernel calls run at once (this thread and
+    the host lane), or one: the tokens are off's either way."""
+    engine = _engine(offload="neo", device_kv_tokens=192, host_kv_tokens=4096, pipeline="off")
+    engine.executor.sequential_host_parts = parts
+    calls = []
+    host_job = engine.executor.host_job
+
+    def counting(layer, group, part, *args):
+        calls.append(part)
+        return host_job(layer, group, part, *args)
+
+    engine.executor.host_job = counting
+    tokens, plans = _run(engine, prompts)
+    assert tokens == reference
+    assert not _pipelined(plans) and calls
+    assert any(first > 0 for first, _ in calls) == (parts == 2)
+    assert (engine.executor.host_lane is not None) == (parts == 2)
+
+
+@pytest.mark.slow
 def test_full_offload_pipelined_gives_the_same_tokens(prompts, reference):
     tokens, plans = _run(_engine(offload="full", device_kv_tokens=32, host_kv_tokens=4096, pipeline="on", cost_tables="none"), prompts)
     assert tokens == reference

@@ -23,7 +23,8 @@ from neo_async.kv.swap import LayerCopy
 from neo_async.profile.scratch import device_threads
 from neo_async.profile.timing import Bench, Timer
 from neo_async.runner.attention import KVCache, pad_block_tables, prefill_attention
-from neo_async.runner.batch import BatchTensors
+from neo_async.runner.batch import BatchTensors, DecodeGroup
+from neo_async.runner.executor import host_row_parts, run_at_once
 from neo_async.runner.host_lane import HostLane
 from neo_async.runner.sampler import SampleRow
 from neo_async.sampling_params import SamplingParams
@@ -140,19 +141,22 @@ class Points:
     @torch.inference_mode()
     def host_decode(self, num_requests: int, length: int, pipelined: bool) -> Bench:
         """Host decode attention, staging included; pipelined: the job runs on the host lane
-        (submitted, then awaited, as the pipelined executor does); sequential: on the calling
-        thread."""
+        (submitted, then awaited, as the pipelined executor does); sequential: split and run as
+        the sequential executor does (`executor.sequential_host_parts`)."""
         tables, seq_lens = self._tables(self.host_cache, self.host_ids, num_requests, length)
         q, k, v, out = self._decode_inputs(num_requests)
-        scale = self.spec.attn_scale
+        ex = self.engine.executor
+        group = DecodeGroup(KVLocation.HOST, 0, num_requests, tables, seq_lens)
+        parts = host_row_parts(group, 1 if pipelined else ex.sequential_host_parts)
 
         def run(i: int) -> None:
-            job = self.host_cache.decode_job(self.next_layer(), q, tables, seq_lens, scale, k_new=k, v_new=v, out=out)
+            layer = self.next_layer()
+            jobs = [ex.host_job(layer, group, part, q, k, v, out) for part in parts]
             if pipelined:
-                self.lane.submit(job).wait()
+                self.lane.submit(jobs[0]).wait()
+                jobs[0].finish()
             else:
-                job.run()
-            job.finish()
+                run_at_once(jobs, self.lane if len(jobs) > 1 else None)
 
         return Bench(run)
 

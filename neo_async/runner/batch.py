@@ -97,3 +97,8 @@ class BatchTensors:
                 self.prefill_stores.append(PrefillStore(location, start, end, blocks, offsets))
         self.token_ids = torch.tensor(token_ids, dtype=torch.long, device=device)
         self.positions = torch.tensor(positions, dtype=torch.long, device=device)
+
+    @property
+    def host_decodes(self) -> DecodeGroup | None:
+        """The decodes whose KV is in the host pool (one group at most), or None."""
+        return next((g for g in self.decodes if g.location is KVLocation.HOST), None)

@@ -49,6 +49,16 @@ def pipelined_device_threads(device: torch.device, device_threads: int | None, n
     return device_threads or max(1, cores - max(1, num_host_threads))
 
 
+def sequential_host_parts(device: torch.device, num_device_threads: int, num_host_threads: int) -> int:
+    """Kernel calls a sequential step's host decode attention is split into, run at once: one on
+    the calling thread, one on the host lane. On the CPU device torch idles while a sequential
+    step's host attention runs, so the device lane's cores take a share (2 when torch has at
+    least twice the host lane's threads); on CUDA 1 (the kernel's team has every core)."""
+    if device.type != "cpu":
+        return 1
+    return 2 if num_device_threads >= 2 * max(1, num_host_threads) else 1
+
+
 def device_free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)

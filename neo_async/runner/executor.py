@@ -10,6 +10,7 @@ A pipelined plan runs its two sub-batches overlapped instead (`pipelined.py`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator
 
 import torch
@@ -17,7 +18,7 @@ import torch
 from neo_async.kv.swap import LayerCopy
 from neo_async.model.llama import LlamaModel
 from neo_async.runner.attention import DecodeJob, KVCache, prefill_attention
-from neo_async.runner.batch import BatchTensors
+from neo_async.runner.batch import BatchTensors, DecodeGroup
 from neo_async.runner.host_lane import HostLane
 from neo_async.runner.pipelined import run_pipelined
 from neo_async.runner.sampler import SampleRow, Sampler
@@ -37,6 +38,7 @@ class Executor:
         self.keep_logits = False  # when set, outputs carry each sampling row's raw logits (tests)
         self.host_lane: HostLane | None = None  # started by the first pipelined plan
         self.pipelined_device_threads: int | None = None  # torch's budget during pipelined steps (CPU device)
+        self.sequential_host_parts = 1  # see runner.device.sequential_host_parts
 
     @torch.inference_mode()
     def execute(self, plan: Plan) -> ExecuteOutput:
@@ -50,10 +52,8 @@ class Executor:
                     copy.copy_layer(layer)
             return ExecuteOutput()
         if plan.is_pipelined:
-            if self.host_lane is None:
-                self.host_lane = HostLane()
             with _device_threads(self.pipelined_device_threads):
-                sampling, hidden = run_pipelined(self, plan, copies, self.host_lane)
+                sampling, hidden = run_pipelined(self, plan, copies, self.lane())
         else:
             sampling, hidden = self._run_sequential(plan, copies)
         return self._sample(sampling, hidden)
@@ -64,18 +64,23 @@ class Executor:
         model = self.model
         hidden = model.embed(batch.token_ids)  # [T, hidden]
         rope = model.rope(batch.positions)
+        host_parts = host_row_parts(batch.host_decodes, self.sequential_host_parts)
         for layer in range(model.spec.num_layers):
             for copy in copies:  # before any K/V of this layer is read or written (Plan's contract)
                 copy.copy_layer(layer)
             q, k, v = model.pre(layer, hidden, rope)
             out = torch.empty(q.shape, dtype=torch.float32, device=self.device)  # [T, Hq, D]
             self.device_attention(layer, batch, q, k, v, out)
-            job = self.host_decode_job(layer, batch, q, k, v, out)
-            if job is not None:
-                job.run()
-                job.finish()
+            jobs = [self.host_job(layer, batch.host_decodes, part, q, k, v, out) for part in host_parts]
+            run_at_once(jobs, self.lane() if len(jobs) > 1 else None)
             hidden = model.post(layer, hidden, out.view(out.shape[0], -1))
         return self.last_rows(batch, hidden)
+
+    def lane(self) -> HostLane:
+        """The host lane, started on first use."""
+        if self.host_lane is None:
+            self.host_lane = HostLane()
+        return self.host_lane
 
     def last_rows(self, batch: BatchTensors, hidden: torch.Tensor) -> tuple[list[ScheduledChunk], torch.Tensor]:
         """The batch's sampling chunks and their last rows of hidden [T, hidden]."""
@@ -128,14 +133,51 @@ class Executor:
     ) -> DecodeJob | None:
         """The host decodes' attention (their K/V stored, out's rows written), prepared; None
         when the batch has no host decode."""
-        for group in batch.decodes:
-            if group.location is KVLocation.HOST:
-                rows = slice(group.start, group.end)
-                return self.caches[KVLocation.HOST].decode_job(
-                    layer, q[rows], group.block_tables, group.seq_lens, self.model.spec.attn_scale,
-                    k_new=k[rows], v_new=v[rows], out=out[rows],
-                )
-        return None
+        group = batch.host_decodes
+        if group is None:
+            return None
+        return self.host_job(layer, group, (0, group.end - group.start), q, k, v, out)
+
+    def host_job(
+        self, layer: int, group: DecodeGroup, part: tuple[int, int], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+        out: torch.Tensor,
+    ) -> DecodeJob:
+        """The attention of the host group's requests part[0] .. part[1] - 1 (indices in the group)."""
+        first, last = part
+        rows = slice(group.start + first, group.start + last)
+        return self.caches[KVLocation.HOST].decode_job(
+            layer, q[rows], group.block_tables[first:last], group.seq_lens[first:last], self.model.spec.attn_scale,
+            k_new=k[rows], v_new=v[rows], out=out[rows],
+        )
+
+
+def host_row_parts(group: DecodeGroup | None, parts: int) -> list[tuple[int, int]]:
+    """The host group's requests in at most `parts` consecutive, non-empty ranges (indices in
+    the group), each boundary where the KV tokens before it come closest to its share of the
+    total; none without a group."""
+    if group is None:
+        return []
+    lens = group.seq_lens.tolist()
+    prefix = list(itertools.accumulate(lens, initial=0))  # prefix[i]: KV tokens of requests < i
+    bounds = [0]
+    for j in range(1, min(parts, len(lens))):
+        target = prefix[-1] * j / parts
+        candidates = range(bounds[-1] + 1, len(lens) - (min(parts, len(lens)) - 1 - j))
+        bounds.append(min(candidates, key=lambda i: abs(prefix[i] - target)))
+    bounds.append(len(lens))
+    return list(zip(bounds, bounds[1:]))
+
+
+def run_at_once(jobs: list[DecodeJob], lane: HostLane | None) -> None:
+    """Runs the jobs, the first on this thread while the lane runs the rest (one after another;
+    without a lane, all here), then finishes them all on this thread."""
+    handles = [lane.submit(job) for job in jobs[1:]] if lane is not None else []
+    for job in jobs[:1] if lane is not None else jobs:
+        job.run()
+    for handle in handles:
+        handle.wait()
+    for job in jobs:
+        job.finish()
 
 
 @contextlib.contextmanager

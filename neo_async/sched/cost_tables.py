@@ -25,7 +25,7 @@ from typing import Any
 
 from neo_async.sched.costs import Table1D, Table2D
 
-FORMAT = 2  # bumped whenever the meaning of a field changes; other formats are never loaded
+FORMAT = 3  # bumped whenever the meaning of a field changes; other formats are never loaded
 
 _TABLES_1D = ("linear_sequential", "linear_pipelined", "swap_blocks", "iteration_sampled", "iteration_prefill_tokens")
 _TABLES_2D = (
