@@ -15,6 +15,8 @@ def test_load_bench_on_a_tiny_synthetic_model(tmp_path, capsys):
     rows = json.loads(out.read_text())["rows"]
     assert [r["phase"] for r in rows] == ["read", "stream", "load"]
     assert all(r["seconds"] > 0 for r in rows)
+    assert all(rows[-1][key] >= 0 for key in ("dequant_s", "pack_s", "finish_s"))
+    assert rows[-1]["pack_s"] <= rows[-1]["dequant_s"] + rows[-1]["finish_s"]
     assert not list(tmp_path.glob("*.gguf"))  # the generated file is deleted
 
 

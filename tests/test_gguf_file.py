@@ -1,7 +1,10 @@
 """Loading GGUF files (model/gguf_file.py, model/loader.py): every weight equals the `gguf`
-package's dequantisation, rotary rows un-permuted, fused and converted once."""
+package's dequantisation, rotary rows un-permuted, fused and converted once, whatever the
+order of the file's tensors."""
 
 from __future__ import annotations
+
+import random
 
 import numpy as np
 import pytest
@@ -10,8 +13,12 @@ from gguf import GGMLQuantizationType as T, GGUFReader
 from gguf.quants import dequantize
 
 from neo_async.bench.synthetic_gguf import TINY, LlamaShape, write_synthetic_gguf
-from neo_async.model.gguf_file import rotary_rows_view
+from neo_async.model import linear as linear_module
+from neo_async.model.gguf_file import load_gguf_weights, rotary_rows_view, spec_from_gguf
+from neo_async.model.gguf_reader import GGUFFile
 from neo_async.model.loader import load_model
+from neo_async.model.weights import LlamaWeights
+from tests.seeds import stable_seed
 
 K_QUANT_SHAPE = LlamaShape(256, 512, 1, 4, 2, 300)  # rows of 256 for the K-quant blocks
 
@@ -48,9 +55,11 @@ def test_loaded_weights_equal_the_package_dequantisation(tmp_path, shape, ggml_t
     path = tmp_path / "m.gguf"
     write_synthetic_gguf(path, shape, ggml_type, seed=1)
     loaded = load_model(path, dtype, torch.device("cpu"))
-    ref = _reference_tensors(path, shape.num_heads, shape.num_kv_heads)
-    w = loaded.weights
     assert loaded.spec.num_layers == shape.num_layers and loaded.spec.head_dim == shape.head_dim
+    _assert_equal_to_reference(loaded.weights, _reference_tensors(path, shape.num_heads, shape.num_kv_heads), dtype)
+
+
+def _assert_equal_to_reference(w: LlamaWeights, ref: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
     for i, layer in enumerate(w.layers):
         p = f"blk.{i}."
         assert _same_bits(layer.attn_norm, ref[p + "attn_norm.weight"])
@@ -70,6 +79,32 @@ def test_loaded_weights_equal_the_package_dequantisation(tmp_path, shape, ggml_t
                 assert _same_bits(linear.weight, expected.to(dtype)), key
     assert _same_bits(w.embed, ref["token_embd.weight"].to(dtype))
     assert _same_bits(w.final_norm, ref["output_norm.weight"])
+
+
+@pytest.mark.parametrize("is_packed", [True, False], ids=["packed", "plain"])
+@pytest.mark.parametrize("shuffled", [False, True], ids=["file_order", "shuffled"])
+def test_layers_built_as_they_complete_in_any_tensor_order(tmp_path, monkeypatch, is_packed, shuffled):
+    """Packed layers hand their buffers to the next; plain ones keep them. Either way, in file
+    order or with layers interleaved, every layer holds its own values."""
+    if not is_packed:
+        monkeypatch.setattr(linear_module, "_mkldnn_packing_available", lambda: False)
+    shape = LlamaShape(64, 96, 4, 4, 2, 320)
+    path = tmp_path / "m.gguf"
+    write_synthetic_gguf(path, shape, T.Q8_0, seed=2)
+    with GGUFFile(path) as file:
+        spec = spec_from_gguf(file.metadata, set(file.tensors), "m")
+        if shuffled:
+            items = list(file.tensors.items())
+            random.Random(stable_seed("gguf", "shuffle")).shuffle(items)
+            file.tensors = dict(items)
+        builder = LlamaWeights.builder(spec, torch.bfloat16, torch.device("cpu"))
+        load_gguf_weights(file, spec, builder)
+    weights = builder.finish()
+    if not is_packed:
+        assert not any(layer.qkv.is_packed or layer.down.is_packed for layer in weights.layers)
+    _assert_equal_to_reference(weights, _reference_tensors(path, shape.num_heads, shape.num_kv_heads), torch.bfloat16)
+    if is_packed and not shuffled and weights.layers[0].qkv.is_packed:
+        assert builder.num_scratch_sets == 1
 
 
 def test_rotary_rows_view_undoes_the_converter_permutation():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from neo_async.model import linear as linear_module
 from neo_async.model.linear import Linear
 from tests.seeds import stable_seed
 
@@ -33,3 +34,13 @@ def test_widen_leaves_float32_weights_alone():
     assert linear.compute_dtype == torch.float32
     x = torch.randn(3, 8)
     torch.testing.assert_close(linear(x), x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+def test_only_a_plain_weight_shares_its_buffer(monkeypatch):
+    w = torch.randn(64, 32).to(torch.bfloat16)
+    linear = Linear(w)
+    assert linear.shares_memory_with(w) == (not linear.is_packed)
+    assert not Linear(w, widen=True).shares_memory_with(w)  # widened: a float32 copy
+    monkeypatch.setattr(linear_module, "_mkldnn_packing_available", lambda: False)
+    plain = Linear(w)
+    assert not plain.is_packed and plain.shares_memory_with(w) and not plain.shares_memory_with(w.clone())

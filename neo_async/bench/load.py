@@ -8,7 +8,10 @@ is the last row. Then, per repeat, on one GGUF file (the embedded default, `--mo
   touch     first write to fresh memory of the weights' size (page faults, zeroing)
   memcpy    a 1 GiB copy between buffers already touched (memory bandwidth, each way)
   stream    every tensor dequantised into a reused buffer: file read + dequantisation only
-  load      `load_model` as the engine calls it: read, dequantise into fresh weights, fuse
+  load      `load_model` as the engine calls it: read, dequantise into reused scratch buffers,
+            pack each layer into fresh weights as it completes; dequant_s: the dequantisation
+            loop, packing included, pack_s: packing's share of it, finish_s: after the last
+            tensor (lm_head)
 Rates are GB/s of file bytes (read, stream, load) or of weight bytes (touch, load_out).
 `--cold` drops the file from the page cache before each repeat (reads come from the disk).
 """
@@ -77,7 +80,8 @@ def stream_dequantize(path: Path, dtype: torch.dtype) -> float:
     return time.perf_counter() - started
 
 
-def load(path: Path, dtype: torch.dtype) -> tuple[float, int]:
+def load(path: Path, dtype: torch.dtype) -> dict[str, float]:
+    """seconds, out_bytes (the weights' bytes) and the loader's phases (see the module doc)."""
     from neo_async.model.loader import load_model
 
     started = time.perf_counter()
@@ -87,7 +91,14 @@ def load(path: Path, dtype: torch.dtype) -> tuple[float, int]:
     tensors = [w.embed, w.final_norm] + ([] if w.lm_head.weight is w.embed else [w.lm_head.weight])
     for layer in w.layers:
         tensors += [layer.attn_norm, layer.mlp_norm, layer.qkv.weight, layer.o.weight, layer.gate_up.weight, layer.down.weight]
-    return seconds, sum(t.numel() * t.element_size() for t in tensors)
+    phases = loaded.phase_seconds
+    return {
+        "seconds": seconds,
+        "out_bytes": sum(t.numel() * t.element_size() for t in tensors),
+        "dequant_s": phases.get("model_weights_dequantized", 0.0),
+        "pack_s": phases.get("model_weights_packed", 0.0),
+        "finish_s": phases.get("model_weights_prepared", 0.0),
+    }
 
 
 def _weight_bytes(path: Path, dtype: torch.dtype) -> int:
@@ -147,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if generated is not None:
             generated.unlink()
-    print_table(rows, ["phase", "repeat", "seconds", "GB/s", "out_GB/s"])
+    print_table(rows, ["phase", "repeat", "seconds", "GB/s", "out_GB/s", "dequant_s", "pack_s", "finish_s"])
     write_json(args.json, {"machine": machine_info(), "serve_starts": serve_rows, "file": str(path), "rows": rows})
 
 
@@ -185,9 +196,9 @@ def _run(path: Path, dtype: torch.dtype, phases: list[str], args: argparse.Names
                 row["seconds"] = stream_dequantize(path, dtype)
                 row["GB/s"] = file_bytes / row["seconds"] / 1e9
             elif phase == "load":
-                row["seconds"], out_bytes = load(path, dtype)
+                row.update(load(path, dtype))
                 row["GB/s"] = file_bytes / row["seconds"] / 1e9
-                row["out_GB/s"] = out_bytes / row["seconds"] / 1e9
+                row["out_GB/s"] = row.pop("out_bytes") / row["seconds"] / 1e9
             else:
                 raise SystemExit(f"unknown phase {phase!r}")
             print(f"{phase:>7} #{repeat}: {row['seconds']:.2f} s", flush=True)

@@ -110,8 +110,9 @@ def canonical_name(name: str) -> str:
 
 
 def load_gguf_weights(file: GGUFFile, spec: ModelSpec, builder: WeightsBuilder) -> tuple[float, ...] | None:
-    """Dequantise every tensor of `file` straight into its place in `builder`, in file order;
-    returns the `rope_freqs` factors if the file has them."""
+    """Dequantise every tensor of `file` straight into its place in `builder`, in file order
+    (the builder packs each layer once it is complete); returns the `rope_freqs` factors if
+    the file has them."""
     rope_freqs = None
     for info in file.tensors.values():
         raw = file.raw(info)
@@ -120,12 +121,12 @@ def load_gguf_weights(file: GGUFFile, spec: ModelSpec, builder: WeightsBuilder) 
             dequantize_into(factors, raw, info.ggml_type)
             rope_freqs = tuple(factors.tolist())
             continue
-        dest = builder.target(canonical_name(info.name), info.shape)
-        kind = info.name.split(".")[2] if info.name.startswith("blk.") else ""
-        dest_rows = None
-        if kind in ("attn_q", "attn_k"):
-            dest_rows = rotary_dest_rows(dest.shape[0], spec.num_heads if kind == "attn_q" else spec.num_kv_heads)
-            if dest.dim() == 1:  # a bias: every entry is a row
-                dest = dest.view(-1, 1)
-        dequantize_into(dest, raw, info.ggml_type, dest_rows)
+        with builder.target(canonical_name(info.name), info.shape) as dest:
+            kind = info.name.split(".")[2] if info.name.startswith("blk.") else ""
+            dest_rows = None
+            if kind in ("attn_q", "attn_k"):
+                dest_rows = rotary_dest_rows(dest.shape[0], spec.num_heads if kind == "attn_q" else spec.num_kv_heads)
+                if dest.dim() == 1:  # a bias: every entry is a row
+                    dest = dest.view(-1, 1)
+            dequantize_into(dest, raw, info.ggml_type, dest_rows)
     return rope_freqs

@@ -48,6 +48,12 @@ class Linear:
             except RuntimeError:  # this CPU lacks the ISA oneDNN's packed path needs for this dtype
                 pass
 
+    def shares_memory_with(self, tensor: torch.Tensor) -> bool:
+        """Whether this projection's weight is `tensor`'s memory (a plain weight kept as given)."""
+        if self.is_packed:  # oneDNN's reorder writes a buffer of its own
+            return False
+        return self.weight.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr()
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, in_features] -> [T, out_features] in x's dtype."""
         dtype = x.dtype

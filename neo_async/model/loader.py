@@ -1,6 +1,9 @@
 """Load a model (GGUF file or HF directory) into `LlamaWeights` and a `Tokenizer`.
 
-Each phase's time is logged at debug level (`model_*` events, `seconds`).
+Each phase's time is logged at debug level (`model_*` events, `seconds`) and kept in
+`LoadedModel.phase_seconds`. Layers are packed while the weights are read or dequantised
+(see `WeightsBuilder`): `pack_seconds` is packing's share of that phase;
+`model_weights_prepared` is what is left after the last write.
 """
 
 from __future__ import annotations
@@ -30,14 +33,18 @@ class LoadedModel:
     weights: LlamaWeights
     tokenizer: Tokenizer | None  # None when loaded with skip_tokenizer_init
     path: Path
+    # by event name; `model_weights_packed`: packing's share of the writes' phase
+    phase_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 class _PhaseClock:
     def __init__(self) -> None:
         self.started = self.last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
 
     def lap(self, event: str, **fields: object) -> None:
         now = time.perf_counter()
+        self.seconds[event] = now - self.last
         log.debug(event, seconds=round(now - self.last, 3), **fields)
         self.last = now
 
@@ -55,6 +62,7 @@ def load_model(
     else:
         loaded = _load_gguf(path, name, dtype, device, clock, skip_tokenizer_init)
     log.debug("model_loaded", path=str(path), seconds=round(time.perf_counter() - clock.started, 3))
+    loaded.phase_seconds = clock.seconds
     return loaded
 
 
@@ -76,8 +84,14 @@ def _load_hf_dir(
         builder.add(tensor_name, tensor)
     clock.lap("model_weights_read")
     weights = builder.finish()
-    clock.lap("model_weights_prepared")
+    _lap_prepared(clock, builder)
     return LoadedModel(spec, weights, tokenizer, path)
+
+
+def _lap_prepared(clock: _PhaseClock, builder: WeightsBuilder) -> None:
+    clock.seconds["model_weights_packed"] = builder.pack_seconds
+    pack_seconds = round(builder.pack_seconds, 3)
+    clock.lap("model_weights_prepared", pack_seconds=pack_seconds, num_scratch_sets=builder.num_scratch_sets)
 
 
 # float32 copies of the projections may take at most this share of available memory
@@ -116,5 +130,5 @@ def _load_gguf(
     if rope_freqs is not None:
         spec = dataclasses.replace(spec, rope_freq_factors=rope_freqs)
     weights = builder.finish()
-    clock.lap("model_weights_prepared")
+    _lap_prepared(clock, builder)
     return LoadedModel(spec, weights, tokenizer, path)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -23,6 +26,7 @@ _LAYER_PARTS = (
     "mlp.down_proj.weight",
 )
 _BIAS_PARTS = ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias")
+_PROJECTIONS = ("qkv", "o", "gate_up", "down")  # a layer's buffers that become `Linear`s
 
 
 @dataclass
@@ -91,37 +95,67 @@ def _layer_slots(spec: ModelSpec) -> dict[str, _Slot]:
     return slots
 
 
+_ScratchSet = dict[str, torch.Tensor]  # a layer's projection buffers, by `_PROJECTIONS` key
+
+
 class WeightsBuilder:
-    """Collects canonical (HF-named) tensors into the fused buffers of the forward halves.
+    """Collects canonical (HF-named) tensors into the fused buffers of the forward halves, and
+    builds each layer's projections (`Linear`) as soon as all of its parts are written.
 
     Each tensor is written once, straight into its rows of the fused buffer (QKV, gate+up),
-    already in its final dtype and device: `target(name, shape)` hands out that destination,
-    `add(name, tensor)` copies into it. Norms and biases stay float32.
+    already in its final dtype and device: `with target(name, shape) as dest:` hands out that
+    destination, `add(name, tensor)` copies into it. Norms and biases stay float32.
+
+    On the CPU a layer's projection buffers are scratch: packing copies them into oneDNN's
+    layout, after which the next layer writes into them again. So the writes land in memory
+    whose pages are already mapped, and only the packed weights take fresh memory. A layer
+    whose parts arrive interleaved with another's takes a scratch set of its own.
+    NOTE: packing runs on the writing thread: the reorder and the dequantisation each use every
+    core, so a packing thread would only contend with the writes.
+
+    Invariant: a set is in `free_sets` only when no weight refers to its buffers: every
+    `Linear` built from it holds its own copy. A plain (unpacked) weight is its buffer.
     """
 
     def __init__(self, spec: ModelSpec, dtype: torch.dtype, device: torch.device, widen: bool = False) -> None:
         self.spec, self.dtype, self.device, self.widen = spec, dtype, device, widen
         self.projection_dtype = torch.float32 if widen else dtype
         self.slots = _layer_slots(spec)
+        self.parts = _LAYER_PARTS + (_BIAS_PARTS if spec.attention_bias else ())
         self.buffers: list[dict[str, torch.Tensor]] = [{} for _ in range(spec.num_layers)]
         self.written: list[set[str]] = [set() for _ in range(spec.num_layers)]
+        self.layers: list[LayerWeights | None] = [None] * spec.num_layers
         self.globals: dict[str, torch.Tensor] = {}
+        self.free_sets: list[_ScratchSet] = []
+        self.num_scratch_sets = 0  # projection buffer sets allocated
+        self.pack_seconds = 0.0  # building the layers' Linears
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        self.target(name, tuple(tensor.shape)).copy_(tensor)
+        with self.target(name, tuple(tensor.shape)) as dest:
+            dest.copy_(tensor)
 
-    def target(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-        """The tensor of `shape` that the weight `name` is to be written into."""
+    @contextmanager
+    def target(self, name: str, shape: tuple[int, ...]) -> Iterator[torch.Tensor]:
+        """The tensor of `shape` that the weight `name` is to be written into, inside the block;
+        the weight counts as written when the block ends without an exception."""
         m = _LAYER_RE.match(name)
-        if m:
-            index, part = int(m.group(1)), m.group(2)
-            slot = self.slots.get(part)
-            if index >= self.spec.num_layers or slot is None:
-                raise ValueError(f"unexpected weight {name!r}")
-            if tuple(shape) != slot.shape:
-                raise ValueError(f"weight {name!r} has shape {tuple(shape)}, expected {slot.shape}")
-            self.written[index].add(part)
-            return self._layer_buffers(index)[slot.buffer][slot.start : slot.start + slot.shape[0]]
+        if not m:
+            yield self._global_target(name, shape)
+            return
+        index, part = int(m.group(1)), m.group(2)
+        slot = self.slots.get(part)
+        if index >= self.spec.num_layers or slot is None:
+            raise ValueError(f"unexpected weight {name!r}")
+        if tuple(shape) != slot.shape:
+            raise ValueError(f"weight {name!r} has shape {tuple(shape)}, expected {slot.shape}")
+        if part in self.written[index]:
+            raise ValueError(f"weight {name!r} is given twice")
+        yield self._layer_buffers(index)[slot.buffer][slot.start : slot.start + slot.shape[0]]
+        self.written[index].add(part)
+        if len(self.written[index]) == len(self.parts):
+            self._build_layer(index)
+
+    def _global_target(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         if name in ("model.embed_tokens.weight", "lm_head.weight"):
             if len(shape) != 2 or shape[1] != self.spec.hidden_size:
                 raise ValueError(f"weight {name!r} has shape {tuple(shape)}, expected [vocab, {self.spec.hidden_size}]")
@@ -138,38 +172,50 @@ class WeightsBuilder:
     def _layer_buffers(self, index: int) -> dict[str, torch.Tensor]:
         buffers = self.buffers[index]
         if not buffers:  # NOTE: torch.empty: the writes touch each page once, with no zeroing pass
-            for key, (shape, dtype) in _layer_buffer_shapes(self.spec, self.projection_dtype).items():
-                buffers[key] = torch.empty(shape, dtype=dtype, device=self.device)
+            shapes = _layer_buffer_shapes(self.spec, self.projection_dtype)
+            buffers.update(self._scratch_set(shapes))
+            for key, (shape, dtype) in shapes.items():
+                if key not in buffers:  # norms and biases: kept as the layer's weights
+                    buffers[key] = torch.empty(shape, dtype=dtype, device=self.device)
         return buffers
 
+    def _scratch_set(self, shapes: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> _ScratchSet:
+        if self.free_sets:
+            return self.free_sets.pop()
+        self.num_scratch_sets += 1
+        return {key: torch.empty(shapes[key][0], dtype=shapes[key][1], device=self.device) for key in _PROJECTIONS}
+
+    def _build_layer(self, index: int) -> None:
+        started = time.perf_counter()
+        buffers, self.buffers[index] = self.buffers[index], {}
+        linears = {key: Linear(buffers[key], self.widen) for key in _PROJECTIONS}
+        self.layers[index] = LayerWeights(
+            attn_norm=buffers["attn_norm"],
+            qkv=linears["qkv"],
+            qkv_bias=buffers.get("qkv_bias"),
+            o=linears["o"],
+            mlp_norm=buffers["mlp_norm"],
+            gate_up=linears["gate_up"],
+            down=linears["down"],
+        )
+        if not any(linears[key].shares_memory_with(buffers[key]) for key in _PROJECTIONS):
+            self.free_sets.append({key: buffers[key] for key in _PROJECTIONS})
+        self.pack_seconds += time.perf_counter() - started
+
     def finish(self) -> LlamaWeights:
-        spec = self.spec
-        widen = self.widen
-        layers = []
-        for index, (buffers, written) in enumerate(zip(self.buffers, self.written)):
-            missing = [p for p in _LAYER_PARTS if p not in written]
-            if spec.attention_bias:
-                missing += [p for p in _BIAS_PARTS if p not in written]
-            if missing:
+        self.free_sets.clear()
+        for index, layer in enumerate(self.layers):
+            if layer is None:
+                missing = [p for p in self.parts if p not in self.written[index]]
                 raise ValueError(f"layer {index} lacks weights {missing}")
-            layers.append(
-                LayerWeights(
-                    attn_norm=buffers["attn_norm"],
-                    qkv=Linear(buffers["qkv"], widen),
-                    qkv_bias=buffers.get("qkv_bias"),
-                    o=Linear(buffers["o"], widen),
-                    mlp_norm=buffers["mlp_norm"],
-                    gate_up=Linear(buffers["gate_up"], widen),
-                    down=Linear(buffers["down"], widen),
-                )
-            )
-            buffers.clear()
         if "model.embed_tokens.weight" not in self.globals or "model.norm.weight" not in self.globals:
             raise ValueError("checkpoint lacks the embedding or the final norm")
         embed = self.globals["model.embed_tokens.weight"]
         lm_head = self.globals.get("lm_head.weight")
         if lm_head is None:
-            if not spec.tie_word_embeddings:
+            if not self.spec.tie_word_embeddings:
                 raise ValueError("checkpoint lacks lm_head.weight and embeddings are not tied")
             lm_head = embed
-        return LlamaWeights(embed=embed, layers=layers, final_norm=self.globals["model.norm.weight"], lm_head=Linear(lm_head, widen))
+        layers = [layer for layer in self.layers if layer is not None]
+        final_norm = self.globals["model.norm.weight"]
+        return LlamaWeights(embed=embed, layers=layers, final_norm=final_norm, lm_head=Linear(lm_head, self.widen))
