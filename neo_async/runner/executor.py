@@ -36,7 +36,7 @@ class Executor:
         self.block_size = cache.block_size
         self.pool_devices = {loc: c.device for loc, c in self.caches.items()}
         self.keep_logits = False  # when set, outputs carry each sampling row's raw logits (tests)
-        self.host_lane: HostLane | None = None  # started by the first pipelined plan
+        self.host_lane: HostLane | None = None  # see lane()
         self.pipelined_device_threads: int | None = None  # torch's budget during pipelined steps (CPU device)
         self.sequential_host_parts = 1  # see runner.device.sequential_host_parts
 
@@ -77,7 +77,7 @@ class Executor:
         return self.last_rows(batch, hidden)
 
     def lane(self) -> HostLane:
-        """The host lane, started on first use."""
+        """The host lane (pipelined plans, split sequential host attention), started on first use."""
         if self.host_lane is None:
             self.host_lane = HostLane()
         return self.host_lane
