@@ -48,6 +48,7 @@ class ModelConfig:
 
 OFFLOAD_MODES = ("off", "neo", "full")
 PIPELINE_MODES = ("off", "on", "auto")
+HOST_ADMISSIONS = ("rate", "room")
 AUTO = "auto"
 CPU_DEVICE_KV_TOKENS = 32768  # device_kv_tokens' default when the CPU plays the device
 
@@ -108,6 +109,11 @@ class SchedulerConfig:
     tpot_slo_ms: float | None = None
     # a host decode left out of an iteration (its lane predicted to slow the step) runs within this many
     max_host_wait_iterations: int = 4
+    # when a prompt the device cannot hold may start on the host: "rate", when the predicted output
+    # rate of the running requests does not drop; "room", whenever the host pool has room (the
+    # paper's artifact: for offline throughput, with a long wait bound so host decodes ride in
+    # the device's slack)
+    host_admission: str = "rate"
     # predictions corrected online by measured iterations (`sched/calibration.py`)
     calibrate_costs: bool = True
     # "auto": tables cached for this machine, model and thread split, else a quick profile at
@@ -121,6 +127,8 @@ class SchedulerConfig:
             raise ValueError(f"tpot_slo_ms must be > 0, got {self.tpot_slo_ms}")
         if self.max_host_wait_iterations < 0:
             raise ValueError(f"max_host_wait_iterations must be >= 0, got {self.max_host_wait_iterations}")
+        if self.host_admission not in HOST_ADMISSIONS:
+            raise ValueError(f"host_admission must be one of {HOST_ADMISSIONS}, got {self.host_admission!r}")
         if self.pipeline_min_host_decodes < 1:
             raise ValueError(f"pipeline_min_host_decodes must be >= 1, got {self.pipeline_min_host_decodes}")
         if not 0.0 < self.swap_in_watermark <= 1.0:

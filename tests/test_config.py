@@ -77,7 +77,8 @@ def test_pipeline_flags():
     assert Config().scheduler.pipeline == "auto"
     config = config_from_args(parser.parse_args(["--tpot-slo-ms", "80", "--max-host-wait-iterations", "2", "--cost-tables", "none"]))
     assert (config.scheduler.tpot_slo_ms, config.scheduler.max_host_wait_iterations, config.scheduler.cost_tables) == (80.0, 2, "none")
-    for bad in ({"tpot_slo_ms": 0.0}, {"max_host_wait_iterations": -1}, {"pipeline": "maybe"}):
+    assert config_from_args(parser.parse_args(["--host-admission", "room"])).scheduler.host_admission == "room"
+    for bad in ({"tpot_slo_ms": 0.0}, {"max_host_wait_iterations": -1}, {"pipeline": "maybe"}, {"host_admission": "any"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             Config().override(**bad).validate()
 

@@ -80,6 +80,33 @@ def test_a_host_lane_far_slower_than_the_device_defers_long_host_decodes_within_
     assert not p.choose(chunks, 0, waited).deferred_ids
 
 
+def test_host_decodes_ride_in_a_long_prefills_shadow():
+    """A prefill's tokens are not output: host decodes whose attention hides behind it raise the
+    output rate even though they lengthen the step (its b1 linear pass) more than they add tokens."""
+    costs = SyntheticCosts(linear_base=2e-3, host_per_kv=1e-6)
+    chunks = [chunk("p", DEVICE, 2000, num_tokens=2000)]
+    chunks += [chunk(f"d{i}", DEVICE, 200) for i in range(4)]
+    chunks += [chunk(f"h{i}", HOST, 1000) for i in range(8)]
+    choice = policy(costs).choose(chunks, 0, {})
+    assert choice.is_pipelined and not choice.deferred_ids
+    assert choice.num_sampled == 13
+
+
+def test_deferral_finds_a_gain_that_needs_several_deferrals():
+    """Leaving out one of many slow host decodes gains under 2%, leaving out all of them gains
+    several times: the policy prices every count, not only the next one."""
+    costs = SyntheticCosts(host_per_kv=1e-6)
+    chunks = [chunk(f"d{i}", DEVICE, 200) for i in range(4)] + [chunk(f"h{i}", HOST, 1000) for i in range(20)]
+    p = policy(costs, pipeline="off")
+    load = Load.of(chunks)
+    one = load.copy()
+    one.remove_decode(chunks[-1])
+    assert 23 / sequential_time(costs, one) < 1.02 * 24 / sequential_time(costs, load)
+    choice = p.choose(chunks, 0, {})
+    assert set(choice.deferred_ids) == {f"h{i}" for i in range(20)}
+    assert choice.num_sampled / choice.predicted_s > 3 * 24 / sequential_time(costs, load)
+
+
 def test_the_latency_target_wins_over_the_rate():
     costs = SyntheticCosts(host_per_kv=2e-8, pipelined_slowdown=1.3)
     chunks = workload()
@@ -116,6 +143,7 @@ def test_admission_to_the_host_follows_the_predicted_rate():
     assert policy(cheap).admit_to_host(steady, 1000)
     assert not policy(dear).admit_to_host(steady, 1000)
     assert policy(dear).admit_to_host(Load(), 1000)  # nothing else runs: always
+    assert policy(dear, host_admission="room").admit_to_host(steady, 1000)  # room is enough
 
 
 def drive(s: Scheduler, max_steps: int) -> int:
@@ -142,11 +170,13 @@ def drive(s: Scheduler, max_steps: int) -> int:
     slowdown=st.sampled_from([1.0, 2.0]),
     slo_ms=st.sampled_from([None, 0.5, 50.0]),
     max_wait=st.integers(0, 3),
+    admission=st.sampled_from(["rate", "room"]),
 )
-def test_every_request_finishes_within_a_bound(lengths, host_per_kv, slowdown, slo_ms, max_wait):
+def test_every_request_finishes_within_a_bound(lengths, host_per_kv, slowdown, slo_ms, max_wait, admission):
     costs = SyntheticCosts(host_per_kv=host_per_kv, pipelined_slowdown=slowdown)
     config = SchedulerConfig(
-        max_num_seqs=6, max_num_batched_tokens=48, pipeline="auto", tpot_slo_ms=slo_ms, max_host_wait_iterations=max_wait
+        max_num_seqs=6, max_num_batched_tokens=48, pipeline="auto", tpot_slo_ms=slo_ms, max_host_wait_iterations=max_wait,
+        host_admission=admission,
     )
     s = Scheduler(config, BlockPool(10, 4, "device"), BlockPool(60, 4, "host"), "neo", costs=costs)
     for i, (prompt, out) in enumerate(lengths):

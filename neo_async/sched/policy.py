@@ -2,17 +2,20 @@
 which host decodes run and in which sub-batch, whether the plan runs pipelined or sequential,
 how many prefill tokens fit a latency target, and whether a new prompt may start on the host.
 
-Objective: tokens per second (a plan's batched tokens over its predicted time). With
-`tpot_slo_ms` set, a plan predicted to exceed it is never chosen when one that meets it exists.
-Host decodes may be left out of an iteration (deferred) when that raises the rate or is needed
-to meet the target, but never `max_host_wait_iterations` times in a row: every request makes
-progress. `pipeline = "on"` always runs a pipelined plan when one exists (the split still
-follows the costs); "auto" picks the faster.
+Objective: output tokens per second (a plan's sampled tokens, one per decode and per final
+prefill chunk, over its predicted time). Prefill tokens are work that every plan of the iteration
+carries, not output: counting them would make a long prefill crowd out the host decodes that its
+shadow hides for free. With `tpot_slo_ms` set, a plan predicted to exceed it is never chosen when
+one that meets it exists. Host decodes may be left out of an iteration (deferred) when that raises
+the rate or is needed to meet the target, but never `max_host_wait_iterations` times in a row:
+every request makes progress. `pipeline = "on"` always runs a pipelined plan when one exists (the
+split still follows the costs); "auto" picks the faster.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from neo_async.config import SchedulerConfig
@@ -35,8 +38,8 @@ class Choice:
     predicted_s: float
 
     @property
-    def num_tokens(self) -> int:
-        return sum(c.num_tokens for c in self.chunks)
+    def num_sampled(self) -> int:
+        return sum(c.is_sampling for c in self.chunks)
 
 
 class Policy:
@@ -80,12 +83,12 @@ class Policy:
             if not meeting:
                 return min(candidates, key=lambda c: c.predicted_s)
             candidates = meeting
-        return max(candidates, key=lambda c: c.num_tokens / max(c.predicted_s, 1e-9))
+        return max(candidates, key=lambda c: (c.num_sampled / max(c.predicted_s, 1e-9), -c.predicted_s))
 
     def _sequential(self, chunks: list[ScheduledChunk], deferrable: list[ScheduledChunk], swap_blocks: int) -> Choice:
         load = Load.of(chunks)
         price = lambda: self._sequential_time(load, swap_blocks)  # noqa: E731
-        deferred = self._defer(load.num_tokens, deferrable, price, lambda c: load.remove_decode(c), lambda c: load.add(c))
+        deferred = self._defer(load.num_sampled, deferrable, price, lambda c: load.remove_decode(c), lambda c: load.add(c))
         kept = [c for c in chunks if c.request_id not in deferred]
         return Choice(kept, sorted(deferred), False, price())
 
@@ -111,38 +114,48 @@ class Policy:
             loads[0].add(host[-1])
         price = lambda: self._pipelined_time(*loads, swap_blocks)  # noqa: E731
         deferred = self._defer(
-            loads[0].num_tokens + loads[1].num_tokens,
+            loads[0].num_sampled + loads[1].num_sampled,
             deferrable,
             price,
             lambda c: loads[side[c.request_id]].remove_decode(c),
             lambda c: loads[side[c.request_id]].add(c),
+            lambda: bool(loads[0].num_tokens and loads[1].num_tokens),
         )
         if not loads[0].num_tokens or not loads[1].num_tokens:
             return None
         kept = [dataclasses.replace(c, sub_batch=side.get(c.request_id, 0)) for c in chunks if c.request_id not in deferred]
         return Choice(kept, sorted(deferred), True, price())
 
-    def _defer(self, num_tokens: int, deferrable: list[ScheduledChunk], price, remove, add) -> set[str]:
-        """Leave out deferrable host decodes, longest first, while that raises the rate (or, above
-        the latency target, shortens the step); stops at the first that does not."""
-        deferred: set[str] = set()
-        before = price()
+    def _defer(self, num_sampled: int, deferrable: list[ScheduledChunk], price, remove, add, valid=lambda: True) -> set[str]:
+        """Which deferrable host decodes to leave out: the longest k, for the k that gives the best
+        rate (each k priced: the plan time is a max of lanes, flat until the slower lane changes,
+        so one more deferral alone may gain nothing where several gain much). Above the latency
+        target, the best rate among the k that meet it, else the shortest step. A k whose plan is
+        not `valid` (a pipelined plan with an empty sub-batch) is never picked."""
+        removed: list[ScheduledChunk] = []
+        times = [price()]
         for chunk in deferrable:
-            remove(chunk)
-            after = price()
-            if not self._defer_helps(num_tokens, before, after):
-                add(chunk)
+            if num_sampled - len(removed) <= 1:
                 break
-            deferred.add(chunk.request_id)
-            num_tokens, before = num_tokens - 1, after
-        return deferred
+            remove(chunk)
+            removed.append(chunk)
+            times.append(price() if valid() else math.inf)
+        k = self._pick(num_sampled, times)
+        for chunk in reversed(removed[k:]):
+            add(chunk)
+        return {c.request_id for c in removed[:k]}
 
-    def _defer_helps(self, num_tokens: int, before: float, after: float) -> bool:
-        if num_tokens <= 1:
-            return False
-        if self.slo_s is not None and before > self.slo_s:
-            return after < before
-        return (num_tokens - 1) / max(after, 1e-9) > (1 + _MIN_GAIN) * num_tokens / max(before, 1e-9)
+    def _pick(self, num_sampled: int, times: list[float]) -> int:
+        """The number of decodes to defer, given the plan time with k deferred (times[k])."""
+        rates = [(num_sampled - k) / max(t, 1e-9) for k, t in enumerate(times)]
+        options = range(len(times))
+        if self.slo_s is not None and times[0] > self.slo_s:
+            meeting = [k for k in options if times[k] <= self.slo_s]
+            if not meeting:
+                return min(options, key=lambda k: times[k])
+            return max(meeting, key=lambda k: rates[k])
+        best = max(options, key=lambda k: rates[k])
+        return best if rates[best] > (1 + _MIN_GAIN) * rates[0] else 0
 
     # ---- admission ---------------------------------------------------------------------------
 
@@ -186,8 +199,9 @@ class Policy:
 
     def admit_to_host(self, steady: Load, num_tokens: int) -> bool:
         """Whether a prompt of num_tokens may start on the host, given the running requests'
-        decode load: within the latency target, else when the predicted rate does not drop."""
-        if not steady.num_tokens:
+        decode load: within the latency target, else when the predicted rate does not drop (with
+        `host_admission = "room"`, always: the placement has found it room)."""
+        if self.config.host_admission == "room" or not steady.num_tokens:
             return True  # nothing else runs: waiting longer cannot help
         grown = steady.copy()
         grown.add_decode(num_tokens, is_host=True)
@@ -195,4 +209,4 @@ class Policy:
         if self.slo_s is not None:
             return after <= self.slo_s
         before = self.best_time(steady)
-        return grown.num_tokens / after >= steady.num_tokens / before  # strict: a tolerance would compound
+        return grown.num_sampled / after >= steady.num_sampled / before  # strict: a tolerance would compound
