@@ -9,12 +9,23 @@ Sources, cited below as:
 - [benchmark.py], [illustrator.py]: evaluation/benchmark.py and illustrator.py (the request
   streams and how latency and throughput are computed);
 - [fig10a.py]: evaluation/reproduce-fig10a.py (the throughput experiment's parameters);
+- [scheduler.py]: swiftllm/server/scheduler.py (the scheduler NEO ran in every experiment);
 - [abstract]: arXiv 2411.01142's abstract.
 """
 
 from __future__ import annotations
 
 BLOCK_SIZE = 16  # [t4.json], [a10.json]
+
+# ---- the artifact's scheduler, in every experiment ----------------------------------------------
+# [scheduler.py] _get_next_batch_new: a prompt the device cannot hold starts on the host whenever
+# the host pool has room (cpu_threshold), not when a cost model predicts a gain: our
+# host_admission "room". _decide_mode_and_gen_batch: a host decode runs only in an iteration whose
+# device work hides it (remains >= 0), the others are skipped without a bound; ours keeps a bound,
+# long enough for host decodes to wait for an iteration with device work to hide behind (a
+# prefill) yet finite: every request still finishes.
+HOST_ADMISSION = "room"
+MAX_HOST_WAIT_ITERATIONS = 64
 
 # ---- T4, Llama-2-7B, summarisation lengths (Figure 6c) --------------------------------------
 # [README]: "AWS g4.4xlarge instance, with Tesla T4 GPU, 8 cores of Xeon P-8259CL CPU, and 64 GB"

@@ -4,7 +4,8 @@ writes docs/reproduction.md with tables and PNG plots (docs/reproduction/).
 Each experiment runs with the settings the paper's artifact used (neo_async/sim/paper.py, each
 with its source): pool sizes, max_num_seqs and max_num_batched_tokens, host, request stream and
 how the compared figure is computed. Fixed for every experiment (never tuned per experiment):
-the calibration in configs/hardware/calibration.toml and the load-aware policy (pipeline auto).
+the calibration in configs/hardware/calibration.toml and the load-aware policy (pipeline auto)
+with the artifact's admission to the host (paper.HOST_ADMISSION, paper.MAX_HOST_WAIT_ITERATIONS).
 The compared figures:
 - T4: the request rate at which the paper's per-token latency (paper.mean_latency_per_token_s)
   crosses 0.4 s, linear between swept rates, device-only and neo;
@@ -29,11 +30,16 @@ from neo_async.sim.workload import Workload
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "docs" / "reproduction.md"
 TRACE = REPO.parent / "shared" / "traces" / "osc_lengths_llama2.json"
+ARTIFACT_POLICY = {
+    "pipeline": "auto",
+    "host_admission": paper.HOST_ADMISSION,
+    "max_host_wait_iterations": paper.MAX_HOST_WAIT_ITERATIONS,
+}
 T4_SCHEDULER = SchedulerConfig(
-    max_num_seqs=paper.T4_MAX_NUM_SEQS, max_num_batched_tokens=paper.T4_MAX_NUM_BATCHED_TOKENS, pipeline="auto"
+    max_num_seqs=paper.T4_MAX_NUM_SEQS, max_num_batched_tokens=paper.T4_MAX_NUM_BATCHED_TOKENS, **ARTIFACT_POLICY
 )
 A10G_SCHEDULER = SchedulerConfig(
-    max_num_seqs=paper.A10G_MAX_NUM_SEQS, max_num_batched_tokens=paper.A10G_MAX_NUM_BATCHED_TOKENS, pipeline="auto"
+    max_num_seqs=paper.A10G_MAX_NUM_SEQS, max_num_batched_tokens=paper.A10G_MAX_NUM_BATCHED_TOKENS, **ARTIFACT_POLICY
 )
 T4_RATES = (0.25, 0.4, 0.5, 0.6, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0)
 
