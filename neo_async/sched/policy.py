@@ -201,7 +201,9 @@ class Policy:
         """Whether a prompt of num_tokens may start on the host, given the running requests'
         decode load: within the latency target, else when the predicted rate does not drop (with
         `host_admission = "room"`, always: the placement has found it room)."""
-        if self.config.host_admission == "room" or not steady.num_tokens:
+        if self.config.host_admission == "room":
+            return True
+        if not steady.num_tokens:
             return True  # nothing else runs: waiting longer cannot help
         grown = steady.copy()
         grown.add_decode(num_tokens, is_host=True)
