@@ -165,6 +165,14 @@ def dequantize(ggml_type: int, src: Any, out: Array, dest_rows: Array | None = N
     row r to out row dest_rows[r]. Runs on rayon's threads with the GIL released. Raises ValueError on an
     unknown or unsupported type, sizes that do not match, or overlapping arrays."""
 
+def pack_blocked(src: Array, out: Array, n_block: int, k_block: int, k_pair: int, k_blocks_inner: bool = True) -> None:
+    """Writes the weight `src` ([n, k], C-contiguous, float32, float16 or bfloat16) into `out`
+    (1-D, same dtype, exactly the padded size) in a blocked layout: blocks of n_block rows by
+    k_block columns (n and k padded with zeros to whole blocks), row-block major when
+    k_blocks_inner; inside a block, element (r, c) at ((c // k_pair) * n_block + r) * k_pair +
+    c % k_pair (oneDNN's `AB16b64a2b` is 64, 32, 2). Runs on rayon's threads with the GIL
+    released. Raises ValueError on a bad layout, sizes that do not match, or overlapping arrays."""
+
 # Row-wise layer operations. Rows: 2-D C-contiguous float32, float16 or bfloat16 arrays;
 # parameters: float32. Arithmetic in float32, each stored value rounded once. Results go into
 # the caller's arrays (which must not overlap the inputs). Raise ValueError on bad input.

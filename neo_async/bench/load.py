@@ -12,6 +12,8 @@ is the last row. Then, per repeat, on one GGUF file (the embedded default, `--mo
             pack each layer into fresh weights as it completes; dequant_s: the dequantisation
             loop, packing included, pack_s: packing's share of it, finish_s: after the last
             tensor (lm_head)
+  reorder   the same, every weight packed by oneDNN's reorder instead of our kernel in the
+            layout learned from it (model/onednn_weight.py); both start from nothing learned
 Rates are GB/s of file bytes (read, stream, load) or of weight bytes (touch, load_out).
 `--cold` drops the file from the page cache before each repeat (reads come from the disk).
 """
@@ -80,10 +82,12 @@ def stream_dequantize(path: Path, dtype: torch.dtype) -> float:
     return time.perf_counter() - started
 
 
-def load(path: Path, dtype: torch.dtype) -> dict[str, float]:
+def load(path: Path, dtype: torch.dtype, own_packing: bool = True) -> dict[str, float]:
     """seconds, out_bytes (the weights' bytes) and the loader's phases (see the module doc)."""
+    from neo_async.model import onednn_weight
     from neo_async.model.loader import load_model
 
+    onednn_weight.start_over(own_packing)
     started = time.perf_counter()
     loaded = load_model(path, dtype, torch.device("cpu"))
     seconds = time.perf_counter() - started
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="synthetic: where the file is written")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--phases", default="read,touch,memcpy,stream,load")
+    parser.add_argument("--phases", default="read,touch,memcpy,stream,load,reorder")
     parser.add_argument("--serve-starts", type=int, default=5, help="time this many serve starts (0: none)")
     parser.add_argument("--serve-args", default="", help="extra flags for those serve starts")
     parser.add_argument("--cold", action="store_true", help="drop the file from the page cache before each phase")
@@ -175,7 +179,7 @@ def _run(path: Path, dtype: torch.dtype, phases: list[str], args: argparse.Names
     file_bytes = path.stat().st_size
     weight_bytes = _weight_bytes(path, dtype)
     print(f"file {file_bytes / 1e9:.2f} GB, weights {weight_bytes / 1e9:.2f} GB in {args.dtype}, torch threads {torch.get_num_threads()}")
-    if "load" in phases and _available_bytes() < weight_bytes + (2 << 30):
+    if {"load", "reorder"} & set(phases) and _available_bytes() < weight_bytes + (2 << 30):
         raise SystemExit(f"not enough free memory for the load phase: {_available_bytes() / 1e9:.1f} GB available")
     rows = []
     for repeat in range(args.repeats):
@@ -195,8 +199,8 @@ def _run(path: Path, dtype: torch.dtype, phases: list[str], args: argparse.Names
             elif phase == "stream":
                 row["seconds"] = stream_dequantize(path, dtype)
                 row["GB/s"] = file_bytes / row["seconds"] / 1e9
-            elif phase == "load":
-                row.update(load(path, dtype))
+            elif phase in ("load", "reorder"):
+                row.update(load(path, dtype, own_packing=phase == "load"))
                 row["GB/s"] = file_bytes / row["seconds"] / 1e9
                 row["out_GB/s"] = row.pop("out_bytes") / row["seconds"] / 1e9
             else:

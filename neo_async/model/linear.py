@@ -1,7 +1,8 @@
 """y = x @ W^T for the model's projections, with the weight prepared once for the device.
 
-On the CPU, the weight is reordered once into oneDNN's blocked layout: plain-layout bf16
-weights are re-laid-out inside every call, which halves small-batch decode throughput.
+On the CPU, the weight is packed once into oneDNN's blocked layout (`onednn_weight.pack`):
+plain-layout bf16 weights are re-laid-out inside every call, which halves small-batch decode
+throughput.
 Where oneDNN refuses the reorder (bf16 on a CPU without AVX-512 or AVX-NE-CONVERT), and on
 CUDA, the weight stays plain and F.linear runs.
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from neo_async.model import onednn_weight
 
 _PACKABLE = (torch.bfloat16, torch.float32)
 _BATCH_HINT = 16  # a decode batch; the packed layout serves every batch size
@@ -41,16 +44,18 @@ class Linear:
         self.compute_dtype = torch.float32 if widen and weight.dtype == torch.bfloat16 else weight.dtype
         weight = weight.to(self.compute_dtype)
         self.weight = weight
+        self._packed_memory: torch.Tensor | None = None  # what a packed weight reads, when not oneDNN's own
         if weight.device.type == "cpu" and weight.dtype in _PACKABLE and _mkldnn_packing_available():
             try:
-                self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, _BATCH_HINT)
+                packed = onednn_weight.pack(weight, _BATCH_HINT)
+                self.weight, self._packed_memory = packed.tensor, packed.owner
                 self.is_packed = True
             except RuntimeError:  # this CPU lacks the ISA oneDNN's packed path needs for this dtype
                 pass
 
     def shares_memory_with(self, tensor: torch.Tensor) -> bool:
         """Whether this projection's weight is `tensor`'s memory (a plain weight kept as given)."""
-        if self.is_packed:  # oneDNN's reorder writes a buffer of its own
+        if self.is_packed:  # packing writes a buffer of its own
             return False
         return self.weight.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr()
 

@@ -110,7 +110,7 @@ class WeightsBuilder:
     layout, after which the next layer writes into them again. So the writes land in memory
     whose pages are already mapped, and only the packed weights take fresh memory. A layer
     whose parts arrive interleaved with another's takes a scratch set of its own.
-    NOTE: packing runs on the writing thread: the reorder and the dequantisation each use every
+    NOTE: packing runs on the writing thread: packing and the dequantisation each use every
     core, so a packing thread would only contend with the writes.
 
     Invariant: a set is in `free_sets` only when no weight refers to its buffers: every

@@ -17,6 +17,7 @@
 //! - [`copy::copy_blocks`]: copies (layer, block) slabs between pools (swaps).
 //! - [`lane::Lane`]: a worker thread running jobs in order with a ticket to wait on (the host
 //!   lane of pipelining).
+//! - [`pack::pack_blocked`]: a row-major weight rewritten in a blocked (oneDNN-style) layout.
 //! - [`rowops`]: RMSNorm, residual add + RMSNorm, RoPE, SiLU-gated product over rows.
 
 pub mod bandwidth;
@@ -29,6 +30,7 @@ pub mod isa;
 mod kernel;
 pub mod lane;
 pub mod layout;
+pub mod pack;
 pub mod partition;
 pub mod pool;
 pub mod reference;

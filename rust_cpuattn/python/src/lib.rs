@@ -18,6 +18,7 @@
 mod array;
 mod dequant;
 mod lane;
+mod pack;
 mod rowops;
 
 use array::{array, core_err, err, Array, Elem, KV};
@@ -411,5 +412,6 @@ fn rust_cpuattn_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rowops::rope, m)?)?;
     m.add_function(wrap_pyfunction!(rowops::silu_mul, m)?)?;
     m.add_function(wrap_pyfunction!(dequant::dequantize, m)?)?;
+    m.add_function(wrap_pyfunction!(pack::pack_blocked, m)?)?;
     Ok(())
 }
