@@ -22,6 +22,7 @@ import os
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Iterator
 
 import numpy as np
 import structlog
@@ -134,11 +135,14 @@ _UNDECIDED = object()  # this weight cannot tell the candidates apart: learn fro
 
 
 def _learn(weight: torch.Tensor, reordered: torch.Tensor) -> tuple[PackedWeight, object]:
-    """(weight packed, the learned layout, None when no candidate is oneDNN's, or _UNDECIDED).
+    """(the reorder as a PackedWeight; the learned layout, None when no candidate is oneDNN's,
+    or _UNDECIDED).
 
     The candidates that put every sampled element where the reorder did must agree everywhere
     a second sample looks (else the weight has too few distinct values to tell them apart);
-    the fit is then checked on the whole weight, byte for byte, and its packing is the result."""
+    the fit is then checked byte for byte: on the first two row-blocks and the last, each a
+    contiguous stretch in a row-block-major layout (the last holds the padding), or on the
+    whole weight."""
     n, k = weight.shape
     bits = weight.view(torch.int16 if weight.element_size() == 2 else torch.int32).numpy()
     theirs = _packed_bytes(reordered)
@@ -153,24 +157,39 @@ def _learn(weight: torch.Tensor, reordered: torch.Tensor) -> tuple[PackedWeight,
         if layout.padded_len(n, k) == elements.size and np.array_equal(elements[layout.offsets(n, k, rows, cols)], expected)
     ]
     fields = {"shape": [n, k], "dtype": str(weight.dtype)}
+    as_reordered = PackedWeight(reordered, None)
     if not fits:
         log.debug("onednn_layout_not_learned", **fields)
-        return PackedWeight(reordered, None), None
+        return as_reordered, None
     check_rows, check_cols = rng.integers(0, n, 16 * _NUM_SAMPLES), rng.integers(0, k, 16 * _NUM_SAMPLES)
     places = {tuple(layout.offsets(n, k, check_rows, check_cols)) for layout in fits}
     if len(places) > 1 or len(np.unique(expected)) < _NUM_SAMPLES // 8:
-        return PackedWeight(reordered, None), _UNDECIDED
-    learned = _Learned(fits[0], torch.ops.mkldnn._get_mkldnn_serialized_md(reordered).clone())
-    try:
-        ours = _pack_learned(weight, learned)
-    except RuntimeError as e:
-        log.warning("onednn_own_packing_failed", **fields, error=str(e))
-        return PackedWeight(reordered, None), None
-    if not _same_bytes(ours.owner.view(torch.uint8).numpy(), theirs):
+        return as_reordered, _UNDECIDED
+    layout = fits[0]
+    if not all(_same_bytes(ours, theirs[span]) for span, ours in _checked_stretches(weight, layout)):
         log.debug("onednn_layout_not_learned", **fields, reason="bytes differ")
-        return PackedWeight(reordered, None), None
-    log.debug("onednn_layout_learned", **fields, layout=str(learned.layout))
-    return ours, learned
+        return as_reordered, None
+    log.debug("onednn_layout_learned", **fields, layout=str(layout))
+    return as_reordered, _Learned(layout, torch.ops.mkldnn._get_mkldnn_serialized_md(reordered).clone())
+
+
+def _checked_stretches(weight: torch.Tensor, layout: _Layout) -> Iterator[tuple[slice, np.ndarray]]:
+    """(byte range of the packed weight, those bytes as `pack_blocked` writes them)."""
+    n, k = weight.shape
+    if not layout.k_blocks_inner:
+        row_starts = [0]
+        block_rows = n
+    else:
+        row_blocks = -(-n // layout.n_block)
+        row_starts = sorted({0, min(1, row_blocks - 1), row_blocks - 1})
+        block_rows = layout.n_block
+    stretch_bytes = layout.padded_len(block_rows, k) * weight.element_size()
+    for index in row_starts:
+        rows = weight[index * block_rows : (index + 1) * block_rows]
+        ours = torch.empty(layout.padded_len(rows.shape[0], k), dtype=weight.dtype)
+        rust_cpuattn.pack_blocked(rows, ours, layout.n_block, layout.k_block, layout.k_pair, layout.k_blocks_inner)
+        start = index * stretch_bytes
+        yield slice(start, start + ours.numel() * weight.element_size()), ours.view(torch.uint8).numpy()
 
 
 class _BlobFactory:

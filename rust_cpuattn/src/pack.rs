@@ -183,7 +183,8 @@ fn has_avx512f() -> bool {
 
 /// One block of `nb` rows (a multiple of 16) by 16 four-byte units: row r's units start at
 /// `src + r * row_stride`; unit g of row r goes to `out[g * nb + r]`. Sixteen rows at a time,
-/// as a 16 x 16 transpose in registers.
+/// as a 16 x 16 transpose in registers. The caller guarantees AVX-512F and that those places
+/// of src and out exist.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn transpose_block(src: *const u32, row_stride: usize, nb: usize, out: *mut u32) {
