@@ -133,27 +133,31 @@ fn stretch<T: Copy + Default, const KP: usize>(
     kb: usize,
     out: &mut [T],
 ) {
-    let transposable = std::mem::size_of::<T>() * KP == 4 && kb == 16 * KP && nb.is_multiple_of(16) && has_avx512f();
+    let unit = std::mem::size_of::<T>() * KP; // bytes of a column group
+    let transposable = unit == 4 && kb == 16 * KP && nb.is_multiple_of(16) && (k * unit / KP).is_multiple_of(4);
     let block_len = nb * kb;
-    for (cb, block) in out.chunks_mut(block_len).enumerate() {
+    let full_blocks =
+        if transposable && rows.1 == nb && has_avx512f() { (cols.1 / kb).min(out.len() / block_len) } else { 0 };
+    if full_blocks > 0 {
+        // SAFETY: rows rows.0 .. rows.0 + nb and columns cols.0 .. cols.0 + full_blocks * kb
+        // exist in src (the caller's bounds), out holds full_blocks * nb * kb elements, and a
+        // group of KP elements is the 4-byte unit the transposes move (rows a whole number of
+        // units apart).
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            transpose_blocks(
+                src[rows.0 * k + cols.0..].as_ptr() as *const u32,
+                k * unit / KP / 4,
+                nb,
+                full_blocks,
+                out.as_mut_ptr() as *mut u32,
+            )
+        };
+    }
+    for (cb, block) in out.chunks_mut(block_len).enumerate().skip(full_blocks) {
         let first_col = cb * kb;
         let width = kb.min(cols.1.saturating_sub(first_col));
         let origin = rows.0 * k + cols.0 + first_col;
-        if transposable && rows.1 == nb && width == kb {
-            // SAFETY: rows.0 .. rows.0 + nb and the kb columns from cols.0 + first_col exist
-            // in src (the caller's bounds), and block holds nb * kb elements; T is 4 bytes per
-            // group of KP, the unit the transposes move.
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                transpose_block(
-                    src[origin..].as_ptr() as *const u32,
-                    k * std::mem::size_of::<T>() / 4,
-                    nb,
-                    block.as_mut_ptr() as *mut u32,
-                )
-            };
-            continue;
-        }
         if rows.1 < nb || width < kb {
             block.fill(T::default());
         }
@@ -181,44 +185,54 @@ fn has_avx512f() -> bool {
     }
 }
 
-/// One block of `nb` rows (a multiple of 16) by 16 four-byte units: row r's units start at
-/// `src + r * row_stride`; unit g of row r goes to `out[g * nb + r]`. Sixteen rows at a time,
-/// as a 16 x 16 transpose in registers. The caller guarantees AVX-512F and that those places
-/// of src and out exist.
+/// `num_blocks` blocks of `nb` rows (a multiple of 16) by 16 four-byte units, side by side in
+/// src: row r's units start at `src + r * row_stride`; unit g of row r of block b goes to
+/// `out[b * nb * 16 + g * nb + r]`. Sixteen rows at a time across all the blocks (sixteen
+/// read streams), each a 16 x 16 transpose in registers. The caller guarantees AVX-512F and
+/// that those places of src and out exist.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose_block(src: *const u32, row_stride: usize, nb: usize, out: *mut u32) {
-    use std::arch::x86_64::*;
+unsafe fn transpose_blocks(src: *const u32, row_stride: usize, nb: usize, num_blocks: usize, out: *mut u32) {
     for r0 in (0..nb).step_by(16) {
-        let mut r = [_mm512_setzero_si512(); 16];
-        for (i, v) in r.iter_mut().enumerate() {
-            *v = _mm512_loadu_si512(src.add((r0 + i) * row_stride) as *const __m512i);
+        for b in 0..num_blocks {
+            transpose16(src.add(r0 * row_stride + b * 16), row_stride, out.add(b * nb * 16 + r0), nb);
         }
-        let mut t = [_mm512_setzero_si512(); 16];
-        for i in 0..8 {
-            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-        }
-        // u[4i + m], 128-bit lane L: unit 4L + m of rows 4i .. 4i + 3
-        for i in 0..4 {
-            r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-            r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-            r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-            r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-        }
-        for m in 0..4 {
-            let (a, b, c, d) = (r[m], r[4 + m], r[8 + m], r[12 + m]);
-            let (ab_even, cd_even) = (_mm512_shuffle_i32x4::<0x88>(a, b), _mm512_shuffle_i32x4::<0x88>(c, d));
-            let (ab_odd, cd_odd) = (_mm512_shuffle_i32x4::<0xDD>(a, b), _mm512_shuffle_i32x4::<0xDD>(c, d));
-            let columns = [
-                (m, _mm512_shuffle_i32x4::<0x88>(ab_even, cd_even)),
-                (8 + m, _mm512_shuffle_i32x4::<0xDD>(ab_even, cd_even)),
-                (4 + m, _mm512_shuffle_i32x4::<0x88>(ab_odd, cd_odd)),
-                (12 + m, _mm512_shuffle_i32x4::<0xDD>(ab_odd, cd_odd)),
-            ];
-            for (g, v) in columns {
-                _mm512_storeu_si512(out.add(g * nb + r0) as *mut __m512i, v);
-            }
+    }
+}
+
+/// Unit g of row r (units at `src + r * row_stride`, r < 16, g < 16) to `out[g * out_stride + r]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(src: *const u32, row_stride: usize, out: *mut u32, out_stride: usize) {
+    use std::arch::x86_64::*;
+    let mut r = [_mm512_setzero_si512(); 16];
+    for (i, v) in r.iter_mut().enumerate() {
+        *v = _mm512_loadu_si512(src.add(i * row_stride) as *const __m512i);
+    }
+    let mut t = [_mm512_setzero_si512(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    // r[4i + m], 128-bit lane L: unit 4L + m of rows 4i .. 4i + 3
+    for i in 0..4 {
+        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for m in 0..4 {
+        let (a, b, c, d) = (r[m], r[4 + m], r[8 + m], r[12 + m]);
+        let (ab_even, cd_even) = (_mm512_shuffle_i32x4::<0x88>(a, b), _mm512_shuffle_i32x4::<0x88>(c, d));
+        let (ab_odd, cd_odd) = (_mm512_shuffle_i32x4::<0xDD>(a, b), _mm512_shuffle_i32x4::<0xDD>(c, d));
+        let columns = [
+            (m, _mm512_shuffle_i32x4::<0x88>(ab_even, cd_even)),
+            (8 + m, _mm512_shuffle_i32x4::<0xDD>(ab_even, cd_even)),
+            (4 + m, _mm512_shuffle_i32x4::<0x88>(ab_odd, cd_odd)),
+            (12 + m, _mm512_shuffle_i32x4::<0xDD>(ab_odd, cd_odd)),
+        ];
+        for (g, v) in columns {
+            _mm512_storeu_si512(out.add(g * out_stride) as *mut __m512i, v);
         }
     }
 }
@@ -262,7 +276,7 @@ mod tests {
         // bf16-like pairs (2 x 2 bytes) and f32-like singles: the 16 x 16 transposes' cases
         for (n_block, k_pair) in [(64, 2), (32, 2), (16, 2)] {
             let layout = BlockedLayout { n_block, k_block: 16 * k_pair, k_pair, k_blocks_inner: true };
-            for (n, k) in [(128, 64), (130, 70), (64, 32)] {
+            for (n, k) in [(128, 64), (130, 70), (64, 32), (64, 66), (64, 33), (16, 96)] {
                 let src: Vec<u16> = (0..n * k).map(|i| (i * 7 + 3) as u16).collect();
                 let mut dst = vec![u16::MAX; layout.packed_len(n, k)];
                 pack_blocked(&src, n, k, &layout, &mut dst, true).unwrap();
