@@ -198,7 +198,8 @@ class _BlobFactory:
     def __init__(self) -> None:
         lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
         codes = {}
-        for name in ("aoti_torch_dtype_bfloat16", "aoti_torch_dtype_float32", "aoti_torch_device_type_cpu", "aoti_torch_layout__mkldnn"):
+        names = ("aoti_torch_dtype_bfloat16", "aoti_torch_dtype_float32", "aoti_torch_device_type_cpu", "aoti_torch_layout__mkldnn")
+        for name in names:
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = ctypes.c_int32, []
             codes[name] = fn()
@@ -210,6 +211,8 @@ class _BlobFactory:
         create.argtypes = [ctypes.c_void_p, ctypes.c_int64, i64p, i64p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32,
                            ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64]  # fmt: skip
         self.create = create
+        self.delete = lib.aoti_torch_delete_tensor_object
+        self.delete.restype, self.delete.argtypes = ctypes.c_int32, [ctypes.c_void_p]
         capsule = ctypes.pythonapi.PyCapsule_New
         capsule.restype, capsule.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
         self.capsule = capsule
@@ -223,7 +226,10 @@ class _BlobFactory:
                              ctypes.byref(handle), self.mkldnn, descriptor.data_ptr(), descriptor.numel())  # fmt: skip
         if status != 0 or not handle.value:
             raise RuntimeError(f"aoti_torch_create_tensor_from_blob_v2 failed ({status})")
-        return self.steal(self.capsule(handle.value, None, None))  # the new tensor owns the handle
+        # Stealing moves the tensor out of the handle and leaves the (now empty) handle to us.
+        tensor = self.steal(self.capsule(handle.value, None, None))
+        self.delete(handle.value)
+        return tensor
 
 
 @lru_cache(maxsize=1)
