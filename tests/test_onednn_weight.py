@@ -4,6 +4,7 @@ reorder writes, the same products, and the reorder wherever nothing is learned."
 from __future__ import annotations
 
 import gc
+import types
 
 import numpy as np
 import pytest
@@ -42,35 +43,36 @@ def _reorder(weight: torch.Tensor) -> torch.Tensor | None:
 def test_packed_bytes_and_products_equal_onednns_reorder(dtype, shape):
     gen = torch.Generator().manual_seed(stable_seed("onednn_weight", str(dtype), *shape))
     reference = None
-    for learned in (False, True):  # the first weight of a shape is reordered and teaches the layout
+    for _ in range(2):  # the first weight of a shape teaches the layout, the second reuses it
         weight = torch.randn(shape, generator=gen).to(dtype)
         reference = _reorder(weight)
         if reference is None:
             pytest.skip(f"oneDNN does not pack {dtype} on this CPU")
         packed = onednn_weight.pack(weight, 16)
-        assert (packed.owner is not None) == learned and packed.tensor.is_mkldnn
+        assert packed.owner is not None and packed.tensor.is_mkldnn
         assert np.array_equal(onednn_weight._packed_bytes(packed.tensor), onednn_weight._packed_bytes(reference))
         x = torch.randn(5, shape[1], generator=gen).to(dtype)
         ours = torch.ops.mkldnn._linear_pointwise(x, packed.tensor, None, "none", [], "")
         theirs = torch.ops.mkldnn._linear_pointwise(x, reference, None, "none", [], "")
-        assert torch.equal(ours, theirs)
+        assert torch.equal(ours, theirs)  # the descriptor is the reorder's too
         assert torch.equal(packed.tensor.to_dense(), weight)
 
 
 @needs_own_packing
-def test_a_linear_keeps_the_memory_its_weight_reads():
+def test_a_packed_weight_keeps_the_memory_it_reads():
     gen = torch.Generator().manual_seed(stable_seed("onednn_weight", "owner"))
     w = torch.randn(256, 128, generator=gen).to(torch.bfloat16)
     Linear(w.clone())  # learns
-    linear = Linear(w.clone())
-    if not linear.is_packed:
+    weight = Linear(w.clone()).weight  # the Linear is gone; its weight is kept
+    if not weight.is_mkldnn:
         pytest.skip("oneDNN does not pack bf16 on this CPU")
-    assert linear._packed_memory is not None
+    assert weight._packed_memory is not None
     gc.collect()
     torch.empty(256 * 128, dtype=torch.bfloat16).fill_(7)  # would reuse freed memory
     x = torch.randn(3, 128, generator=gen).to(torch.bfloat16)
     ref = x.double() @ w.double().T
-    assert (linear(x).double() - ref).abs().max().item() <= 2**-7 * 2 * ref.abs().max().item()
+    y = torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+    assert (y.double() - ref).abs().max().item() <= 2**-7 * 2 * ref.abs().max().item()
 
 
 def _resident_kib() -> int:
@@ -129,8 +131,7 @@ def test_a_failed_check_or_a_failed_tensor_falls_back_to_the_reorder(monkeypatch
     assert onednn_weight.pack(w, 16).owner is None
 
     onednn_weight.start_over()
-    onednn_weight.pack(w, 16)  # learns
-    assert onednn_weight.pack(w, 16).owner is not None
+    assert onednn_weight.pack(w, 16).owner is not None  # learns
 
     monkeypatch.setattr(onednn_weight._blob_factory(), "create", lambda *args: 1)
     packed = onednn_weight.pack(w.clone(), 16)
@@ -139,12 +140,32 @@ def test_a_failed_check_or_a_failed_tensor_falls_back_to_the_reorder(monkeypatch
 
 
 @needs_own_packing
-def test_weights_with_too_few_values_teach_nothing():
+def test_weights_with_too_few_values_teach_nothing_and_a_later_weight_teaches():
     w = torch.ones(256, 128, dtype=torch.bfloat16)
     if _reorder(w) is None:
         pytest.skip("oneDNN does not pack bf16 on this CPU")
     assert onednn_weight.pack(w, 16).owner is None
-    assert (256, 128, torch.bfloat16, 16) not in onednn_weight._learned  # the next weight may teach it
+    assert (256, 128, torch.bfloat16, 16) not in onednn_weight._learned
+    gen = torch.Generator().manual_seed(stable_seed("onednn_weight", "later"))
+    assert onednn_weight.pack(torch.randn(256, 128, generator=gen).to(torch.bfloat16), 16).owner is not None
+    packed = onednn_weight.pack(w, 16)
+    assert packed.owner is not None and torch.equal(packed.tensor.to_dense(), w)
+
+
+@needs_own_packing
+def test_any_failure_of_our_packing_falls_back_to_the_reorder(monkeypatch):
+    def fail(*args):
+        raise ValueError("no")
+
+    monkeypatch.setattr(onednn_weight, "rust_cpuattn", types.SimpleNamespace(pack_blocked=fail))
+    gen = torch.Generator().manual_seed(stable_seed("onednn_weight", "raises"))
+    w = torch.randn(128, 64, generator=gen).to(torch.bfloat16)
+    if _reorder(w) is None:
+        pytest.skip("oneDNN does not pack bf16 on this CPU")
+    for _ in range(2):
+        packed = onednn_weight.pack(w, 16)
+        assert packed.owner is None and torch.equal(packed.tensor.to_dense(), w)
+    assert onednn_weight._learned[(128, 64, torch.bfloat16, 16)] is None
 
 
 @pytest.mark.skipif(rust_cpuattn is None, reason="needs the extension")

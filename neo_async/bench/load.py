@@ -88,9 +88,12 @@ def load(path: Path, dtype: torch.dtype, own_packing: bool = True) -> dict[str, 
     from neo_async.model.loader import load_model
 
     onednn_weight.start_over(own_packing)
-    started = time.perf_counter()
-    loaded = load_model(path, dtype, torch.device("cpu"))
-    seconds = time.perf_counter() - started
+    try:
+        started = time.perf_counter()
+        loaded = load_model(path, dtype, torch.device("cpu"))
+        seconds = time.perf_counter() - started
+    finally:
+        onednn_weight.start_over()
     w = loaded.weights
     tensors = [w.embed, w.final_norm] + ([] if w.lm_head.weight is w.embed else [w.lm_head.weight])
     for layer in w.layers:

@@ -44,11 +44,9 @@ class Linear:
         self.compute_dtype = torch.float32 if widen and weight.dtype == torch.bfloat16 else weight.dtype
         weight = weight.to(self.compute_dtype)
         self.weight = weight
-        self._packed_memory: torch.Tensor | None = None  # what a packed weight reads, when not oneDNN's own
         if weight.device.type == "cpu" and weight.dtype in _PACKABLE and _mkldnn_packing_available():
             try:
-                packed = onednn_weight.pack(weight, _BATCH_HINT)
-                self.weight, self._packed_memory = packed.tensor, packed.owner
+                self.weight = onednn_weight.pack(weight, _BATCH_HINT).tensor
                 self.is_packed = True
             except RuntimeError:  # this CPU lacks the ISA oneDNN's packed path needs for this dtype
                 pass

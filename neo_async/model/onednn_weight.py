@@ -11,7 +11,8 @@ tensor over that memory with the reorder's memory descriptor (torch's AOT-induct
 
 Wherever a step is missing or fails (no extension, no shim symbol) or no candidate is the
 layout (an ISA whose format is not blocked this way), weights go through the reorder, as they
-would without this module. Contract: a `PackedWeight`'s tensor reads `owner`'s memory; keep them together.
+would without this module. A packed tensor of ours reads `owner`'s memory and holds it (its
+attribute `_packed_memory`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import os
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator
 
 import numpy as np
 import structlog
@@ -92,7 +92,12 @@ def pack(weight: torch.Tensor, batch_hint: int) -> PackedWeight:
     if _enabled and _blob_factory() is not None:
         with _lock:
             if key not in _learned:
-                packed, learned = _learn(weight, torch.ops.mkldnn._reorder_linear_weight(weight, batch_hint))
+                reordered = torch.ops.mkldnn._reorder_linear_weight(weight, batch_hint)
+                try:
+                    packed, learned = _learn(weight, reordered)
+                except Exception as e:  # noqa: BLE001 - any failure of our path: oneDNN's own packing stands
+                    log.warning("onednn_own_packing_failed", shape=list(key[:2]), error=repr(e))
+                    packed, learned = PackedWeight(reordered, None), None
                 if learned is not _UNDECIDED:
                     _learned[key] = learned
                 return packed
@@ -100,8 +105,8 @@ def pack(weight: torch.Tensor, batch_hint: int) -> PackedWeight:
     if learned is not None:
         try:
             return _pack_learned(weight, learned)
-        except RuntimeError as e:
-            log.warning("onednn_own_packing_failed", shape=list(key[:2]), error=str(e))
+        except Exception as e:  # noqa: BLE001 - as above
+            log.warning("onednn_own_packing_failed", shape=list(key[:2]), error=repr(e))
             with _lock:
                 _learned[key] = None
     return PackedWeight(torch.ops.mkldnn._reorder_linear_weight(weight, batch_hint), None)
@@ -112,7 +117,9 @@ def _pack_learned(weight: torch.Tensor, learned: _Learned) -> PackedWeight:
     layout = learned.layout
     owner = torch.empty(layout.padded_len(n, k), dtype=weight.dtype)
     rust_cpuattn.pack_blocked(weight, owner, layout.n_block, layout.k_block, layout.k_pair, layout.k_blocks_inner)
-    return PackedWeight(_blob_factory()(owner, (n, k), learned.descriptor), owner)
+    tensor = _blob_factory()(owner, (n, k), learned.descriptor)
+    tensor._packed_memory = owner  # whoever holds the tensor holds the memory it reads
+    return PackedWeight(tensor, owner)
 
 
 def _packed_bytes(packed: torch.Tensor) -> np.ndarray:
@@ -135,14 +142,13 @@ _UNDECIDED = object()  # this weight cannot tell the candidates apart: learn fro
 
 
 def _learn(weight: torch.Tensor, reordered: torch.Tensor) -> tuple[PackedWeight, object]:
-    """(the reorder as a PackedWeight; the learned layout, None when no candidate is oneDNN's,
-    or _UNDECIDED).
+    """(the weight packed; the learned layout, None when no candidate is oneDNN's, or
+    _UNDECIDED).
 
     The candidates that put every sampled element where the reorder did must agree everywhere
     a second sample looks (else the weight has too few distinct values to tell them apart);
-    the fit is then checked byte for byte: on the first two row-blocks and the last, each a
-    contiguous stretch in a row-block-major layout (the last holds the padding), or on the
-    whole weight."""
+    the fit then packs the whole weight the way every later one will be packed, and that is
+    compared with the reorder byte for byte."""
     n, k = weight.shape
     bits = weight.view(torch.int16 if weight.element_size() == 2 else torch.int32).numpy()
     theirs = _packed_bytes(reordered)
@@ -157,39 +163,20 @@ def _learn(weight: torch.Tensor, reordered: torch.Tensor) -> tuple[PackedWeight,
         if layout.padded_len(n, k) == elements.size and np.array_equal(elements[layout.offsets(n, k, rows, cols)], expected)
     ]
     fields = {"shape": [n, k], "dtype": str(weight.dtype)}
-    as_reordered = PackedWeight(reordered, None)
     if not fits:
         log.debug("onednn_layout_not_learned", **fields)
-        return as_reordered, None
+        return PackedWeight(reordered, None), None
     check_rows, check_cols = rng.integers(0, n, 16 * _NUM_SAMPLES), rng.integers(0, k, 16 * _NUM_SAMPLES)
     places = {tuple(layout.offsets(n, k, check_rows, check_cols)) for layout in fits}
     if len(places) > 1 or len(np.unique(expected)) < _NUM_SAMPLES // 8:
-        return as_reordered, _UNDECIDED
-    layout = fits[0]
-    if not all(_same_bytes(ours, theirs[span]) for span, ours in _checked_stretches(weight, layout)):
+        return PackedWeight(reordered, None), _UNDECIDED
+    learned = _Learned(fits[0], torch.ops.mkldnn._get_mkldnn_serialized_md(reordered).clone())
+    ours = _pack_learned(weight, learned)
+    if not _same_bytes(_packed_bytes(ours.tensor), theirs):
         log.debug("onednn_layout_not_learned", **fields, reason="bytes differ")
-        return as_reordered, None
-    log.debug("onednn_layout_learned", **fields, layout=str(layout))
-    return as_reordered, _Learned(layout, torch.ops.mkldnn._get_mkldnn_serialized_md(reordered).clone())
-
-
-def _checked_stretches(weight: torch.Tensor, layout: _Layout) -> Iterator[tuple[slice, np.ndarray]]:
-    """(byte range of the packed weight, those bytes as `pack_blocked` writes them)."""
-    n, k = weight.shape
-    if not layout.k_blocks_inner:
-        row_starts = [0]
-        block_rows = n
-    else:
-        row_blocks = -(-n // layout.n_block)
-        row_starts = sorted({0, min(1, row_blocks - 1), row_blocks - 1})
-        block_rows = layout.n_block
-    stretch_bytes = layout.padded_len(block_rows, k) * weight.element_size()
-    for index in row_starts:
-        rows = weight[index * block_rows : (index + 1) * block_rows]
-        ours = torch.empty(layout.padded_len(rows.shape[0], k), dtype=weight.dtype)
-        rust_cpuattn.pack_blocked(rows, ours, layout.n_block, layout.k_block, layout.k_pair, layout.k_blocks_inner)
-        start = index * stretch_bytes
-        yield slice(start, start + ours.numel() * weight.element_size()), ours.view(torch.uint8).numpy()
+        return PackedWeight(reordered, None), None
+    log.debug("onednn_layout_learned", **fields, layout=str(learned.layout))
+    return ours, learned
 
 
 class _BlobFactory:
@@ -211,12 +198,13 @@ class _BlobFactory:
         create.argtypes = [ctypes.c_void_p, ctypes.c_int64, i64p, i64p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32,
                            ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64]  # fmt: skip
         self.create = create
-        self.delete = lib.aoti_torch_delete_tensor_object
-        self.delete.restype, self.delete.argtypes = ctypes.c_int32, [ctypes.c_void_p]
-        capsule = ctypes.pythonapi.PyCapsule_New
-        capsule.restype, capsule.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
-        self.capsule = capsule
-        self.steal = torch._C._aoti.alloc_tensor_by_stealing_from_void_ptr
+        prototype = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p)
+        self.capsule = prototype(("PyCapsule_New", ctypes.pythonapi))
+        # Takes the handles: the tensors move out and the handles are freed (the one-handle form
+        # leaves its handle allocated).
+        self.steal = torch._C._aoti.alloc_tensors_by_stealing_from_void_ptrs
+        for op in ("_nbytes", "data_ptr", "_get_mkldnn_serialized_md", "_reorder_linear_weight"):
+            getattr(torch.ops.mkldnn, op)  # AttributeError where this torch lacks one
 
     def __call__(self, owner: torch.Tensor, shape: tuple[int, int], descriptor: torch.Tensor) -> torch.Tensor:
         sizes = (ctypes.c_int64 * 2)(*shape)
@@ -226,10 +214,7 @@ class _BlobFactory:
                              ctypes.byref(handle), self.mkldnn, descriptor.data_ptr(), descriptor.numel())  # fmt: skip
         if status != 0 or not handle.value:
             raise RuntimeError(f"aoti_torch_create_tensor_from_blob_v2 failed ({status})")
-        # Stealing moves the tensor out of the handle and leaves the (now empty) handle to us.
-        tensor = self.steal(self.capsule(handle.value, None, None))
-        self.delete(handle.value)
-        return tensor
+        return self.steal([self.capsule(handle.value, None, None)])[0]
 
 
 @lru_cache(maxsize=1)
@@ -238,6 +223,6 @@ def _blob_factory() -> _BlobFactory | None:
         return None
     try:
         return _BlobFactory()
-    except (OSError, AttributeError) as e:  # a torch build without the shim or its symbols
+    except (OSError, AttributeError, RuntimeError) as e:  # a torch build without the shim or its symbols
         log.debug("onednn_blob_unavailable", error=str(e))
         return None

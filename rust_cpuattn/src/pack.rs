@@ -77,6 +77,9 @@ pub fn pack_blocked<T: Copy + Default + Send + Sync>(
     if dst.len() != layout.packed_len(n, k) {
         bail!("dst has {} elements; {layout:?} of [{n}, {k}] takes {}", dst.len(), layout.packed_len(n, k));
     }
+    if dst.is_empty() {
+        return Ok(());
+    }
     match layout.k_pair {
         1 => run::<T, 1>(src, n, k, layout, dst, parallel),
         2 => run::<T, 2>(src, n, k, layout, dst, parallel),
@@ -133,6 +136,7 @@ fn stretch<T: Copy + Default, const KP: usize>(
     kb: usize,
     out: &mut [T],
 ) {
+    debug_assert!((rows.0 + rows.1) * k <= src.len() && cols.0 + cols.1 <= k && rows.1 <= nb);
     let unit = std::mem::size_of::<T>() * KP; // bytes of a column group
     let transposable = unit == 4 && kb == 16 * KP && nb.is_multiple_of(16) && (k * unit / KP).is_multiple_of(4);
     let block_len = nb * kb;
@@ -254,7 +258,7 @@ mod tests {
     #[test]
     fn every_element_lands_at_its_offset_and_padding_is_zero() {
         for layout in layouts() {
-            for (n, k) in [(64, 32), (130, 70), (1, 1), (7, 9), (200, 96)] {
+            for (n, k) in [(64, 32), (130, 70), (1, 1), (7, 9), (200, 96), (5, 0), (0, 5)] {
                 let src: Vec<u32> = (1..=(n * k) as u32).collect();
                 for parallel in [false, true] {
                     let mut dst = vec![u32::MAX; layout.packed_len(n, k)];
@@ -274,8 +278,8 @@ mod tests {
     #[test]
     fn transposed_blocks_land_where_the_plain_loop_puts_them() {
         // bf16-like pairs (2 x 2 bytes) and f32-like singles: the 16 x 16 transposes' cases
-        for (n_block, k_pair) in [(64, 2), (32, 2), (16, 2)] {
-            let layout = BlockedLayout { n_block, k_block: 16 * k_pair, k_pair, k_blocks_inner: true };
+        for (n_block, k_pair, k_blocks_inner) in [(64, 2, true), (32, 2, true), (16, 2, true), (64, 2, false)] {
+            let layout = BlockedLayout { n_block, k_block: 16 * k_pair, k_pair, k_blocks_inner };
             for (n, k) in [(128, 64), (130, 70), (64, 32), (64, 66), (64, 33), (16, 96)] {
                 let src: Vec<u16> = (0..n * k).map(|i| (i * 7 + 3) as u16).collect();
                 let mut dst = vec![u16::MAX; layout.packed_len(n, k)];
