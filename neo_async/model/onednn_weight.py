@@ -4,9 +4,9 @@ oneDNN multiplies by a weight in a blocked layout of its own choosing (`_reorder
 returns it). Its reorder is slower than a copy, and a load reorders every projection. So, per
 (shape, dtype, batch hint), the layout is learned once from oneDNN itself: the first weight
 is reordered, the candidate blocked layouts of `rust_cpuattn.pack_blocked` are tried on
-sampled elements, and the fit is checked against the reorder byte for byte. Every later
-weight of that shape is packed by `pack_blocked` into memory we own, and oneDNN is handed a
-tensor over that memory with the reorder's memory descriptor (torch's AOT-inductor C shim,
+sampled elements, and that weight packed our way in the fit is compared with the reorder byte
+for byte. Every weight of that shape, that first one included, is then packed by `pack_blocked`
+into memory we own, and oneDNN is handed a tensor over that memory with the reorder's memory descriptor (torch's AOT-inductor C shim,
 `aoti_torch_create_tensor_from_blob_v2`).
 
 Wherever a step is missing or fails (no extension, no shim symbol) or no candidate is the
