@@ -98,28 +98,24 @@ fn run<T: Copy + Default + Send + Sync, const KP: usize>(
 ) {
     let (nb, kb) = (layout.n_block, layout.k_block);
     let (row_blocks, col_blocks) = (n.div_ceil(nb), k.div_ceil(kb));
-    if layout.k_blocks_inner {
-        // A row-block's blocks are adjacent: read its rows in order, each once, and scatter
-        // them into its (cache-sized) stretch of dst.
-        let item = |(rb, out): (usize, &mut [T])| {
-            stretch::<T, KP>(src, k, (rb * nb, nb.min(n - rb * nb)), (0, k), nb, kb, out)
-        };
-        let stretch = nb * col_blocks * kb;
-        if parallel {
-            dst.par_chunks_mut(stretch).enumerate().for_each(item);
-        } else {
-            dst.chunks_mut(stretch).enumerate().for_each(item);
-        }
-        return;
-    }
+    // Row-block major: a row-block's blocks are adjacent, so a work item is its whole
+    // (cache-sized) stretch of dst, its rows read in order, each once. Column-block major: a
+    // work item is one block.
+    let (chunk, min_items) =
+        if layout.k_blocks_inner { (nb * col_blocks * kb, 1) } else { (nb * kb, MIN_BLOCKS_PER_ITEM) };
     let item = |(index, out): (usize, &mut [T])| {
-        let (rb, cb) = (index % row_blocks, index / row_blocks);
-        stretch::<T, KP>(src, k, (rb * nb, nb.min(n - rb * nb)), (cb * kb, kb.min(k - cb * kb)), nb, kb, out);
+        let (rb, cols) = if layout.k_blocks_inner {
+            (index, (0, k))
+        } else {
+            let cb = index / row_blocks;
+            (index % row_blocks, (cb * kb, kb.min(k - cb * kb)))
+        };
+        stretch::<T, KP>(src, k, (rb * nb, nb.min(n - rb * nb)), cols, nb, kb, out);
     };
     if parallel {
-        dst.par_chunks_mut(nb * kb).enumerate().with_min_len(MIN_BLOCKS_PER_ITEM).for_each(item);
+        dst.par_chunks_mut(chunk).enumerate().with_min_len(min_items).for_each(item);
     } else {
-        dst.chunks_mut(nb * kb).enumerate().for_each(item);
+        dst.chunks_mut(chunk).enumerate().for_each(item);
     }
 }
 
