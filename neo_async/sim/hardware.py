@@ -1,5 +1,5 @@
-"""Hardware profiles (configs/hardware/*.toml): accelerators, host machines and the global
-calibration factors of the roofline model."""
+"""Hardware profiles (`hardware_profiles/*.toml`, shipped inside the package): accelerators, host
+machines and the global calibration factors of the roofline model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-HARDWARE_DIR = Path(__file__).resolve().parents[2] / "configs" / "hardware"
+HARDWARE_DIR = Path(__file__).resolve().parent / "hardware_profiles"
 PCIE_GBS_PER_LANE = {3: 0.985, 4: 1.969, 5: 3.938}  # per direction, after 128b/130b encoding
 
 

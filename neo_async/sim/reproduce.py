@@ -4,7 +4,7 @@ writes docs/reproduction.md with tables and PNG plots (docs/reproduction/).
 Each experiment runs with the settings the paper's artifact used (neo_async/sim/paper.py, each
 with its source): pool sizes, max_num_seqs and max_num_batched_tokens, host, request stream and
 how the compared figure is computed. Fixed for every experiment (never tuned per experiment):
-the calibration in configs/hardware/calibration.toml and the load-aware policy (pipeline auto)
+the calibration in neo_async/sim/hardware_profiles/calibration.toml and the load-aware policy (pipeline auto)
 with the artifact's admission to the host (paper.HOST_ADMISSION, paper.MAX_HOST_WAIT_ITERATIONS).
 The compared figures:
 - T4: the request rate at which the paper's per-token latency (paper.mean_latency_per_token_s)

@@ -126,8 +126,8 @@ def write_document(out: Path, figures: Path, t4: dict, a10g: dict, h100: dict, q
         "",
         "The simulator (`neo_async/sim/`) drives the project's own scheduler and load-aware policy, "
         "unchanged, on a virtual clock; each plan is priced by `sched/predict.plan_time` with the "
-        "roofline cost model (`sim/roofline.py`) of the hardware in `configs/hardware/`. One global "
-        "calibration (`configs/hardware/calibration.toml`) serves every experiment; nothing is tuned "
+        "roofline cost model (`sim/roofline.py`) of the hardware in `neo_async/sim/hardware_profiles/`. One global "
+        "calibration (`neo_async/sim/hardware_profiles/calibration.toml`) serves every experiment; nothing is tuned "
         "per experiment. Each experiment runs with the settings of the paper's artifact "
         "(github.com/NEO-MLSys25/NEO: its README, `evaluation/configs/*.json`, `evaluation/server.py`, "
         "`benchmark.py`, `illustrator.py`), each cited in `neo_async/sim/paper.py`: pool sizes "
@@ -216,7 +216,7 @@ s/token at 2.6 req/s (-15%).
 
 - **T4: within 25%, above the paper.** Device-only passes 0.4 s/token at 0.50 req/s and neo at
   3.65 req/s (paper: 0.5 and 3.1). The T4 is priced at its sustained ~24 TFLOPS under the 70 W
-  cap (a public measurement, `configs/hardware/gpus.toml`); the host is the artifact's g4dn.4xlarge
+  cap (a public measurement, `neo_async/sim/hardware_profiles/gpus.toml`); the host is the artifact's g4dn.4xlarge
   (8 cores). Host requests admitted by room wait for prefill shadow, so the mean per-token
   latency stays low while their own latency spreads.
 - **A10G: within 25% on every host size**, the curves' shapes as in the paper on g5.2xlarge

@@ -2,7 +2,7 @@
 parallel over `tp` of them) and of host decode attention on the host's CPU cores.
 
 Each time is max(flops / reachable flops, bytes / reachable bandwidth) plus fixed costs; what is
-reachable is the hardware's peak times a global efficiency factor (configs/hardware/
+reachable is the hardware's peak times a global efficiency factor (neo_async/sim/hardware_profiles/
 calibration.toml). Host attention is priced from our kernel's measured efficiency: bytes over
 (the host's read bandwidth for the kernel's threads x kernel_bandwidth_efficiency), or its
 measured flops per thread when grouped-query attention makes it compute-bound.
