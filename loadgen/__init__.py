@@ -6,3 +6,7 @@ Pipeline (one module each): a dataset loader yields `RequestSpec`s (lengths, tra
 `metrics` summarises them the way `vllm bench serve` does, `report` writes the files,
 `sweep` repeats a run per request rate and `plot` draws the load-latency curve.
 """
+
+from neo_async.logging_setup import use_library_default as _use_library_default
+
+_use_library_default()

@@ -8,11 +8,14 @@ import os as _os
 # set before torch is imported.
 _os.environ.setdefault("GOMP_SPINCOUNT", "3000")
 
+from neo_async.logging_setup import use_library_default as _use_library_default
 from neo_async.outputs import FinishReason, RequestDelta, RequestOutput, TokenLogprob
 from neo_async.sampling_params import SamplingParams
 
 __all__ = ["LLM", "AsyncEngine", "SamplingParams", "RequestOutput", "RequestDelta", "TokenLogprob", "FinishReason"]
 __version__ = "0.1.0"
+
+_use_library_default()
 
 
 def __getattr__(name: str):

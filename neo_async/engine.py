@@ -161,6 +161,9 @@ class Engine:
         strings are refused: matching them needs the output as text.
         """
         params.validate()
+        bad_bias = [t for t, _ in params.logit_bias if t >= self.spec.vocab_size]
+        if bad_bias:
+            raise ValueError(f"logit_bias names token ids outside the vocabulary [0, {self.spec.vocab_size}): {bad_bias[:5]}")
         if self.tokenizer is None and params.stop:
             raise ValueError("stop strings need a tokenizer, and this engine runs with skip_tokenizer_init; use stop_token_ids")
         if isinstance(prompt, str):
@@ -230,6 +233,8 @@ class Engine:
         if plan.predicted_s is not None:
             self.predictions.append((plan.predicted_s, execute_s))
         moved = self._account_movement(plan)
+        for request_id, (first_pos, scored) in output.prompt_logprobs.items():
+            self.outputs.on_prompt_logprobs(request_id, first_pos, scored)
         deltas = []
         for request in advanced:
             delta = self.outputs.on_token(request, output.logprobs.get(request.request_id))

@@ -48,6 +48,7 @@ class LLM:
         started = {}
         texts: dict[str, list[str]] = {r.request_id: [] for r in requests}
         logprobs: dict[str, list] = {r.request_id: [] for r in requests}
+        prompt_logprobs: dict[str, list] = {}
         finals = {}
         for request in requests:
             self.engine.add_request(request)
@@ -57,6 +58,8 @@ class LLM:
                 texts[delta.request_id].append(delta.text)
                 if delta.logprobs:
                     logprobs[delta.request_id].extend(delta.logprobs)
+                if delta.prompt_logprobs is not None:
+                    prompt_logprobs[delta.request_id] = delta.prompt_logprobs
                 if delta.is_finished:
                     finals[delta.request_id] = delta
         outputs = []
@@ -71,6 +74,7 @@ class LLM:
                     finish_reason=final.finish_reason,
                     logprobs=logprobs[request.request_id] if request.params.logprobs is not None else None,
                     stop_reason=final.stop_reason,
+                    prompt_logprobs=prompt_logprobs.get(request.request_id),
                 )
             )
         return outputs

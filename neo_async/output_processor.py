@@ -21,6 +21,9 @@ class _State:
     num_sent_tokens: int = 0
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     max_stop_len: int = 0
+    # prompt_logprobs[p]: prompt token p's logprob, gathered chunk by chunk (None at position 0);
+    # None once sent
+    prompt_logprobs: list[TokenLogprob | None] | None = field(default_factory=lambda: [None])
 
 
 class OutputProcessor:
@@ -41,6 +44,16 @@ class OutputProcessor:
 
     def text_of(self, request_id: str) -> str:
         return self._states[request_id].text
+
+    def on_prompt_logprobs(self, request_id: str, first_pos: int, scored: list) -> None:
+        """Prompt tokens first_pos, first_pos + 1, ... scored by a prefill chunk; positions
+        already held (a prefill recomputed after preemption) are skipped."""
+        state = self._states.get(request_id)
+        if state is None or state.prompt_logprobs is None:
+            return
+        for pos, (token, logprob, top) in enumerate(scored, start=first_pos):
+            if pos == len(state.prompt_logprobs):
+                state.prompt_logprobs.append(self._token_logprob(token, (logprob, top)))
 
     def on_token(self, request: Request, logprob: tuple[float, list[tuple[int, float]]] | None) -> RequestDelta | None:
         """Account for the request's newest token. Returns a delta (None if nothing to send yet)."""
@@ -101,6 +114,10 @@ class OutputProcessor:
         logprobs = None
         if request.params.logprobs is not None:
             logprobs, state.pending_logprobs = state.pending_logprobs, []
+        prompt_logprobs = None
+        if request.params.prompt_logprobs is not None and state.prompt_logprobs is not None:
+            if len(state.prompt_logprobs) == request.num_prompt_tokens:
+                prompt_logprobs, state.prompt_logprobs = state.prompt_logprobs, None
         if finish is not None:
             self._states.pop(request.request_id, None)
         return RequestDelta(
@@ -112,6 +129,7 @@ class OutputProcessor:
             num_prompt_tokens=request.num_prompt_tokens,
             num_output_tokens=request.num_output_tokens,
             stop_reason=stop_reason,
+            prompt_logprobs=prompt_logprobs,
         )
 
     def _token_logprob(self, token: int, logprob: tuple[float, list[tuple[int, float]]]) -> TokenLogprob:

@@ -36,6 +36,9 @@ class RequestDelta:
     num_prompt_tokens: int
     num_output_tokens: int
     stop_reason: int | str | None = None  # the stop token id or stop string that matched
+    # Every prompt token's logprob (the first None), on the request's first delta only, when
+    # its params ask for prompt_logprobs.
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
     @property
     def is_finished(self) -> bool:
@@ -53,4 +56,5 @@ class RequestOutput:
     finish_reason: FinishReason
     logprobs: list[TokenLogprob] | None = None
     stop_reason: int | str | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # see RequestDelta
     metrics: dict[str, float] = field(default_factory=dict)

@@ -29,7 +29,13 @@ class SamplingParams:
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
     logprobs: int | None = None  # number of top alternatives per token; 0 = chosen only
+    # Log-probabilities of the prompt's tokens (the first one None), each with this many top
+    # alternatives; 0 = the prompt token's own only. Computed in the prefill that runs anyway.
+    prompt_logprobs: int | None = None
     min_tokens: int = 0
+    # Added to a token's logit before sampling ((token id, bias in [-100, 100]) pairs); reported
+    # logprobs stay those of the model.
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -37,6 +43,8 @@ class SamplingParams:
         else:
             object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        bias = self.logit_bias.items() if isinstance(self.logit_bias, dict) else self.logit_bias
+        object.__setattr__(self, "logit_bias", tuple((token, bias) for token, bias in bias))
         if self.top_k == -1:
             object.__setattr__(self, "top_k", 0)
 
@@ -65,5 +73,15 @@ class SamplingParams:
             self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= MAX_TOP_LOGPROBS),
             "logprobs",
             f"must be in [0, {MAX_TOP_LOGPROBS}]",
+        )
+        check(
+            self.prompt_logprobs is None or (isinstance(self.prompt_logprobs, int) and 0 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS),
+            "prompt_logprobs",
+            f"must be in [0, {MAX_TOP_LOGPROBS}]",
+        )
+        check(
+            all(isinstance(t, int) and t >= 0 and -100.0 <= b <= 100.0 for t, b in self.logit_bias),
+            "logit_bias",
+            "must map token ids >= 0 to biases in [-100, 100]",
         )
         check(isinstance(self.min_tokens, int) and 0 <= self.min_tokens <= self.max_tokens, "min_tokens", "must be in [0, max_tokens]")

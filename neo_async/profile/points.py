@@ -26,6 +26,7 @@ from neo_async.runner.attention import KVCache, pad_block_tables, prefill_attent
 from neo_async.runner.batch import BatchTensors, DecodeGroup
 from neo_async.runner.executor import host_row_parts, run_at_once
 from neo_async.runner.host_lane import HostLane
+from neo_async.runner.output_rows import OutputRows
 from neo_async.runner.sampler import SampleRow
 from neo_async.sampling_params import SamplingParams
 from neo_async.sched.plan import KVLocation, ScheduledChunk, coalesce
@@ -196,9 +197,10 @@ class Points:
         batch = BatchTensors(chunks, self.block_size, self.device, ex.pool_devices)
         hidden = model.embed(batch.token_ids)
         model.rope(batch.positions)
-        sampling, last = ex.last_rows(batch, hidden)
+        rows = OutputRows.of(batch.chunks, batch.last_row, hidden)
+        sampling = rows.sampling
         if sampling:
-            logits = model.logits(last)
+            logits = model.logits(rows.sampling_hidden)
             rows = [SampleRow(c.params, c.prompt_token_ids, c.output_token_ids) for c in sampling]
             self.engine.sampler(logits, rows)
 

@@ -20,6 +20,7 @@ from neo_async.model.llama import LlamaModel
 from neo_async.runner.attention import DecodeJob, KVCache, prefill_attention
 from neo_async.runner.batch import BatchTensors, DecodeGroup
 from neo_async.runner.host_lane import HostLane
+from neo_async.runner.output_rows import OutputRows, score_prompts
 from neo_async.runner.pipelined import run_pipelined
 from neo_async.runner.sampler import SampleRow, Sampler
 from neo_async.sched.plan import ExecuteOutput, KVLocation, Plan, ScheduledChunk
@@ -53,13 +54,14 @@ class Executor:
             return ExecuteOutput()
         if plan.is_pipelined:
             with _device_threads(self.pipelined_device_threads):
-                sampling, hidden = run_pipelined(self, plan, copies, self.lane())
+                rows = run_pipelined(self, plan, copies, self.lane())
         else:
-            sampling, hidden = self._run_sequential(plan, copies)
-        return self._sample(sampling, hidden)
+            rows = self._run_sequential(plan, copies)
+        output = self._sample(rows.sampling, rows.sampling_hidden)
+        output.prompt_logprobs = score_prompts(self.model, rows.prompt_spans, rows.prompt_hidden)
+        return output
 
-    def _run_sequential(self, plan: Plan, copies: list[LayerCopy]) -> tuple[list[ScheduledChunk], torch.Tensor]:
-        """-> the sampling chunks and their last rows' hidden states [N, hidden]."""
+    def _run_sequential(self, plan: Plan, copies: list[LayerCopy]) -> OutputRows:
         batch = BatchTensors(plan.chunks, self.block_size, self.device, self.pool_devices)
         model = self.model
         hidden = model.embed(batch.token_ids)  # [T, hidden]
@@ -74,19 +76,13 @@ class Executor:
             jobs = [self.host_job(layer, batch.host_decodes, part, q, k, v, out) for part in host_parts]
             run_at_once(jobs, self.lane() if len(jobs) > 1 else None)
             hidden = model.post(layer, hidden, out.view(out.shape[0], -1))
-        return self.last_rows(batch, hidden)
+        return OutputRows.of(batch.chunks, batch.last_row, hidden)
 
     def lane(self) -> HostLane:
         """The host lane (pipelined plans, split sequential host attention), started on first use."""
         if self.host_lane is None:
             self.host_lane = HostLane()
         return self.host_lane
-
-    def last_rows(self, batch: BatchTensors, hidden: torch.Tensor) -> tuple[list[ScheduledChunk], torch.Tensor]:
-        """The batch's sampling chunks and their last rows of hidden [T, hidden]."""
-        sampling = [(i, c) for i, c in enumerate(batch.chunks) if c.is_sampling]
-        rows = torch.tensor([batch.last_row[i] for i, _ in sampling], dtype=torch.long, device=self.device)
-        return [c for _, c in sampling], hidden[rows]
 
     def _sample(self, sampling: list[ScheduledChunk], hidden: torch.Tensor) -> ExecuteOutput:
         if not sampling:

@@ -27,6 +27,7 @@ import torch
 from neo_async.kv.swap import LayerCopy
 from neo_async.runner.batch import BatchTensors
 from neo_async.runner.host_lane import HostLane, Waitable
+from neo_async.runner.output_rows import OutputRows
 from neo_async.sched.plan import KVLocation, Plan, ScheduledChunk
 
 if TYPE_CHECKING:
@@ -64,10 +65,8 @@ class _SubBatch:
         self.hidden = self.ex.model.post(layer, self.hidden, out.view(out.shape[0], -1))
 
 
-def run_pipelined(
-    executor: Executor, plan: Plan, copies: list[LayerCopy], lane: HostLane
-) -> tuple[list[ScheduledChunk], torch.Tensor]:
-    """-> the sampling chunks and their last rows' hidden states [N, hidden] (b0's, then b1's)."""
+def run_pipelined(executor: Executor, plan: Plan, copies: list[LayerCopy], lane: HostLane) -> OutputRows:
+    """-> the output rows of both sub-batches (b0's, then b1's)."""
     b0 = _SubBatch(executor, [c for c in plan.chunks if c.sub_batch == 0])
     b1 = _SubBatch(executor, [c for c in plan.chunks if c.sub_batch == 1])
     assert not b1.batch.prefills and all(g.location is KVLocation.HOST for g in b1.batch.decodes), "b1 is host decodes only"
@@ -87,6 +86,6 @@ def run_pipelined(
     except BaseException:
         lane.drain()  # no job of this plan may outlive it
         raise
-    sampling0, hidden0 = executor.last_rows(b0.batch, b0.hidden)
-    sampling1, hidden1 = executor.last_rows(b1.batch, b1.hidden)
-    return sampling0 + sampling1, torch.cat([hidden0, hidden1])
+    return OutputRows.of(b0.batch.chunks, b0.batch.last_row, b0.hidden) + OutputRows.of(
+        b1.batch.chunks, b1.batch.last_row, b1.hidden
+    )

@@ -72,6 +72,7 @@ class Sampler:
         return (
             p.is_greedy
             and p.logprobs is None
+            and not p.logit_bias
             and p.repetition_penalty == 1.0
             and not p.frequency_penalty
             and not p.presence_penalty
@@ -95,6 +96,9 @@ class Sampler:
 
     def _apply_penalties(self, row_logits: torch.Tensor, row: SampleRow) -> None:
         p = row.params
+        if p.logit_bias:
+            ids = torch.tensor([t for t, _ in p.logit_bias], dtype=torch.long, device=row_logits.device)
+            row_logits.index_add_(0, ids, torch.tensor([b for _, b in p.logit_bias], dtype=row_logits.dtype, device=row_logits.device))
         if len(row.output_token_ids) < p.min_tokens:
             banned = list(p.stop_token_ids) + ([] if p.ignore_eos else list(self.eos_token_ids))
             if banned:

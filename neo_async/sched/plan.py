@@ -118,4 +118,6 @@ class ExecuteOutput:
     sampled_token_ids: dict[str, int] = field(default_factory=dict)
     logprobs: dict[str, object] = field(default_factory=dict)  # request id -> (logprob, top list)
     logits: dict[str, object] | None = None  # request id -> raw logits [vocab], only when asked
+    # request id -> (first position, [(token id, logprob, top list)]): prompt tokens scored this step
+    prompt_logprobs: dict[str, object] = field(default_factory=dict)
     execute_s: float | None = None  # the plan's measured time, when the caller measured it
