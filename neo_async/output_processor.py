@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from neo_async.model.tokenizer import DecodeStream, Tokenizer
+from neo_async.model.tokenizer import DecodeStream, Tokenizer, token_text
 from neo_async.outputs import FinishReason, RequestDelta, TokenLogprob
 from neo_async.sched.request import Request
 
@@ -115,9 +115,9 @@ class OutputProcessor:
         if request.params.logprobs is not None:
             logprobs, state.pending_logprobs = state.pending_logprobs, []
         prompt_logprobs = None
-        if request.params.prompt_logprobs is not None and state.prompt_logprobs is not None:
-            if len(state.prompt_logprobs) == request.num_prompt_tokens:
-                prompt_logprobs, state.prompt_logprobs = state.prompt_logprobs, None
+        is_complete = state.prompt_logprobs is not None and len(state.prompt_logprobs) == request.num_prompt_tokens
+        if request.params.prompt_logprobs is not None and is_complete:
+            prompt_logprobs, state.prompt_logprobs = state.prompt_logprobs, None
         if finish is not None:
             self._states.pop(request.request_id, None)
         return RequestDelta(
@@ -137,6 +137,4 @@ class OutputProcessor:
         return TokenLogprob(token, self._token_text(token), chosen, tuple((t, self._token_text(t), lp) for t, lp in top))
 
     def _token_text(self, token: int) -> str:
-        if self.tokenizer is None:
-            return f"token_id:{token}"
-        return self.tokenizer.decode([token], skip_special_tokens=False)
+        return token_text(self.tokenizer, token)

@@ -95,6 +95,13 @@ class DecodeStream:
         return self._stream.step(self._backend, token_id) or ""
 
 
+def token_text(tokenizer: Tokenizer | None, token_id: int) -> str:
+    """One token's text as logprobs report it (special tokens kept); `token_id:<id>` without a tokenizer."""
+    if tokenizer is None:
+        return f"token_id:{token_id}"
+    return tokenizer.decode([token_id], skip_special_tokens=False)
+
+
 def _raise_template_error(message: str) -> None:
     raise ValueError(f"chat template error: {message}")
 

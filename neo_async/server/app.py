@@ -26,7 +26,12 @@ from neo_async.server.metrics import CONTENT_TYPE, ServerMetrics
 from neo_async.server.openai_schema import ModelCard, ModelList
 from neo_async.server.routes_chat import create_chat_completion
 from neo_async.server.routes_completions import create_completion
-from neo_async.server.startup import build_engine, in_daemon_thread, readiness_middleware
+from neo_async.server.routes_tokenizer import detokenize, tokenize, tokenizer_info
+from neo_async.server.startup import (
+    build_engine,
+    in_daemon_thread,
+    readiness_middleware,
+)
 from neo_async.server.state import STATE, AppState
 
 if TYPE_CHECKING:
@@ -49,6 +54,9 @@ def create_app(config: Config | None = None, engine: AsyncEngine | None = None) 
     app.router.add_post("/v1/completions", create_completion)
     app.router.add_post("/v1/chat/completions", create_chat_completion)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_post("/tokenize", tokenize)
+    app.router.add_post("/detokenize", detokenize)
+    app.router.add_get("/tokenizer_info", tokenizer_info)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     return app

@@ -35,6 +35,7 @@ class Choice:
     num_output_tokens: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)
     num_logprob_chars: int = 0  # text length covered by the logprob tokens sent so far
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # when asked, from the first delta
     finish_reason: FinishReason | None = None
     stop_reason: int | str | None = None
 
@@ -130,6 +131,8 @@ class Generation:
             choice.num_prompt_tokens = delta.num_prompt_tokens
         if delta.logprobs:
             choice.logprobs.extend(delta.logprobs)
+        if delta.prompt_logprobs is not None:
+            choice.prompt_logprobs = delta.prompt_logprobs
         if delta.finish_reason is not None:
             self._finish(choice, delta.finish_reason, delta.stop_reason)
 

@@ -44,6 +44,22 @@ class GenerationRequest(msgspec.Struct, kw_only=True):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    # token id (a decimal string, as JSON keys are) -> bias in [-100, 100]
+    logit_bias: dict[str, float] | None = None
+    # Refused unless absent or a no-op value (unsupported.py): typed loosely so that the refusal,
+    # not a type error, names them.
+    prompt_logprobs: Any = msgspec.UNSET
+    guided_json: Any = msgspec.UNSET
+    guided_regex: Any = msgspec.UNSET
+    guided_choice: Any = msgspec.UNSET
+    guided_grammar: Any = msgspec.UNSET
+    structured_outputs: Any = msgspec.UNSET
+    use_beam_search: Any = msgspec.UNSET
+    allowed_token_ids: Any = msgspec.UNSET
+    bad_words: Any = msgspec.UNSET
+    truncate_prompt_tokens: Any = msgspec.UNSET
 
 
 class CompletionRequest(GenerationRequest, kw_only=True):
@@ -51,6 +67,9 @@ class CompletionRequest(GenerationRequest, kw_only=True):
     # msgspec allows one array type per union, so the list's shape is checked by the route.
     prompt: str | list[str | int | list[int]]
     logprobs: int | None = None  # top alternatives per token
+    echo: bool | None = None  # the prompt (and, with logprobs, its tokens' logprobs) before the output
+    best_of: int | None = None  # only best_of == n (or absent)
+    suffix: Any = msgspec.UNSET
 
 
 class ContentPart(msgspec.Struct):
@@ -78,6 +97,22 @@ class ChatCompletionRequest(GenerationRequest, kw_only=True):
     logprobs: bool | None = None
     top_logprobs: int | None = None
     add_generation_prompt: bool | None = None
+    parallel_tool_calls: bool | None = None  # no tools are ever called, so either value holds
+    echo: Any = msgspec.UNSET
+    tools: Any = msgspec.UNSET
+    tool_choice: Any = msgspec.UNSET
+    functions: Any = msgspec.UNSET
+    function_call: Any = msgspec.UNSET
+    response_format: Any = msgspec.UNSET
+    audio: Any = msgspec.UNSET
+    modalities: Any = msgspec.UNSET
+    prediction: Any = msgspec.UNSET
+    reasoning_effort: Any = msgspec.UNSET
+    verbosity: Any = msgspec.UNSET
+    web_search_options: Any = msgspec.UNSET
+    store: Any = msgspec.UNSET
+    metadata: Any = msgspec.UNSET
+    service_tier: Any = msgspec.UNSET
 
 
 # ---------------------------------------------------------------------------- responses
@@ -91,8 +126,8 @@ class Usage(msgspec.Struct):
 
 class CompletionLogprobs(msgspec.Struct):
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
+    token_logprobs: list[float | None]  # None: the echoed prompt's first token
+    top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
 
 

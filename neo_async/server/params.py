@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from neo_async.async_engine import AsyncEngine
 
 # Request fields a ValueError may name (SamplingParams messages start with the field name).
-PARAM_NAMES = frozenset(f.name for f in dataclasses.fields(SamplingParams)) | {"n", "prompt", "messages", "top_logprobs"}
+PARAM_NAMES = frozenset(f.name for f in dataclasses.fields(SamplingParams)) | {"n", "prompt", "messages", "top_logprobs", "echo"}
 
 
 def check_model(req: GenerationRequest, engine: AsyncEngine) -> None:
@@ -82,7 +82,20 @@ def resolve_max_tokens(
     return requested
 
 
-def sampling_params(req: GenerationRequest, max_tokens: int, logprobs: int | None, logprobs_param: str) -> SamplingParams:
+def logit_bias(req: GenerationRequest, vocab_size: int) -> tuple[tuple[int, float], ...]:
+    """The request's logit_bias as (token id, bias) pairs; a key that is not a token id is a 400."""
+    pairs = []
+    for key, bias in (req.logit_bias or {}).items():
+        token = int(key) if key.strip().isdecimal() else -1
+        if not 0 <= token < vocab_size:
+            raise invalid_value(f"logit_bias keys must be token ids in [0, {vocab_size}), got {key!r}", "logit_bias")
+        pairs.append((token, float(bias)))
+    return tuple(pairs)
+
+
+def sampling_params(
+    req: GenerationRequest, max_tokens: int, logprobs: int | None, logprobs_param: str, vocab_size: int, prompt_logprobs: int | None = None
+) -> SamplingParams:
     """SamplingParams from the request's fields (OpenAI defaults for what is not given), validated."""
     given = {
         "temperature": req.temperature,
@@ -98,6 +111,8 @@ def sampling_params(req: GenerationRequest, max_tokens: int, logprobs: int | Non
         "ignore_eos": req.ignore_eos,
         "include_stop_str_in_output": req.include_stop_str_in_output,
         "min_tokens": req.min_tokens,
+        "logit_bias": logit_bias(req, vocab_size),
+        "prompt_logprobs": prompt_logprobs,
     }
     kwargs = {k: v for k, v in given.items() if v is not None}
     try:

@@ -31,11 +31,13 @@ from neo_async.server.params import (
     check_n,
     check_token_ids,
     fan_out,
+    prompt_vocab_size,
     resolve_max_tokens,
     sampling_params,
 )
 from neo_async.server.serving import Prepared, finish_reason_text, handle_generation
 from neo_async.server.state import STATE, AppState
+from neo_async.server.unsupported import CHAT, refuse_unsupported
 
 OBJECT = "chat.completion"
 CHUNK_OBJECT = "chat.completion.chunk"
@@ -81,6 +83,7 @@ def prepare(body: bytes, state: AppState, request_id: str) -> Prepared:
     engine = state.engine
     assert engine is not None
     check_model(req, engine)
+    refuse_unsupported(req, CHAT)
     if engine.tokenizer is None:
         raise invalid_value(
             "chat needs the model's tokenizer and chat template, and this server runs with --skip-tokenizer-init; "
@@ -104,7 +107,7 @@ def prepare(body: bytes, state: AppState, request_id: str) -> Prepared:
     if req.top_logprobs is not None and not req.logprobs:
         raise invalid_value("top_logprobs requires logprobs to be true", "top_logprobs")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    params = sampling_params(req, max_tokens, logprobs, "top_logprobs")
+    params = sampling_params(req, max_tokens, logprobs, "top_logprobs", prompt_vocab_size(engine))
     return Prepared(
         specs=fan_out([ids], params, n),
         num_prompt_tokens=len(ids),
