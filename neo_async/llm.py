@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Sequence
 
@@ -32,8 +33,12 @@ class LLM:
         self,
         prompts: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]],
         params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
     ) -> list[RequestOutput]:
-        """Generate for every prompt (strings or token id lists); outputs keep the input order."""
+        """Generate for every prompt (strings or token id lists); outputs keep the input order.
+
+        With use_tqdm, a progress bar over the prompts goes to stderr when it is a terminal.
+        """
         batch = _as_prompt_list(prompts)
         if params is None or isinstance(params, SamplingParams):
             param_list = [params or SamplingParams()] * len(batch)
@@ -53,6 +58,7 @@ class LLM:
         for request in requests:
             self.engine.add_request(request)
             started[request.request_id] = time.perf_counter()
+        progress = _progress_bar(len(requests)) if use_tqdm else None
         while len(finals) < len(requests):
             for delta in self.engine.step():
                 texts[delta.request_id].append(delta.text)
@@ -62,6 +68,10 @@ class LLM:
                     prompt_logprobs[delta.request_id] = delta.prompt_logprobs
                 if delta.is_finished:
                     finals[delta.request_id] = delta
+                    if progress is not None:
+                        progress.update(1)
+        if progress is not None:
+            progress.close()
         outputs = []
         for request in requests:
             final = finals[request.request_id]
@@ -83,13 +93,23 @@ class LLM:
         self,
         messages: list[dict[str, Any]] | list[list[dict[str, Any]]],
         params: SamplingParams | None = None,
+        use_tqdm: bool = True,
     ) -> list[RequestOutput]:
         """Apply the model's chat template to one conversation (or a list of them) and generate."""
         if self.tokenizer is None:
             raise ValueError("chat needs the model's tokenizer and chat template; this LLM runs with skip_tokenizer_init")
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True) for c in conversations]  # type: ignore[arg-type]
-        return self.generate(prompts, params)
+        return self.generate(prompts, params, use_tqdm=use_tqdm)
+
+
+def _progress_bar(total: int) -> Any:
+    """A tqdm bar over `total` prompts on stderr, or None when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="Generating", unit="prompt", file=sys.stderr, dynamic_ncols=True)
 
 
 def _as_prompt_list(prompts: Any) -> list[str | list[int]]:
