@@ -29,12 +29,16 @@ START_TIMEOUT_S = 180.0
 class ServerProcess:
     """`python -m neo_async serve` in a child process, logs (JSON lines) to a file."""
 
-    def __init__(self, log_path: Path, *args: str, wait_ready: bool = True) -> None:
+    def __init__(
+        self, log_path: Path, *args: str, wait_ready: bool = True, program: list[str] | None = None, cwd: Path = REPO_ROOT
+    ) -> None:
+        """program: the command that runs `neo-async` (default: this interpreter on the checkout)."""
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "neo_async", "serve", "--port", "0", "--log-format", "json", "--device-threads", "1", *args]
-        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        program = program or [sys.executable, "-m", "neo_async"]
+        cmd = [*program, "serve", "--port", "0", "--log-format", "json", "--device-threads", "1", *args]
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self.base_url = f"http://127.0.0.1:{self.wait_event('server_listening')['port']}"
         if wait_ready:
             self.wait_event("server_ready")

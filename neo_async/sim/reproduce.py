@@ -127,6 +127,12 @@ def throughput_gains(deployment: Deployment, quick: bool, device_blocks: dict[st
 
 
 def reproduce(out: Path | None = None, quick: bool = False) -> Path:
+    """Runs every experiment; needs a checkout beside the workload traces (`../shared/traces`)."""
+    if not TRACE.exists():
+        raise FileNotFoundError(
+            f"--reproduce replays the paper's trace {TRACE.name}, expected at {TRACE} (a checkout of the "
+            "project beside its shared/traces); an installed package has no traces"
+        )
     out = Path(out or DEFAULT_OUT)
     figures = out.parent / out.stem
     figures.mkdir(parents=True, exist_ok=True)
