@@ -7,6 +7,10 @@ misses). Every page is faulted in once at start-up, to keep first-touch faults (
 0.1-1.5 GB/s measured) out of the steps: by MADV_POPULATE_WRITE on a background thread, which
 never changes memory contents and so may run while the engine already writes K/V, or, where
 the kernel lacks it (before Linux 5.14), by zeroing in the foreground.
+
+Pinned memory is unregistered before it is unmapped (`_Mapping.__del__`): CUDA keeps a
+registration past munmap, and the next mapping of that size often lands on the same range
+(several engines in one process), where registering again fails.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import resource
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 import torch
@@ -31,6 +36,42 @@ MADV_POPULATE_WRITE = 23  # Linux 5.14+: fault pages in, writable, without touch
 _POPULATE_CHUNK_BYTES = 64 << 20
 
 
+class PinRegistry(Protocol):
+    """Page-locks host ranges for a GPU's copies (CUDA's cudaHostRegister/Unregister): 0 on
+    success, else the error code."""
+
+    def register(self, ptr: int, num_bytes: int) -> int: ...
+
+    def unregister(self, ptr: int) -> int: ...
+
+
+class CudaPinRegistry:
+    def register(self, ptr: int, num_bytes: int) -> int:
+        return int(torch.cuda.cudart().cudaHostRegister(ptr, num_bytes, 0))
+
+    def unregister(self, ptr: int) -> int:
+        return int(torch.cuda.cudart().cudaHostUnregister(ptr))
+
+
+class _Mapping(mmap.mmap):
+    """An anonymous mapping that unregisters its pinned range when the last tensor over it
+    is gone, before the mapping is unmapped (mmap's own dealloc runs after __del__)."""
+
+    pinned: tuple[PinRegistry, int] | None = None  # (registry, registered address)
+
+    def __del__(self) -> None:
+        if self.pinned is not None:
+            registry, ptr = self.pinned
+            self.pinned = None
+            try:
+                rc = registry.unregister(ptr)
+            except Exception as exc:  # interpreter shutdown, or the CUDA context gone
+                rc = -1
+                log.debug("host_memory_unpin_failed", error=str(exc))
+            if rc != 0:
+                log.debug("host_memory_unpin_failed", cuda_error=rc)
+
+
 @dataclass(frozen=True)
 class HostAllocation:
     tensor: torch.Tensor  # uint8 [num_bytes], 2 MiB-aligned, zero
@@ -42,12 +83,13 @@ class HostAllocation:
         return self.populated.wait(timeout_s)
 
 
-def allocate_host_bytes(num_bytes: int, pin_for_cuda: bool = False) -> HostAllocation:
+def allocate_host_bytes(num_bytes: int, pin_for_cuda: bool = False, registry: PinRegistry | None = None) -> HostAllocation:
     """A zero, 2 MiB-aligned host buffer whose pages are faulted in at once (in the background
     where the kernel allows); pinned for CUDA when asked (falling back loudly, never silently,
-    to pageable memory when pinning fails)."""
+    to pageable memory when pinning fails), and unpinned when the last tensor over it goes.
+    `registry`: who pins (CUDA's by default)."""
     started = time.perf_counter()
-    mapping = mmap.mmap(-1, num_bytes + HUGE_PAGE_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    mapping = _Mapping(-1, num_bytes + HUGE_PAGE_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     is_huge_advised = True
     try:
         mapping.madvise(mmap.MADV_HUGEPAGE)
@@ -57,7 +99,13 @@ def allocate_host_bytes(num_bytes: int, pin_for_cuda: bool = False) -> HostAlloc
     raw = torch.frombuffer(mapping, dtype=torch.uint8)  # keeps `mapping` alive
     offset = (-raw.data_ptr()) % HUGE_PAGE_BYTES
     tensor = raw[offset : offset + num_bytes]
-    is_pinned = _pin(tensor) if pin_for_cuda else False  # registering faults every page in
+    is_pinned = False
+    if pin_for_cuda:  # registering faults every page in
+        registry = registry or CudaPinRegistry()
+        is_pinned = _pin(tensor, registry)
+        if is_pinned:
+            mapping.pinned = (registry, tensor.data_ptr())
+    del mapping  # from here on, the tensor's storage alone keeps the mapping alive
     allocation = HostAllocation(tensor, is_huge_advised, is_pinned)
     if is_pinned or num_bytes == 0:
         allocation.populated.set()
@@ -117,16 +165,18 @@ def _libc() -> ctypes.CDLL:
     return _LIBC
 
 
-def host_tensor(shape: tuple[int, ...], dtype: torch.dtype, pin_for_cuda: bool = False) -> torch.Tensor:
+def host_tensor(
+    shape: tuple[int, ...], dtype: torch.dtype, pin_for_cuda: bool = False, registry: PinRegistry | None = None
+) -> torch.Tensor:
     """A zeroed tensor of `shape` and `dtype` in memory from `allocate_host_bytes`."""
     numel = 1
     for size in shape:
         numel *= size
-    allocation = allocate_host_bytes(numel * dtype.itemsize, pin_for_cuda)
+    allocation = allocate_host_bytes(numel * dtype.itemsize, pin_for_cuda, registry)
     return allocation.tensor.view(dtype).view(shape)
 
 
-def _pin(tensor: torch.Tensor) -> bool:
+def _pin(tensor: torch.Tensor, registry: PinRegistry) -> bool:
     soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     if soft != resource.RLIM_INFINITY and soft < tensor.numel():
         log.warning(
@@ -135,8 +185,8 @@ def _pin(tensor: torch.Tensor) -> bool:
             num_bytes=tensor.numel(),
             hint="raise `ulimit -l` (or the container's memlock limit); copies fall back to pageable memory",
         )
-    rc = torch.cuda.cudart().cudaHostRegister(tensor.data_ptr(), tensor.numel(), 0)
-    if int(rc) != 0:
+    rc = registry.register(tensor.data_ptr(), tensor.numel())
+    if rc != 0:
         log.warning("host_memory_pin_failed", cuda_error=int(rc), num_bytes=tensor.numel(), fallback="pageable")
         return False
     return True
