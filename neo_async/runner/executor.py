@@ -46,7 +46,8 @@ class Executor:
         copies = []
         if plan.swap_out or plan.swap_in:
             device, host = self.caches[KVLocation.DEVICE], self.caches[KVLocation.HOST]
-            copies = [LayerCopy(plan.swap_out, device, host), LayerCopy(plan.swap_in, host, device)]
+            # swap-ins first, in every layer and on a copy stream: Plan's contract
+            copies = [LayerCopy(plan.swap_in, host, device), LayerCopy(plan.swap_out, device, host)]
         if not plan.chunks:
             for layer in range(self.model.spec.num_layers):
                 for copy in copies:

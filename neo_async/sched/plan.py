@@ -84,7 +84,9 @@ class Plan:
     Ordering contract with the executor: in every layer, the swap copies of that layer run
     before any K/V of that layer is written or read by this plan's chunks. Blocks freed by a
     swap may therefore be handed to another chunk of the same plan, and a swapped request runs
-    this iteration from its new location.
+    this iteration from its new location. Swap-ins are copied before swap-outs (the scheduler
+    plans them first): the host blocks a swap-in frees may be a swap-out's destination in the
+    same plan.
     """
 
     chunks: list[ScheduledChunk] = field(default_factory=list)
