@@ -274,3 +274,42 @@ def test_the_prefill_grid_is_dense_where_its_attention_is_not_linear():
         assert g.prefill_prefixes[:3] == (0, 64, 128)  # a cached prefix is another code path than none
         assert all(b <= 2 * a for a, b in zip(g.prefill_prefixes[1:], g.prefill_prefixes[2:]))
         assert g.prefill_prefixes[-1] + 512 <= (4096 if quick else 8192)
+
+
+def test_the_swap_point_times_the_copies_it_issues(checkpoint, monkeypatch):
+    """Between a GPU and the host, building a `LayerCopy` is what issues the copies (every
+    layer, on the bulk stream), so it must happen inside the timed call: built when the bench
+    was made, the copies would be done before any timing and the table would read ~0. Here
+    the copies run at once (CPU), so the test checks where they are issued: none when the
+    bench is made, every layer's in each call, and the point is per layer."""
+    from neo_async.kv import swap
+    from neo_async.profile import points as points_module
+    from neo_async.profile.measure import borrowed
+
+    built = []
+
+    class RecordingCopy(swap.LayerCopy):
+        def __init__(self, *args) -> None:
+            built.append(args)
+            super().__init__(*args)
+
+    monkeypatch.setattr(points_module, "LayerCopy", RecordingCopy)
+    engine = _engine(checkpoint)
+    with borrowed(engine, Timer(engine.device)) as points:
+        n = 3
+        src, dst = points.device_ids[:n], points.host_ids[:n]
+        engine.cache.k[:, src] = torch.randn(engine.cache.k[:, src].shape)
+        bench = points.swap(n)
+        assert built == [] and bench.units == engine.spec.num_layers
+        assert int(points.host_cache.k[:, dst].count_nonzero()) == 0
+        bench.run(0)  # device -> host, every layer
+        assert len(built) == 1
+        assert torch.equal(points.host_cache.k[:, dst], engine.cache.k[:, src])
+
+
+def test_a_point_of_several_units_is_timed_per_unit():
+    import time
+
+    bench = Bench(lambda i: time.sleep(0.004), units=4)
+    seconds = Timer(torch.device("cpu"), repeats=3, min_total_s=0.0).measure([bench])[0]
+    assert 0.0009 < seconds < 0.003

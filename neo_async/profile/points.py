@@ -163,17 +163,23 @@ class Points:
 
     @torch.inference_mode()
     def swap(self, num_blocks: int) -> Bench:
-        """num_blocks blocks of one layer copied device -> host and host -> device, alternately
-        (both directions in the median). At most as many blocks as both pools lend."""
+        """num_blocks blocks copied device -> host and host -> device, alternately (both
+        directions in the median), per layer. At most as many blocks as both pools lend.
+
+        NOTE: a call is a step's swap, every layer: building the `LayerCopy` is what issues
+        the copies between a GPU and the host (all layers at once, on the bulk stream), so it
+        happens inside the timed call, and the point is that call over the number of layers."""
         n = min(num_blocks, len(self.device_ids), len(self.host_ids))
-        runs_out = coalesce(self.device_ids[:n], self.host_ids[:n])
-        runs_in = coalesce(self.host_ids[:n], self.device_ids[:n])
-        copies = (LayerCopy(runs_out, self.cache, self.host_cache), LayerCopy(runs_in, self.host_cache, self.cache))
+        runs = (coalesce(self.device_ids[:n], self.host_ids[:n]), coalesce(self.host_ids[:n], self.device_ids[:n]))
+        pools = ((self.cache, self.host_cache), (self.host_cache, self.cache))
+        num_layers = self.spec.num_layers
 
         def run(i: int) -> None:
-            copies[i % 2].copy_layer(self.next_layer())
+            copy = LayerCopy(runs[i % 2], *pools[i % 2])
+            for layer in range(num_layers):
+                copy.copy_layer(layer)
 
-        return Bench(run)
+        return Bench(run, units=num_layers)
 
     # ---- per iteration -----------------------------------------------------------------
 

@@ -19,10 +19,12 @@ import torch
 @dataclass(frozen=True)
 class Bench:
     """One point: run(i) is timed (i counts its calls from 0, e.g. to rotate layers); setup(i)
-    runs before each call, outside the timing."""
+    runs before each call, outside the timing. run does `units` units of the point's work (the
+    point's seconds are per unit)."""
 
     run: Callable[[int], object]
     setup: Callable[[int], object] | None = None
+    units: int = 1
 
 
 @dataclass
@@ -57,7 +59,7 @@ class Timer:
                 calls[j] += 1
             past = time.perf_counter() >= self.deadline
             pending = [j for j in pending if not past and not self._done(times[j])]
-        return [statistics.median(t) for t in times]
+        return [statistics.median(t) / bench.units for t, bench in zip(times, benches)]
 
     def _done(self, times: list[float]) -> bool:
         if len(times) >= self.max_repeats or sum(times) >= self.point_budget_s:
