@@ -97,6 +97,16 @@ def test_split_plan_covers_the_context():
         assert 1 <= num_splits and num_splits * per_split >= tokens > (num_splits - 1) * per_split
 
 
+def test_split_plan_fills_a_gpu():
+    """64 requests x 8 KV heads of ~1000 tokens: one split is 512 programs, under 4 per SM of an
+    H100 (132 SMs); the plan splits so that every SM gets several, each split still long."""
+    tokens = 1024 + 16
+    assert plan_splits(64, 8, tokens)[0] == 1  # no GPU: the fixed target
+    num_splits, per_split = plan_splits(64, 8, tokens, num_sms=132)
+    assert 64 * 8 * num_splits >= 8 * 132 and per_split >= 256
+    assert plan_splits(64, 8, 100, num_sms=132)[0] == 1  # a short context is never cut below 256 tokens
+
+
 @triton_mode.interpreted
 @pytest.mark.parametrize("head_dim", [80, 96, 256])
 def test_padded_head_dims(head_dim):

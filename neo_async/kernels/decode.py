@@ -5,7 +5,14 @@ once, walks its split's tokens BLOCK_N at a time (each token's block looked up i
 so the tile size does not depend on the pool's block size), and keeps a running max, sum and
 float32 accumulator per query head. With several splits, a second kernel merges the partials
 with log-sum-exp weights. The partition depends only on shapes, never on lengths read back
-from the device (no host synchronisation).
+from the device (no host synchronisation). On a GPU the number of splits fills its SMs several
+programs deep (64 requests x 8 KV heads is 512 programs: about 4 per SM on an H100, too few
+to keep its memory busy); elsewhere a fixed target.
+
+NOTE: a group of G < 16 query heads is padded to 16 rows for `tl.dot` (tensor cores take
+at least 16). That costs no bandwidth: padded rows are masked loads, and a decode's scores
+are 2 * G * D flops per 4 * D bytes of K/V read (bf16), far under the tensor cores' ridge
+even at 16 rows; only registers grow (16 x D floats of accumulator).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from neo_async.kernels.launch import Kernel, next_pow2
 BLOCK_N = 32  # tokens per inner step
 MIN_SPLIT_TOKENS = 256  # a split covers at least this many tokens
 TARGET_PROGRAMS = 256  # splits are added until B * Hkv * splits reaches this (or ctx runs out)
+PROGRAMS_PER_SM = 8  # on a GPU the target is this many programs per SM
 MAX_SPLITS = 64
 
 
@@ -97,14 +105,27 @@ SPLIT = Kernel(_split_kernel)
 MERGE = Kernel(_merge_kernel)
 
 
-def plan_splits(batch: int, num_kv_heads: int, max_tokens: int) -> tuple[int, int]:
-    """(num_splits, tokens_per_split) for contexts of at most max_tokens (a shape-derived bound)."""
-    by_work = -(-TARGET_PROGRAMS // max(1, batch * num_kv_heads))
+def plan_splits(batch: int, num_kv_heads: int, max_tokens: int, num_sms: int | None = None) -> tuple[int, int]:
+    """(num_splits, tokens_per_split) for contexts of at most max_tokens (a shape-derived bound),
+    on a GPU of num_sms multiprocessors (None: not a GPU)."""
+    target = TARGET_PROGRAMS if num_sms is None else max(TARGET_PROGRAMS, PROGRAMS_PER_SM * num_sms)
+    by_work = -(-target // max(1, batch * num_kv_heads))
     by_ctx = -(-max_tokens // MIN_SPLIT_TOKENS)
     num_splits = max(1, min(by_work, by_ctx, MAX_SPLITS))
     tokens = -(-max_tokens // num_splits)
     tokens = -(-tokens // BLOCK_N) * BLOCK_N
     return -(-max_tokens // tokens), tokens
+
+
+_NUM_SMS: dict[torch.device, int] = {}
+
+
+def _num_sms(device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    if device not in _NUM_SMS:
+        _NUM_SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _NUM_SMS[device]
 
 
 def paged_decode(
@@ -136,7 +157,7 @@ def paged_decode(
     group = num_heads // num_kv_heads
     max_tokens = block_tables.shape[1] * block_size
     if num_splits is None:
-        num_splits, tokens_per_split = plan_splits(batch, num_kv_heads, max_tokens)
+        num_splits, tokens_per_split = plan_splits(batch, num_kv_heads, max_tokens, _num_sms(q.device))
     else:
         tokens_per_split = -(-max_tokens // num_splits)
     direct = num_splits == 1
