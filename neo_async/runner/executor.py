@@ -40,6 +40,7 @@ class Executor:
         self.host_lane: HostLane | None = None  # see lane()
         self.pipelined_device_threads: int | None = None  # torch's budget during pipelined steps (CPU device)
         self.sequential_host_parts = 1  # see runner.device.sequential_host_parts
+        self.host_wait_s_total = 0.0  # pipelined steps: the device lane's time waiting for the host lane
 
     @torch.inference_mode()
     def execute(self, plan: Plan) -> ExecuteOutput:

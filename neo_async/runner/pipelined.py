@@ -20,6 +20,7 @@ wait), so layer i+1's staging never overwrites layer i's.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -59,7 +60,9 @@ class _SubBatch:
     def post(self, layer: int) -> None:
         """Waits for the host attention in flight, then post."""
         if self.handle is not None:
+            waiting = time.perf_counter()
             self.handle.wait()
+            self.ex.host_wait_s_total += time.perf_counter() - waiting
             self.job.finish()
         out, self.out, self.job, self.handle = self.out, None, None, None
         self.hidden = self.ex.model.post(layer, self.hidden, out.view(out.shape[0], -1))
