@@ -1,9 +1,10 @@
 """Turns a Plan into tensors, runs the model layer by layer, samples.
 
 Sequential mode: all of a plan's tokens run as one flat batch (see `batch.py` for the row
-order). Per layer: swap copies of the layer (device -> host, host -> device) -> pre -> prefill
-K/V stores into each chunk's pool -> prefill attention per chunk -> device decode attention on
-the device pool -> host decode attention (rust_cpuattn) on the host pool -> post.
+order). Per layer: swap copies of the layer (swap-ins, then swap-outs) -> pre -> host decode
+inputs staged -> prefill K/V stores into each chunk's pool -> prefill attention per chunk ->
+device decode attention on the device pool -> host decode attention (rust_cpuattn) on the host
+pool -> post.
 A pipelined plan runs its two sub-batches overlapped instead (`pipelined.py`).
 """
 
@@ -74,8 +75,10 @@ class Executor:
                 copy.copy_layer(layer)
             q, k, v = model.pre(layer, hidden, rope)
             out = torch.empty(q.shape, dtype=torch.float32, device=self.device)  # [T, Hq, D]
-            self.device_attention(layer, batch, q, k, v, out)
+            # host inputs staged before the device attention is enqueued: on a GPU their copies
+            # then wait for pre only, and host attention runs while the device attends
             jobs = [self.host_job(layer, batch.host_decodes, part, q, k, v, out) for part in host_parts]
+            self.device_attention(layer, batch, q, k, v, out)
             run_at_once(jobs, self.lane() if len(jobs) > 1 else None)
             hidden = model.post(layer, hidden, out.view(out.shape[0], -1))
         return OutputRows.of(batch.chunks, batch.last_row, hidden)
