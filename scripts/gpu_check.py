@@ -53,6 +53,12 @@ EQUIVALENCE = {  # prompts that fit the tiny device pool and outputs that make s
     "gpu": ["--num-prompts", "16", "--input-len", "60", "--output-len", "96", "--device-kv-tokens", "512"],
     "cpu": ["--num-prompts", "8", "--input-len", "40", "--output-len", "64", "--device-kv-tokens", "160"],
 }
+LANES = {  # the thread lane against the inline one, on the small model
+    "gpu": ["--num-prompts", "32", "--input-len", "500", "--output-len", "64", "--device-kv-tokens", "2048",
+            "--host-kv-tokens", "65536"],
+    "cpu": ["--num-prompts", "6", "--input-len", "60", "--output-len", "12", "--device-kv-tokens", "160",
+            "--host-kv-tokens", "4096"],
+}
 THROUGHPUT = {
     "gpu": ["--num-prompts", "64", "--input-len", "1000", "--output-len", "128", "--device-kv-tokens", "12288",
             "--host-kv-tokens", "81920", "--max-num-batched-tokens", "4096", "--pipeline", "on"],
@@ -196,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         check.step(f"equivalence_{name}", BUDGETS[f"equivalence_{name}"],
                    [*run, "equivalence", "--model", str(models / f"{name}.gguf"), "--dtype", "float32", *EQUIVALENCE[size]],
                    parse_json=True)
+    check.step("lanes_smollm2-135m", BUDGETS["lanes_smollm2-135m"],
+               [*run, "lanes", "--model", str(models / "smollm2-135m.gguf"), "--dtype", "bfloat16", *LANES[size]], parse_json=True)
     check.step("throughput_llama3-8b", BUDGETS["throughput_llama3-8b"],
                [*run, "throughput", "--model", str(models / "llama3-8b.gguf"), "--dtype", "bfloat16", *THROUGHPUT[size]],
                parse_json=True)
@@ -204,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
 
 # Seconds per step; their sum is the whole run's bound (8 minutes).
 BUDGETS = {
-    "install": 20, "imports": 20, "cuda_tests": 80, "interpreter_tests": 0, "kernels": 40, "models": 90,
-    "equivalence_smollm2-135m": 40, "equivalence_llama3-8b-4layers": 50, "throughput_llama3-8b": 140,
+    "install": 20, "imports": 20, "cuda_tests": 65, "interpreter_tests": 0, "kernels": 40, "models": 80,
+    "equivalence_smollm2-135m": 40, "equivalence_llama3-8b-4layers": 45, "lanes_smollm2-135m": 30, "throughput_llama3-8b": 140,
 }
 # The dry mode runs the interpreter tests in the kernels' place (no GPU bandwidth to measure).
 BUDGETS["interpreter_tests"] = BUDGETS["kernels"]

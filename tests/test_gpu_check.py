@@ -47,6 +47,8 @@ def test_dry_run_passes_in_a_gpu_like_environment(tmp_path):
     for name in ("equivalence_smollm2-135m", "equivalence_llama3-8b-4layers"):
         result = steps[name]["result"]
         assert result["ok"] and result["identical"] and result["pipelined_steps"] > 0 and result["swaps_out"] > 0, result
+    lanes = steps["lanes_smollm2-135m"]["result"]
+    assert lanes["thread"]["pipelined_steps"] > 0 and lanes["inline"]["host_run_ms_per_pipelined_step"] > 0
     throughput = steps["throughput_llama3-8b"]["result"]
     assert throughput["neo"]["pipelined_steps"] > 0 and throughput["off"]["tok_s"] > 0
     for name, step in steps.items():

@@ -3,6 +3,9 @@
 - `equivalence`: greedy tokens of `off` with a roomy device pool against `neo` with a tiny one
   (pipeline on, a large host pool, fixed rules): identical tokens, pipelined steps and swaps
   both > 0, both pools' invariants checked and empty at the end.
+- `lanes`: `neo` (pipeline on) with host attention on the thread lane against the inline lane
+  (runner/host_lane.py), same workload: tokens/s, the device lane's wait share, and the host
+  jobs' run time per pipelined step, so the GIL hand-off of the thread lane is measured.
 - `throughput`: `off` against `neo` on one workload with the device pool capped: output tokens
   per second, mean step time, the pipelined share of steps, host decodes per step, the device
   lane's wait for the host lane as a share of pipelined step time (0: host attention fully
@@ -142,9 +145,33 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def lanes(args: argparse.Namespace) -> dict[str, Any]:
+    from neo_async.runner.host_lane import HostLane, InlineLane
+
+    result: dict[str, Any] = {}
+    for name, make_lane in (("thread", HostLane), ("inline", InlineLane)):
+        engine = _engine(
+            args.model, args.dtype, offload="neo", device_kv_tokens=args.device_kv_tokens, host_kv_tokens=args.host_kv_tokens,
+            pipeline="on", max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+        )
+        lane = engine.executor.host_lane = make_lane()
+        workload = make_workload(args.num_prompts, args.input_len, args.output_len, engine.spec.vocab_size, args.seed)
+        run = _drive(engine, workload)
+        run.pop("tokens")
+        pipelined = max(1, run["pipelined_steps"])
+        result[name] = {
+            **{k: run[k] for k in ("tok_s", "mean_step_ms", "pipelined_steps", "host_wait_share")},
+            "host_run_ms_per_pipelined_step": round(lane.run_s_total / pipelined * 1000, 3) if lane.run_s_total else None,
+        }
+        lane.close()
+        _free(engine)
+    result["inline_over_thread"] = round(result["inline"]["tok_s"] / result["thread"]["tok_s"], 3)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m neo_async.bench.gpu_run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", choices=["equivalence", "throughput"])
+    parser.add_argument("run", choices=["equivalence", "lanes", "throughput"])
     parser.add_argument("--model", required=True, help="GGUF file or HF directory")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     # equivalence's defaults: prompts that fit the device pool, outputs long enough to make them swap out
@@ -158,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline", default="auto", choices=["auto", "on", "off"], help="throughput: neo's pipeline setting")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    result = equivalence(args) if args.run == "equivalence" else throughput(args)
+    result = {"equivalence": equivalence, "lanes": lanes, "throughput": throughput}[args.run](args)
     print(json.dumps(result))
     return 0 if result.get("ok", True) else 1
 

@@ -20,7 +20,7 @@ from neo_async.kv.swap import LayerCopy
 from neo_async.model.llama import LlamaModel
 from neo_async.runner.attention import DecodeJob, KVCache, prefill_attention
 from neo_async.runner.batch import BatchTensors, DecodeGroup
-from neo_async.runner.host_lane import HostLane
+from neo_async.runner.host_lane import HostLane, InlineLane, host_lane_for
 from neo_async.runner.output_rows import OutputRows, score_prompts
 from neo_async.runner.pipelined import run_pipelined
 from neo_async.runner.sampler import SampleRow, Sampler
@@ -38,7 +38,7 @@ class Executor:
         self.block_size = cache.block_size
         self.pool_devices = {loc: c.device for loc, c in self.caches.items()}
         self.keep_logits = False  # when set, outputs carry each sampling row's raw logits (tests)
-        self.host_lane: HostLane | None = None  # see lane()
+        self.host_lane: HostLane | InlineLane | None = None  # see lane()
         self.pipelined_device_threads: int | None = None  # torch's budget during pipelined steps (CPU device)
         self.sequential_host_parts = 1  # see runner.device.sequential_host_parts
         self.host_wait_s_total = 0.0  # pipelined steps: the device lane's time waiting for the host lane
@@ -83,10 +83,10 @@ class Executor:
             hidden = model.post(layer, hidden, out.view(out.shape[0], -1))
         return OutputRows.of(batch.chunks, batch.last_row, hidden)
 
-    def lane(self) -> HostLane:
+    def lane(self) -> HostLane | InlineLane:
         """The host lane (pipelined plans, split sequential host attention), started on first use."""
         if self.host_lane is None:
-            self.host_lane = HostLane()
+            self.host_lane = host_lane_for(self.device)
         return self.host_lane
 
     def _sample(self, sampling: list[ScheduledChunk], hidden: torch.Tensor) -> ExecuteOutput:
@@ -169,7 +169,7 @@ def host_row_parts(group: DecodeGroup | None, parts: int) -> list[tuple[int, int
     return list(zip(bounds, bounds[1:]))
 
 
-def run_at_once(jobs: list[DecodeJob], lane: HostLane | None) -> None:
+def run_at_once(jobs: list[DecodeJob], lane: HostLane | InlineLane | None) -> None:
     """Runs the jobs, the first on this thread while the lane runs the rest (one after another;
     without a lane, all here), then finishes them all on this thread."""
     handles = [lane.submit(job) for job in jobs[1:]] if lane is not None else []

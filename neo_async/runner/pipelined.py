@@ -27,7 +27,7 @@ import torch
 
 from neo_async.kv.swap import LayerCopy
 from neo_async.runner.batch import BatchTensors
-from neo_async.runner.host_lane import HostLane, Waitable
+from neo_async.runner.host_lane import HostLane, InlineLane, Waitable
 from neo_async.runner.output_rows import OutputRows
 from neo_async.sched.plan import KVLocation, Plan, ScheduledChunk
 
@@ -47,7 +47,7 @@ class _SubBatch:
         self.job = None
         self.handle: Waitable | None = None
 
-    def pre(self, layer: int, lane: HostLane, device_attention: bool) -> None:
+    def pre(self, layer: int, lane: HostLane | InlineLane, device_attention: bool) -> None:
         """pre, then the host decodes' attention submitted to the lane (and, when asked, the
         device attention of the other rows, on this thread)."""
         q, k, v = self.ex.model.pre(layer, self.hidden, self.rope)
@@ -68,7 +68,7 @@ class _SubBatch:
         self.hidden = self.ex.model.post(layer, self.hidden, out.view(out.shape[0], -1))
 
 
-def run_pipelined(executor: Executor, plan: Plan, copies: list[LayerCopy], lane: HostLane) -> OutputRows:
+def run_pipelined(executor: Executor, plan: Plan, copies: list[LayerCopy], lane: HostLane | InlineLane) -> OutputRows:
     """-> the output rows of both sub-batches (b0's, then b1's)."""
     b0 = _SubBatch(executor, [c for c in plan.chunks if c.sub_batch == 0])
     b1 = _SubBatch(executor, [c for c in plan.chunks if c.sub_batch == 1])
