@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from neo_async.runner.attention import KVCache, pad_block_tables
 from tests.seeds import stable_seed
@@ -68,3 +69,42 @@ def test_decode_backends_store_the_new_rows_and_match_float64(dtype, heads, head
         ref = _reference(fast_cache, layer, q, tables, lens, scale)
         for out in results:
             torch.testing.assert_close(out.double(), ref, rtol=0, atol=2e-5)
+
+
+class _Copies(TorchDispatchMode):
+    """The addresses of the tensors copied inside the block (clone, or a copying `to`/
+    `contiguous`); an observer: every op still runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in ("clone", "_to_copy"):
+            self.sources.append(args[0].data_ptr())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("use_rust", [True, False])
+def test_decode_run_at_once_copies_no_input_and_a_job_copies_them(use_rust):
+    """`decode` runs at once, so q, k_new, v_new are read where they are (the device pool's
+    decode on a GPU is this call, every layer); `decode_job` may run later, so it takes copies."""
+    cache, q, tables, lens = _random_case(torch.float32, seed=5)
+    cache.use_rust_decode = use_rust
+    table_t, lens_t = pad_block_tables(tables, torch.device("cpu")), torch.tensor(lens, dtype=torch.int32)
+    k_new = torch.randn(len(lens), 3, 64)
+    v_new = torch.randn(len(lens), 3, 64)
+    out = torch.empty(q.shape)
+    inputs = {q.data_ptr(), k_new.data_ptr(), v_new.data_ptr()}
+    with _Copies() as copies:
+        cache.decode(0, q, table_t, lens_t, 0.125, k_new=k_new, v_new=v_new, out=out)
+    assert inputs.isdisjoint(copies.sources)
+    with _Copies() as copies:
+        job = cache.decode_job(1, q, table_t, lens_t, 0.125, k_new=k_new, v_new=v_new, out=out)
+    assert inputs <= set(copies.sources)
+    expected_q = q.clone()
+    q.fill_(0)  # the caller reuses its inputs at once
+    job.run()
+    job.finish()
+    ref = _reference(cache, 1, expected_q, tables, lens, 0.125)
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=2e-5)

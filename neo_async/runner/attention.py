@@ -71,7 +71,10 @@ class KVCache:
         in place) on any device; block_tables [B, W] int32 and seq_lens [B] int32 (the new token
         included) on the pool's device.
         """
-        job = self.decode_job(layer, q, block_tables, seq_lens, scale, k_new, v_new, out)
+        if not self.use_rust_decode:  # run now: no copy of the inputs
+            self._torch_decode(layer, q, block_tables, seq_lens, scale, k_new, v_new, out)
+            return
+        job = self._job(layer, q, block_tables, seq_lens, scale, k_new, v_new, out, fresh=False)
         job.run()
         job.finish()
 
@@ -92,23 +95,35 @@ class KVCache:
         rust_cpuattn releases the GIL), then `finish()` on the calling thread. Until finish,
         nobody may read `out`."""
         if not self.use_rust_decode:
-            positions = seq_lens.long() - 1
-            blocks = block_tables.long().gather(1, (positions // self.block_size).unsqueeze(1)).squeeze(1)
             q, k_new, v_new = q.clone(), k_new.clone(), v_new.clone()
+            return DecodeJob(lambda: self._torch_decode(layer, q, block_tables, seq_lens, scale, k_new, v_new, out))
+        return self._job(layer, q, block_tables, seq_lens, scale, k_new, v_new, out, fresh=True)
 
-            def run_torch() -> None:
-                self.store(layer, k_new, v_new, blocks, positions % self.block_size)
-                if self.kernels is None:
-                    out.copy_(decode_attention(self, layer, q, block_tables, seq_lens, scale))
-                else:
-                    self.kernels[0](q, self.k[layer], self.v[layer], block_tables, seq_lens, scale, out)
+    def _torch_decode(
+        self, layer: int, q: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+        k_new: torch.Tensor, v_new: torch.Tensor, out: torch.Tensor,
+    ) -> None:
+        """`decode` through torch and the device kernels (a CUDA pool) or the reference."""
+        positions = seq_lens.long() - 1
+        blocks = block_tables.long().gather(1, (positions // self.block_size).unsqueeze(1)).squeeze(1)
+        self.store(layer, k_new, v_new, blocks, positions % self.block_size)
+        if self.kernels is None:
+            out.copy_(decode_attention(self, layer, q, block_tables, seq_lens, scale))
+        else:
+            self.kernels[0](q, self.k[layer], self.v[layer], block_tables, seq_lens, scale, out)
 
-            return DecodeJob(run_torch)
+    def _job(
+        self, layer: int, q: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+        k_new: torch.Tensor, v_new: torch.Tensor, out: torch.Tensor, fresh: bool,
+    ) -> "DecodeJob":
+        """A rust_cpuattn job; fresh: its inputs in tensors of their own (else views of the
+        caller's where their layout already fits: only for a job run at once)."""
         if q.device.type == "cuda":
             return self._staged_decode_job(layer, q, block_tables, seq_lens, scale, k_new, v_new, out)
+        stage = _fresh if fresh else _fitting
         staged = out if out.device == self.device else torch.empty(out.shape, dtype=torch.float32)
         args = (
-            _fresh(q, self.device, torch.float32),
+            stage(q, self.device, torch.float32),
             self.k,
             self.v,
             block_tables,
@@ -117,7 +132,7 @@ class KVCache:
             layer,
             scale,
         )
-        k_staged, v_staged = _fresh(k_new, self.device, self.k.dtype), _fresh(v_new, self.device, self.v.dtype)
+        k_staged, v_staged = stage(k_new, self.device, self.k.dtype), stage(v_new, self.device, self.v.dtype)
 
         def run_rust() -> None:
             rust_cpuattn.paged_decode_attention(*args, out=staged, k_new=k_staged, v_new=v_staged)
@@ -201,6 +216,11 @@ def _fresh(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.T
     """x on device in dtype, contiguous, in a tensor of its own (never a view of x)."""
     y = x.to(device, dtype).contiguous()
     return y.clone() if y.data_ptr() == x.data_ptr() else y
+
+
+def _fitting(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """x on device in dtype, contiguous (x itself when it already is)."""
+    return x.to(device, dtype).contiguous()
 
 
 def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int, scale: float) -> torch.Tensor:
