@@ -21,21 +21,31 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def configure_threads(device: torch.device, device_threads: int | None, host_threads: int | None) -> tuple[int, int]:
-    """Size torch's intra-op pool (CPU device only) and rust_cpuattn's pool; returns both sizes.
+    """Size torch's intra-op pool and rust_cpuattn's pool; returns both sizes.
 
     Default kernel threads: 1 on the CPU device, where the kernel runs between torch's ops on
     the calling thread while torch's OpenMP workers still spin-wait on the other cores (a
     second kernel thread fights them: measured slower at 500-token contexts); with a CUDA
-    device, every core.
+    device, every core but one, which the launching thread keeps (it runs the host job's
+    hand-offs and launches the next layer's kernels while the kernel's team works), and torch's
+    CPU ops (index tensors on the launching thread) one thread, so that no OpenMP worker spins
+    on the team's cores.
     """
     cores = len(os.sched_getaffinity(0))
     if device.type == "cpu":
         torch.set_num_threads(max(1, device_threads or cores))
+    else:
+        torch.set_num_threads(max(1, device_threads or 1))
     num_torch = torch.get_num_threads()
     if rust_cpuattn is None:
         return num_torch, 0
-    rust_cpuattn.set_num_threads(host_threads or (1 if device.type == "cpu" else cores))
+    rust_cpuattn.set_num_threads(host_threads or default_host_threads(device, cores))
     return num_torch, rust_cpuattn.get_num_threads()
+
+
+def default_host_threads(device: torch.device, cores: int) -> int:
+    """rust_cpuattn's team when `host_threads` is not set (see `configure_threads`)."""
+    return 1 if device.type == "cpu" else max(1, cores - 1)
 
 
 def pipelined_device_threads(device: torch.device, device_threads: int | None, num_host_threads: int) -> int | None:
