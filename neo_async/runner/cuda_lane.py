@@ -72,8 +72,10 @@ PrefillFn = Callable[..., None]
 def attention_kernels(device: torch.device) -> tuple[DecodeFn, PrefillFn] | None:
     """(paged decode, paged prefill) for pools on `device`, or None for the torch reference.
 
-    FlashInfer's decode when it imports and was not ruled out, else Triton's; prefill over
-    cached blocks always Triton's. Logged once per pool, so a fallback is never silent.
+    FlashInfer's decode when it imports and was not ruled out, else Triton's; FlashInfer's
+    first call is checked against Triton's (`kernels/checked.py`), which takes over for good
+    if it fails or differs. Prefill over cached blocks always Triton's. Logged once per pool,
+    so a fallback is never silent.
     """
     if device.type != "cuda":
         return None
@@ -90,11 +92,19 @@ def attention_kernels(device: torch.device) -> tuple[DecodeFn, PrefillFn] | None
     backend = "triton"
     if choice in ("", "flashinfer"):
         from neo_async.kernels import flashinfer_decode
+        from neo_async.kernels.checked import CheckedDecode
 
         reason = flashinfer_decode.unavailable_reason(device)
         if reason is None:
-            decode, backend = flashinfer_decode.FlashInferDecode(device), "flashinfer"
-        elif choice == "flashinfer":
+            try:
+                flashinfer = flashinfer_decode.FlashInferDecode(device)
+            except Exception as exc:  # a build that imports but does not set up on this GPU
+                reason = f"{type(exc).__name__}: {exc}"
+                log.warning("cuda_attention_fallback", backend="triton", reason=reason)
+                choice = "triton"
+            else:  # checked against Triton on its first call, Triton for good if it fails
+                decode, backend = CheckedDecode(flashinfer, paged_decode, "flashinfer", "triton"), "flashinfer"
+        if reason is not None and choice == "flashinfer":
             log.warning("cuda_attention_fallback", backend="triton", reason=reason)
     log.info("cuda_attention", decode=backend, prefill="triton", fresh_prefill="sdpa")
     return decode, paged_prefill
