@@ -10,12 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lm_eval  # noqa: F401 - the harness under test (a test extra)
 import pytest
 
 from neo_async.model.registry import default_model_path
 from tests.server_fixtures import ServerProcess
-
-pytest.importorskip("lm_eval")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

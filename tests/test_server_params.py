@@ -39,9 +39,9 @@ def test_max_tokens_errors(requested, num_prompt, param, code):
 
 def test_sampling_params_take_openai_defaults_and_given_values():
     req = CompletionRequest(prompt="x", temperature=0.5, stop="END", seed=3, ignore_eos=True)
-    p = sampling_params(req, 7, 2, "logprobs")
+    p = sampling_params(req, 7, 2, "logprobs", 100)
     assert (p.max_tokens, p.temperature, p.top_p, p.stop, p.seed, p.ignore_eos, p.logprobs) == (7, 0.5, 1.0, ("END",), 3, True, 2)
-    assert sampling_params(CompletionRequest(prompt="x"), 1, None, "logprobs").temperature == 1.0
+    assert sampling_params(CompletionRequest(prompt="x"), 1, None, "logprobs", 100).temperature == 1.0
 
 
 @pytest.mark.parametrize(
@@ -56,16 +56,16 @@ def test_sampling_params_take_openai_defaults_and_given_values():
 )
 def test_out_of_range_values_name_the_request_field(fields, logprobs, param):
     with pytest.raises(APIError) as info:
-        sampling_params(ChatCompletionRequest(messages=[], **fields), 4, logprobs, "top_logprobs")
+        sampling_params(ChatCompletionRequest(messages=[], **fields), 4, logprobs, "top_logprobs", 100)
     assert (info.value.status, info.value.param) == (400, param)
 
 
 def test_fan_out_is_prompt_major_with_seed_per_sample():
-    p = sampling_params(CompletionRequest(prompt="x", seed=100), 4, None, "logprobs")
+    p = sampling_params(CompletionRequest(prompt="x", seed=100), 4, None, "logprobs", 100)
     specs = fan_out([[1], [2, 3]], p, 3)
     assert [ids for ids, _ in specs] == [[1], [1], [1], [2, 3], [2, 3], [2, 3]]
     assert [sp.seed for _, sp in specs] == [100, 101, 102, 100, 101, 102]
-    unseeded = fan_out([[1]], sampling_params(CompletionRequest(prompt="x"), 4, None, "logprobs"), 2)
+    unseeded = fan_out([[1]], sampling_params(CompletionRequest(prompt="x"), 4, None, "logprobs", 100), 2)
     assert [sp.seed for _, sp in unseeded] == [None, None]
 
 
