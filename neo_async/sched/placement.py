@@ -58,24 +58,26 @@ class Placement:
             parts.append(f"host pool {self._capacity(self.host_pool)} tokens")
         return ", ".join(parts)
 
-    def place(self, request: Request, num_tokens: int, is_host_round: bool) -> KVLocation | None:
-        """Where a waiting request starts, given the tokens its first chunk needs; None = wait."""
-        rid = request.request_id
+    def place(self, request: Request, is_host_round: bool, hits: dict[KVLocation, list[int]] | None = None) -> KVLocation | None:
+        """Where a waiting request starts; None = wait. `hits`: the cached blocks it would reuse
+        in each pool, which it needs no new block for."""
+        hits = hits or {}
+        device_hit, host_hit = hits.get(KVLocation.DEVICE, []), hits.get(KVLocation.HOST, [])
         if self.offload == "off":
-            fits = self._fits_whole(self.device_pool, request, reserve=self._num_owners(self.device_pool))
+            fits = self._fits_whole(self.device_pool, request, self._num_owners(self.device_pool), device_hit)
             return KVLocation.DEVICE if fits else None
         if self.offload == "full":
-            return KVLocation.HOST if self._fits_whole(self.host_pool, request, reserve=0) else None
-        if not is_host_round and self._fits_whole(self.device_pool, request, reserve=self._num_owners(self.device_pool)):
+            return KVLocation.HOST if self._fits_whole(self.host_pool, request, 0, host_hit) else None
+        if not is_host_round and self._fits_whole(self.device_pool, request, self._num_owners(self.device_pool), device_hit):
             return KVLocation.DEVICE
-        if self._fits_whole(self.host_pool, request, reserve=self._num_owners(self.host_pool)):
+        if self._fits_whole(self.host_pool, request, self._num_owners(self.host_pool), host_hit):
             return KVLocation.HOST
         return None
 
-    def _fits_whole(self, pool: BlockPool, request: Request, reserve: int) -> bool:
+    def _fits_whole(self, pool: BlockPool, request: Request, reserve: int, hit: list[int]) -> bool:
         if request.max_total_tokens > self._capacity(pool):
             return False
-        return pool.blocks_for_tokens(request.num_tokens) + reserve <= pool.num_free
+        return pool.num_blocks_to_hold(request.num_tokens, hit) + reserve <= pool.num_free
 
     @staticmethod
     def _num_owners(pool: BlockPool) -> int:

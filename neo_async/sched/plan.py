@@ -98,6 +98,7 @@ class Plan:
     # Two sub-batches overlapped per layer (chunks' sub_batch); both non-empty when set
     is_pipelined: bool = False
     deferred_ids: list[str] = field(default_factory=list)  # host decodes left out this iteration
+    num_demoted_blocks: int = 0  # cached device blocks copied to the host pool within swap_out
     predicted_s: float | None = None  # the cost model's time for this plan, when there is one
 
     @property

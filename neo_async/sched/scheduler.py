@@ -13,6 +13,12 @@ KV lives in exactly one pool, and its decode attention runs where its KV is.
    their KV fits (see `placement.py`); the queue never skips its head, and preempted requests
    rejoin at its head.
 
+Prefix caching (when the pools have it on): a request admitted reuses the longest chain of
+cached full blocks of its tokens in the pool it is placed in (a host-placed request reads host
+blocks where they lie: no copy), and its prefill starts after them (one token at least is
+computed); full blocks are cached as their K/V get computed. A cached device block evicted for
+room is demoted to a free host block (copied with the swap-outs) when the host pool has one.
+
 Offload modes: "off" (device only, recompute preemption: the baseline), "neo" (both pools,
 placement decided every iteration), "full" (every request on the host; the device runs the
 linear layers and prefill attention only).
@@ -38,6 +44,7 @@ from neo_async.sched.plan import ExecuteOutput, KVLocation, Plan, ScheduledChunk
 from neo_async.sched.request import Request, RequestStatus
 
 DEVICE, HOST = KVLocation.DEVICE, KVLocation.HOST
+DEMOTING = "\0demoting"  # holds the host blocks demoted this iteration until the plan is built
 
 
 class Scheduler:
@@ -63,6 +70,9 @@ class Scheduler:
         self.num_preemptions_total = 0
         self.num_swapped_out_total = 0
         self.num_swapped_in_total = 0
+        self.num_prefix_query_tokens_total = 0  # prompt tokens looked up in the prefix cache
+        self.num_prefix_hit_tokens_total = {DEVICE: 0, HOST: 0}  # of those, found cached, by pool
+        self.num_demoted_blocks_total = 0
         # (request id, src block, dst block) of this iteration's swaps, until the plan is built
         self._out_pairs: list[tuple[str, int, int]] = []
         self._in_pairs: list[tuple[str, int, int]] = []
@@ -102,6 +112,7 @@ class Scheduler:
         plan = Plan()
         self._out_pairs, self._in_pairs = [], []
         self._swap_in(plan)
+        self.device_pool.take_evictions()  # a swap-in's destination: never demoted (copy order)
         budget = self.config.max_num_batched_tokens
         prefill_budget = self._prefill_budget(budget)
         index = 0
@@ -117,8 +128,10 @@ class Scheduler:
             budget -= num_new
             index += 1
         self._admit(plan, min(budget, max(0, prefill_budget)))
+        self._demote(plan)
         plan.swap_out = coalesce([s for _, s, _ in self._out_pairs], [d for _, _, d in self._out_pairs])
         plan.swap_in = coalesce([s for _, s, _ in self._in_pairs], [d for _, _, d in self._in_pairs])
+        self.host_pool.free(DEMOTING)
         self._shape(plan)
         return plan
 
@@ -128,8 +141,8 @@ class Scheduler:
         steady = self._steady_load() if self.policy is not None else None
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
-            num_new = min(request.num_uncomputed_tokens, budget)
-            location = self.placement.place(request, request.num_computed_tokens + num_new, is_host_round)
+            hits = self._prefix_hits(request)
+            location = self.placement.place(request, is_host_round, hits)
             if location is None:
                 break
             if location is HOST and steady is not None:
@@ -137,13 +150,42 @@ class Scheduler:
                     break  # predicted to slow the steady state: wait for the device
                 steady.add_decode(request.num_tokens, is_host=True)
             is_host_round = is_host_round or location is HOST
-            self.pools[location].grow(request.request_id, request.num_computed_tokens + num_new)
+            pool = self.pools[location]
+            if pool.enable_caching and request.params.prompt_logprobs is None:
+                self.num_prefix_query_tokens_total += request.num_tokens
+                self.num_prefix_hit_tokens_total[location] += len(hits[location]) * pool.block_size
+            pool.take_prefix(request.request_id, hits[location])
+            request.num_computed_tokens = len(hits[location]) * pool.block_size
+            num_new = min(request.num_uncomputed_tokens, budget)
+            pool.grow(request.request_id, request.num_computed_tokens + num_new)
             self.waiting.popleft()
             request.status = RequestStatus.RUNNING
             request.location = location
             self.running.append(request)
             plan.chunks.append(self._chunk(request, num_new))
             budget -= num_new
+
+    def _prefix_hits(self, request: Request) -> dict[KVLocation, list[int]]:
+        """The cached blocks a waiting request would reuse in each pool: never its last token
+        (one is always computed), none when it asks for prompt logprobs (every prompt token
+        must be scored)."""
+        if request.params.prompt_logprobs is not None:
+            return {DEVICE: [], HOST: []}
+        max_blocks = (request.num_tokens - 1) // self.device_pool.block_size
+        return {location: pool.match(request.token_ids, max_blocks) for location, pool in self.pools.items()}
+
+    def _demote(self, plan: Plan) -> None:
+        """Copy the cached device blocks evicted this iteration to free host blocks (neo only).
+        The copies run with the swap-outs, before any chunk writes the evicted blocks."""
+        evicted = self.device_pool.take_evictions()
+        if self.placement.offload != "neo" or not self.host_pool.enable_caching:
+            return
+        for key, block in evicted:
+            host_block = self.host_pool.adopt(DEMOTING, key)
+            if host_block is not None:
+                self._out_pairs.append((DEMOTING, block, host_block))
+                self.num_demoted_blocks_total += 1
+                plan.num_demoted_blocks += 1
 
     def _shape(self, plan: Plan) -> None:
         """Mode, sub-batches and deferred host decodes: the policy's choice with a cost model;
@@ -220,10 +262,15 @@ class Scheduler:
         return None
 
     def _move(self, request: Request, src: KVLocation, dst: KVLocation, pairs: list[tuple[str, int, int]]) -> None:
+        """Copy the request's blocks to the other pool; its computed full blocks already cached
+        there are shared instead of copied."""
         src_ids = list(self.pools[src].block_ids(request.request_id))
-        dst_ids = self.pools[dst].grow(request.request_id, len(src_ids) * self.device_pool.block_size)
+        dst_pool = self.pools[dst]
+        hit = dst_pool.match(request.token_ids, request.num_computed_tokens // dst_pool.block_size)
+        dst_pool.take_prefix(request.request_id, hit)
+        dst_ids = dst_pool.grow(request.request_id, len(src_ids) * dst_pool.block_size)
         self.pools[src].free(request.request_id)
-        pairs.extend((request.request_id, s, d) for s, d in zip(src_ids, dst_ids))
+        pairs.extend((request.request_id, s, d) for s, d in zip(src_ids[len(hit) :], dst_ids))
         request.location = dst
 
     def _preempt(self, request: Request, plan: Plan) -> None:
@@ -270,6 +317,8 @@ class Scheduler:
             if request is None or request.status is not RequestStatus.RUNNING:
                 continue
             request.num_computed_tokens = chunk.seq_len
+            if request.location is not None:
+                self.pools[request.location].commit(request.request_id, request.token_ids, request.num_computed_tokens)
             token = output.sampled_token_ids.get(chunk.request_id)
             if token is not None:
                 request.token_ids.append(token)
@@ -303,6 +352,10 @@ class Scheduler:
             held = len(self.pools[request.location].block_ids(request.request_id))
             needed = self.device_pool.blocks_for_tokens(request.num_computed_tokens)
             assert held >= needed, f"{request.request_id} holds {held} blocks for {request.num_computed_tokens} tokens"
+            pool = self.pools[request.location]
+            first_written = request.num_computed_tokens // pool.block_size
+            for block in pool.block_ids(request.request_id)[first_written:]:
+                assert pool.is_private(block), f"{request.request_id} will write block {block}, which is shared or cached"
         for request in self.waiting:
             assert request.location is None and request.num_computed_tokens == 0, f"waiting {request.request_id} holds KV"
         known = {r.request_id for r in self.running} | {r.request_id for r in self.waiting}
