@@ -2,12 +2,15 @@
 
 Optional (`flashinfer-python`); only a GPU ever takes this path. A plan is made once per
 step: the executor passes the same block_tables tensor to every layer of a step, so the plan
-is keyed by that tensor (one host synchronisation per step, for the page counts).
+is keyed by that tensor. The plan reads the tables' and lengths' host copies (`host_values`:
+the batch made them on the host), so planning never waits for the device.
 """
 
 from __future__ import annotations
 
 import torch
+
+from neo_async.kernels.host_values import host_values
 
 WORKSPACE_BYTES = 128 << 20
 
@@ -53,16 +56,25 @@ class FlashInferDecode:
 
     def _plan(self, q: torch.Tensor, k_cache: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float) -> None:
         _, num_kv_heads, block_size, head_dim = k_cache.shape
-        lens = seq_lens.cpu().long()
-        num_pages = (lens + block_size - 1) // block_size
-        tables = block_tables.cpu()
-        indices = torch.cat([tables[b, : int(n)] for b, n in enumerate(num_pages)]).int()
-        indptr = torch.zeros(len(lens) + 1, dtype=torch.int32)
-        indptr[1:] = num_pages.cumsum(0)
-        last_page_len = (lens - (num_pages - 1) * block_size).int()
-        device = k_cache.device
+        inputs = plan_inputs(host_values(block_tables), host_values(seq_lens), block_size)
+        indptr, indices, last_page_len = (x.pin_memory() for x in inputs)  # copied over without a sync
         self.wrapper.plan(
-            indptr.to(device), indices.to(device), last_page_len.to(device),
+            indptr, indices, last_page_len,
             q.shape[1], num_kv_heads, head_dim, block_size,
             q_data_type=k_cache.dtype, kv_data_type=k_cache.dtype, sm_scale=scale,
         )
+
+
+def plan_inputs(
+    block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FlashInfer's paged-KV description of a batch from host tensors: indptr [B + 1], indices
+    [sum of pages] (each request's used pages, in order) and last_page_len [B], all int32."""
+    lens = seq_lens.long()
+    num_pages = (lens + block_size - 1) // block_size  # [B]
+    used = torch.arange(block_tables.shape[1]).view(1, -1) < num_pages.view(-1, 1)  # [B, W]
+    indices = block_tables[used].int()  # row-major: request by request
+    indptr = torch.zeros(len(lens) + 1, dtype=torch.int32)
+    indptr[1:] = num_pages.cumsum(0)
+    last_page_len = (lens - (num_pages - 1) * block_size).int()
+    return indptr, indices, last_page_len

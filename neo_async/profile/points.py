@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from neo_async.kernels.host_values import to_device
 from neo_async.kv.swap import LayerCopy
 from neo_async.profile.scratch import device_threads
 from neo_async.profile.timing import Bench, Timer
@@ -254,4 +255,4 @@ def decode_tables(
             k += 1
         row.append(ids[r] if own else ids[r % len(ids)])
         tables.append(row)
-    return pad_block_tables(tables, device), torch.full((num_requests,), length, dtype=torch.int32, device=device)
+    return pad_block_tables(tables, device), to_device(torch.full((num_requests,), length, dtype=torch.int32), device)

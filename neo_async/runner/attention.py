@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 
+from neo_async.kernels.host_values import to_device
 from neo_async.kv.host_memory import host_tensor
 from neo_async.native import rust_cpuattn
 from neo_async.runner import cuda_lane
@@ -281,7 +282,7 @@ def decode_attention(
 def pad_block_tables(tables: list[list[int]], device: torch.device) -> torch.Tensor:
     width = max(len(t) for t in tables)
     padded = [t + [t[0]] * (width - len(t)) for t in tables]
-    return torch.tensor(padded, dtype=torch.int32, device=device)
+    return to_device(torch.tensor(padded, dtype=torch.int32), device)
 
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from neo_async.kernels.host_values import to_device
 from neo_async.runner.attention import pad_block_tables
 from neo_async.sched.plan import KVLocation, ScheduledChunk
 
@@ -89,7 +90,7 @@ class BatchTensors:
             end = len(token_ids)
             if is_decode:
                 tables = [c.block_ids[: -(-c.seq_len // block_size)] for c in group]
-                seq_lens = torch.tensor([c.seq_len for c in group], dtype=torch.int32, device=pool_device)
+                seq_lens = to_device(torch.tensor([c.seq_len for c in group], dtype=torch.int32), pool_device)
                 self.decodes.append(DecodeGroup(location, start, end, pad_block_tables(tables, pool_device), seq_lens))
             else:
                 blocks = torch.tensor(slot_blocks, dtype=torch.long, device=pool_device)
