@@ -66,6 +66,8 @@ class CacheConfig:
     device_memory_fraction: float = 0.9  # share of free device memory for device_kv_tokens="auto"
     host_memory_fraction: float = 0.4  # share of available RAM for host_kv_tokens="auto"
     host_kv_auto_max_gib: float = 1.0  # bounds an "auto" host pool (it is touched at start-up)
+    # reuse the K/V of cached full blocks of earlier prompts, in both pools (a host hit is read in place)
+    enable_prefix_caching: bool = False
 
     def validate(self) -> None:
         if self.block_size < 1 or self.block_size % 8:

@@ -61,14 +61,14 @@ class Engine:
         kv_shape = (self.spec.num_layers, self.spec.num_kv_heads, block_size, self.spec.head_dim)
         num_blocks = self._num_device_blocks(dtype.itemsize)
         self.cache = KVCache(kv_shape[0], num_blocks, *kv_shape[1:], dtype, self.device)
-        self.device_pool = BlockPool(num_blocks, block_size, "device")
+        self.device_pool = BlockPool(num_blocks, block_size, "device", cache_cfg.enable_prefix_caching)
         num_host_blocks = self._num_host_blocks(dtype.itemsize)
         self.host_cache = None
         if num_host_blocks:
             cpu = torch.device("cpu")
             pin = self.device.type == "cuda"
             self.host_cache = KVCache(kv_shape[0], num_host_blocks, *kv_shape[1:], dtype, cpu, pin_for_cuda=pin)
-        self.host_pool = BlockPool(num_host_blocks, block_size, "host")
+        self.host_pool = BlockPool(num_host_blocks, block_size, "host", cache_cfg.enable_prefix_caching)
         self.sampler = Sampler(self.spec.vocab_size, self.spec.eos_token_ids, self.device)
         self.executor = Executor(self.model, self.cache, self.sampler, self.host_cache)
         self.executor.pipelined_device_threads = pipelined_device_threads(
@@ -324,6 +324,9 @@ class Engine:
             num_preemptions_total=self.scheduler.num_preemptions_total,
             num_swapped_out_total=self.scheduler.num_swapped_out_total,
             num_swapped_in_total=self.scheduler.num_swapped_in_total,
+            num_prefix_query_tokens_total=self.scheduler.num_prefix_query_tokens_total,
+            num_prefix_hit_tokens_total={k.value: v for k, v in self.scheduler.num_prefix_hit_tokens_total.items()},
+            num_demoted_blocks_total=self.scheduler.num_demoted_blocks_total,
             num_swap_out_bytes_total=self.num_swap_bytes_total["out"],
             num_swap_in_bytes_total=self.num_swap_bytes_total["in"],
             num_host_prefill_tokens_total=self.num_host_prefill_tokens_total,

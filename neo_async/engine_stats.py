@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,14 @@ class EngineStats:
     num_pipelined_iterations_total: int = 0  # iterations run as two overlapped sub-batches
     num_deferred_total: int = 0  # host decodes left out of an iteration by the policy
     schedule_seconds_total: float = 0.0  # time spent planning iterations
+    num_prefix_query_tokens_total: int = 0  # prompt tokens looked up in the prefix cache
+    # of those, found cached (not computed), by pool: "device", "host"
+    num_prefix_hit_tokens_total: dict[str, int] = field(default_factory=lambda: {"device": 0, "host": 0})
+    num_demoted_blocks_total: int = 0  # cached device blocks copied to the host pool when evicted
+
+    @property
+    def num_prefix_hits_total(self) -> int:
+        return sum(self.num_prefix_hit_tokens_total.values())
 
     @property
     def device_kv_usage(self) -> float:

@@ -95,3 +95,11 @@ def test_flags_show_each_fields_comment_as_help():
     text = parser.format_help()
     assert "running requests per iteration (default: 64)" in " ".join(text.split())
     assert "predictions corrected online" in " ".join(text.split())
+
+
+def test_prefix_caching_flags():
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    assert config_from_args(parser.parse_args(["--enable-prefix-caching"])).cache.enable_prefix_caching is True
+    assert config_from_args(parser.parse_args(["--no-enable-prefix-caching"])).cache.enable_prefix_caching is False
+    assert config_from_args(parser.parse_args([])).cache.enable_prefix_caching is Config().cache.enable_prefix_caching

@@ -93,3 +93,18 @@ def test_two_apps_have_separate_registries():
     a.on_rejected("engine_overloaded")
     assert samples(a)[("neo:requests_rejected_total", (("code", "engine_overloaded"),))] == 1
     assert ("neo:requests_rejected_total", (("code", "engine_overloaded"),)) not in samples(b)
+
+
+def test_prefix_cache_queries_hits_and_hits_by_pool():
+    stats = EngineStats(
+        1, 0, 100, 10, 400, 20, 1, 0, 3000, 50, 9,
+        num_prefix_query_tokens_total=3000,
+        num_prefix_hit_tokens_total={"device": 512, "host": 1024},
+        num_demoted_blocks_total=6,
+    )
+    s = samples(ServerMetrics("m", lambda: stats))
+    assert s[("vllm:prefix_cache_queries_total", ())] == 3000
+    assert s[("vllm:prefix_cache_hits_total", ())] == 1536
+    assert s[("neo:prefix_cache_hits_total", (("location", "device"),))] == 512
+    assert s[("neo:prefix_cache_hits_total", (("location", "host"),))] == 1024
+    assert s[("neo:prefix_cache_demotions_total", ())] == 6

@@ -44,6 +44,9 @@ ENGINE_COUNTERS: list[tuple[str, str, Callable[[EngineStats], float]]] = [
     ("vllm:num_preemptions", "Requests preempted (KV freed, recomputed later).", lambda s: s.num_preemptions_total),
     ("neo:preemptions", "Requests preempted (KV freed, recomputed later).", lambda s: s.num_preemptions_total),
     ("neo:iterations", "Engine iterations run.", lambda s: s.num_iterations_total),
+    ("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", lambda s: s.num_prefix_query_tokens_total),
+    ("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache (not computed).", lambda s: s.num_prefix_hits_total),
+    ("neo:prefix_cache_demotions", "Cached device KV blocks copied to the host pool when evicted.", lambda s: s.num_demoted_blocks_total),
 ]
 
 ITERATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
@@ -112,6 +115,12 @@ class _EngineCollector:
             total.add_metric([self._model_name, location], float(num_total(s)))
         yield used
         yield total
+        hits = CounterMetricFamily(
+            "neo:prefix_cache_hits", "Prompt tokens found in the prefix cache, by the pool that held them (a host hit is read in place).", labels=["model_name", "location"]
+        )
+        for location in ("device", "host"):
+            hits.add_metric([self._model_name, location], float(s.num_prefix_hit_tokens_total.get(location, 0)))
+        yield hits
         for name, doc, value in ENGINE_COUNTERS:
             counter = CounterMetricFamily(name, doc, labels=["model_name"])
             counter.add_metric(label, float(value(s)))
