@@ -52,8 +52,8 @@ def _engine(path, caching: bool, **overrides) -> Engine:
     return Engine(Config().override(**{**base, **overrides, "enable_prefix_caching": caching}))
 
 
-def _run(engine: Engine) -> dict[str, list[int]]:
-    arrivals, aborts = _workload()
+def _run(engine: Engine, workload=None) -> dict[str, list[int]]:
+    arrivals, aborts = workload or _workload()
     params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
     requests = {}
     step = 0
@@ -108,3 +108,21 @@ def test_full_offload_hits_the_host_pool_in_place(checkpoint, reference):
     assert stats.num_swap_out_bytes_total == 0 and stats.num_swap_in_bytes_total == 0  # read where they lie
     # the hits are prompt tokens the host did not prefill (the aborted request's tail neither)
     assert stats.num_host_prefill_tokens_total + stats.num_prefix_hits_total <= stats.num_prefix_query_tokens_total
+
+
+def test_demoted_blocks_are_hit_on_the_host_after_their_device_copies_are_evicted(checkpoint):
+    rng = random.Random(7)
+    prefix = [rng.randrange(3, 320) for _ in range(40)]
+    workload = (
+        [
+            (0, "a", prefix + [5]),  # on the device: two full blocks cached when it finishes
+            (12, "b", [rng.randrange(3, 320) for _ in range(119)]),  # takes every device block
+            (19, "c", prefix + [9, 9]),  # the device is busy with b: on the host, hits the demoted copies
+        ],
+        {},
+    )
+    reference = _run(_engine(checkpoint, caching=False, offload="off", device_kv_tokens=4096), workload)
+    engine = _engine(checkpoint, caching=True, offload="neo", device_kv_tokens=128, host_kv_tokens=4096)
+    assert _run(engine, workload) == reference
+    stats = engine.stats()
+    assert stats.num_demoted_blocks_total >= 2 and stats.num_prefix_hit_tokens_total == {"device": 0, "host": 32}
