@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--fixed-output-len", "--sharegpt-output-len", dest="fixed_output_len", type=int, default=None)
     data.add_argument("--burstgpt-model", default=None, help="keep only this model's BurstGPT rows")
     data.add_argument("--mooncake-block-size", type=int, default=512, help="tokens per Mooncake hash id")
+    data.add_argument("--prefix-repetition-prefix-len", dest="prefix_len", type=int, default=256, help="tokens per shared prefix")
+    data.add_argument("--prefix-repetition-suffix-len", dest="suffix_len", type=int, default=256, help="unique tokens after it")
+    data.add_argument("--prefix-repetition-num-prefixes", dest="num_prefixes", type=int, default=10, help="distinct prefixes")
 
     load = p.add_argument_group("arrivals")
     load.add_argument("--request-rate", type=float, default=math.inf, help="requests/s; inf = all at once")
@@ -154,6 +157,9 @@ def dataset_options(args: argparse.Namespace) -> DatasetOptions:
         trace_start_s=args.trace_start,
         trace_duration_s=args.trace_duration,
         burstgpt_model=args.burstgpt_model,
+        prefix_len=args.prefix_len,
+        suffix_len=args.suffix_len,
+        num_prefixes=args.num_prefixes,
     )
 
 

@@ -94,8 +94,11 @@ class PromptBuilder:
         log.debug("prompt_pool", num_ids=len(self.pool), is_additive=self.is_additive)
 
     def token_ids(self, spec: RequestSpec, index: int) -> list[int]:
-        """[prompt_len] ids: one random block per hash id (shared across requests), then random."""
+        """[prompt_len] ids: the shared prefix (prefix_id), one random block per hash id (both
+        shared across requests), then random."""
         ids: list[int] = []
+        if spec.prefix_id is not None:
+            ids.extend(np.random.default_rng([self.seed, 3, spec.prefix_id]).choice(self.pool, spec.prefix_len).tolist())
         for hash_id in spec.hash_ids:
             if len(ids) >= spec.prompt_len:
                 break

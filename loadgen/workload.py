@@ -16,3 +16,6 @@ class RequestSpec(msgspec.Struct, frozen=True):
     timestamp_s: float | None = None  # arrival in the trace, seconds after the trace's first row
     prompt_text: str | None = None  # real prompt text (ShareGPT); None: built to prompt_len
     hash_ids: tuple[int, ...] = ()  # Mooncake block hashes: equal hash, equal block of tokens
+    # the prompt's first prefix_len tokens are shared prefix number prefix_id (prefix_repetition)
+    prefix_id: int | None = None
+    prefix_len: int = 0

@@ -232,3 +232,15 @@ def test_unknown_dataset_and_missing_path():
         load_dataset("azure", None, DatasetOptions())
     with pytest.raises(ValueError, match="timestamps"):
         load_dataset("lengths", FIXTURES / "lengths_small.json", DatasetOptions(trace_duration_s=1.0))
+
+
+def test_prefix_repetition_groups_lengths_and_seed():
+    options = DatasetOptions(num_prompts=24, seed=3, prefix_len=64, suffix_len=16, num_prefixes=4, output_len=8)
+    specs = load_dataset("prefix_repetition", None, options)
+    assert lens(specs) == [(80, 8)] * 24
+    assert {s.prefix_len for s in specs} == {64}
+    assert sorted(s.prefix_id for s in specs) == sorted(list(range(4)) * 6)  # each prefix in turn
+    assert [s.prefix_id for s in specs] != [i % 4 for i in range(24)]  # then shuffled
+    assert specs == load_dataset("prefix_repetition", None, options)
+    with pytest.raises(ValueError, match="num_prefixes"):
+        load_dataset("prefix_repetition", None, DatasetOptions(num_prefixes=0))

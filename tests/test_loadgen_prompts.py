@@ -88,6 +88,21 @@ def test_mooncake_blocks_share_prefixes(tokenizer):
     assert tokenizer.encode(ta.prompt)[:16] == tokenizer.encode(tb.prompt)[:16]
 
 
+def test_prefix_repetition_prompts_share_their_group_prefix(tokenizer):
+    builder = PromptBuilder(tokenizer, "ids", seed=0)
+    a = builder.build(RequestSpec(30, 1, prefix_id=1, prefix_len=24), 0).prompt
+    b = builder.build(RequestSpec(30, 1, prefix_id=1, prefix_len=24), 1).prompt
+    c = builder.build(RequestSpec(30, 1, prefix_id=2, prefix_len=24), 2).prompt
+    assert len(a) == len(b) == len(c) == 30
+    assert a[:24] == b[:24] and a[24:] != b[24:]  # one prefix, own suffixes
+    assert a[:24] != c[:24]
+    text = PromptBuilder(tokenizer, "text", seed=0)
+    ta = text.build(RequestSpec(30, 1, prefix_id=1, prefix_len=24), 0)
+    tb = text.build(RequestSpec(30, 1, prefix_id=1, prefix_len=24), 1)
+    assert ta.prompt_len == tb.prompt_len == 30
+    assert tokenizer.encode(ta.prompt)[:24] == tokenizer.encode(tb.prompt)[:24]
+
+
 def test_real_text_prompts(tokenizer):
     text = "what is the model cache"
     builder = PromptBuilder(tokenizer, "ids")

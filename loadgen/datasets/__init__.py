@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from loadgen.datasets import azure, burstgpt, lengths, mooncake, sharegpt, synthetic
+from loadgen.datasets import azure, burstgpt, lengths, mooncake, prefix_repetition, sharegpt, synthetic
 from loadgen.datasets.select import DatasetOptions
 from loadgen.workload import RequestSpec
 
@@ -16,6 +16,7 @@ LOADERS = {
     "burstgpt": burstgpt.load,
     "mooncake": mooncake.load,
     "synthetic": synthetic.load,
+    "prefix_repetition": prefix_repetition.load,
 }
 DATASET_NAMES = tuple(LOADERS)
 NEEDS_TOKENIZER = frozenset({"sharegpt"})
@@ -31,7 +32,7 @@ def load_dataset(
 ) -> list[RequestSpec]:
     if name not in LOADERS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_NAMES)}")
-    if name != "synthetic" and path is None:
+    if name not in ("synthetic", "prefix_repetition") and path is None:
         raise ValueError(f"dataset {name!r} needs --dataset-path")
     options.validate()
     return LOADERS[name](path, options, count_tokens)

@@ -29,6 +29,11 @@ class DatasetOptions:
     trace_start_s: float = 0.0
     trace_duration_s: float | None = None
     burstgpt_model: str | None = None  # keep only this model's rows (None: all)
+    # prefix_repetition: num_prefixes shared prefixes of prefix_len tokens, each prompt one of
+    # them followed by suffix_len unique tokens (vLLM's defaults)
+    prefix_len: int = 256
+    suffix_len: int = 256
+    num_prefixes: int = 10
 
     def validate(self) -> None:
         if self.num_prompts is not None and self.num_prompts < 1:
@@ -41,6 +46,8 @@ class DatasetOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.prefix_len < 0 or self.suffix_len < 0 or self.prefix_len + self.suffix_len < 1 or self.num_prefixes < 1:
+            raise ValueError("prefix_repetition needs prefix_len, suffix_len >= 0 (not both 0) and num_prefixes >= 1")
         if self.trace_start_s < 0 or (self.trace_duration_s is not None and self.trace_duration_s <= 0):
             raise ValueError("trace window must start at >= 0 and last > 0 seconds")
 
@@ -74,7 +81,9 @@ def capped(spec: RequestSpec, options: DatasetOptions) -> RequestSpec:
     if (prompt_len, output_len) == (spec.prompt_len, spec.output_len):
         return spec
     hash_ids = spec.hash_ids
-    return RequestSpec(prompt_len, output_len, spec.timestamp_s, spec.prompt_text, hash_ids)
+    return RequestSpec(
+        prompt_len, output_len, spec.timestamp_s, spec.prompt_text, hash_ids, spec.prefix_id, min(spec.prefix_len, prompt_len)
+    )
 
 
 def select_rows(specs: list[RequestSpec], options: DatasetOptions, name: str) -> list[RequestSpec]:
