@@ -168,6 +168,19 @@ def test_a_swap_out_shares_the_blocks_the_host_has_cached():
     assert copied == set(chunk.block_ids[2 : -(-chunk.start_pos // BS)])  # its other blocks were copied
 
 
+def test_neo_places_a_prompt_on_the_host_when_the_host_holds_more_of_it():
+    warm = make_scheduler(offload="full")
+    kv = FakeKV(warm)
+    warm.add(make_request("a", PREFIX[:8] + [1], max_tokens=1))
+    step(warm, kv)  # PREFIX[:8] cached on the host
+    s = Scheduler(warm.config, BlockPool(16, BS, "device", enable_caching=True), warm.host_pool, "neo")
+    kv.s = s
+    s.add(make_request("b", PREFIX[:8] + [2, 3]))  # the device has room, the host has its prefix
+    s.add(make_request("c", [70, 71, 72]))  # no hit anywhere: the device, as before
+    plan = step(s, kv)
+    assert [(c.request_id, c.location, c.start_pos) for c in plan.chunks] == [("b", HOST, 8), ("c", DEVICE, 0)]
+
+
 def test_caching_off_keeps_the_old_accounting():
     s = make_scheduler(offload="off", caching=False)
     kv = FakeKV(s)

@@ -145,11 +145,19 @@ class Scheduler:
             location = self.placement.place(request, is_host_round, hits)
             if location is None:
                 break
-            if location is HOST and steady is not None:
+            # by hit: the device has room, but the host holds more of the prompt (read in place)
+            is_by_hit = location is DEVICE and self.placement.prefers_host_hit(request, hits)
+            if is_by_hit and steady is not None and not self.policy.admit_to_host(steady, request.num_tokens):
+                is_by_hit = False
+            if is_by_hit:
+                location = HOST
+                if steady is not None:
+                    steady.add_decode(request.num_tokens, is_host=True)
+            elif location is HOST and steady is not None:
                 if not self.policy.admit_to_host(steady, request.num_tokens):
                     break  # predicted to slow the steady state: wait for the device
                 steady.add_decode(request.num_tokens, is_host=True)
-            is_host_round = is_host_round or location is HOST
+            is_host_round = is_host_round or (location is HOST and not is_by_hit)
             pool = self.pools[location]
             if pool.enable_caching and request.params.prompt_logprobs is None:
                 self.num_prefix_query_tokens_total += request.num_tokens
