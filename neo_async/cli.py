@@ -12,13 +12,14 @@ COMMANDS = {
     "profile": ("neo_async.profile.cli:main", "measure this machine's cost tables (JSON, PNG plots)"),
     "simulate": ("neo_async.sim.cli:simulate_main", "replay a workload on simulated hardware"),
     "plan": ("neo_async.sim.cli:plan_main", "compare off / neo / full on simulated hardware"),
-    "bench": (None, "benchmarks: offline | kernel | offload | latency | serve | load"),
+    "bench": (None, "benchmarks: offline | kernel | offload | latency | prefix | serve | load"),
 }
 BENCHES = {
     "offline": "neo_async.bench.offline:main",
     "kernel": "neo_async.bench.kernel:main",
     "offload": "neo_async.bench.offload:main",
     "latency": "neo_async.bench.latency:main",
+    "prefix": "neo_async.bench.prefix:main",
     "serve": "loadgen.cli:main",
     "load": "neo_async.bench.load:main",
 }
