@@ -1,5 +1,5 @@
 //! Compute cost of the kernel on cache-resident data (no DRAM): ns per (block, KV head) tile,
-//! best of several batches. `cargo run --release --example micro [isa]`.
+//! best of several batches. `cargo run --release --example micro [isa [Hq/Hkv/D [dtype]]]`.
 
 use std::time::Instant;
 
@@ -9,8 +9,16 @@ use rust_cpuattn::{
 
 fn main() {
     let isa = std::env::args().nth(1).map(|s| Isa::from_name(&s).unwrap()).unwrap_or_else(Isa::detect);
-    for (hq, hkv, d) in [(9usize, 3usize, 64usize), (32, 8, 128)] {
+    let only_heads = std::env::args().nth(2);
+    let only_dtype = std::env::args().nth(3);
+    for (hq, hkv, d) in [(9usize, 3usize, 64usize), (32, 8, 128), (32, 32, 128)] {
+        if only_heads.as_ref().is_some_and(|h| *h != format!("{hq}/{hkv}/{d}")) {
+            continue;
+        }
         for dtype in ["bf16", "f16", "f32"] {
+            if only_dtype.as_ref().is_some_and(|t| t != dtype) {
+                continue;
+            }
             let (b, ctx, bs) = (4usize, 256usize, 16usize);
             let nb = b * ctx / bs;
             let layout = Layout::new(1, nb, hkv, bs, d).unwrap();

@@ -21,7 +21,10 @@ use crate::team::{run_each, Team};
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod prefetch;
 mod scalar;
+
+pub(crate) use prefetch::{prefetch_page_starts, PREFETCH_BLOCKS};
 
 /// How to run the kernel.
 #[derive(Clone, Copy, Default)]
@@ -67,112 +70,6 @@ impl<'a, T> Job<'a, T> {
     }
 }
 
-/// Blocks ahead of the current one whose slabs get their reads started while it is processed.
-pub(crate) const PREFETCH_BLOCKS: usize = 1;
-/// The hardware streamers follow sequential reads only within a 4 KiB page.
-pub(crate) const PAGE_BYTES: usize = 4096;
-/// Cache lines prefetched at the start of each page segment of a slab.
-pub(crate) const PREFETCH_LINES: usize = 12;
-/// Cache lines prefetched at the start of each tile of the block ahead (SIMD paths).
-pub(crate) const TILE_PREFETCH_LINES: usize = 8;
-
-/// Prefetches (into L2) every line of the `bytes` bytes at `base`; a hint that never faults.
-#[inline(always)]
-fn prefetch_lines_l2(base: *const u8, bytes: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        let mut off = 0;
-        while off < bytes {
-            // SAFETY: a prefetch never faults.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(off).cast::<i8>()) };
-            off += 64;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (base, bytes);
-}
-
-/// Prefetches (into L2) the first `PREFETCH_LINES` lines of each 4 KiB page segment of the
-/// `bytes` bytes at `base`. A prefetch is a hint that never faults, whatever the address.
-#[inline(always)]
-pub(crate) fn prefetch_page_starts(base: *const u8, bytes: usize) {
-    let mut off = 0;
-    while off < bytes {
-        let seg_end = (((base as usize + off) / PAGE_BYTES + 1) * PAGE_BYTES - base as usize).min(bytes);
-        prefetch_lines_l2(base.wrapping_add(off), (seg_end - off).min(PREFETCH_LINES * 64));
-        off = seg_end;
-    }
-}
-
-impl<'a, T> Job<'a, T> {
-    /// Starts the reads of the K and V slabs of `block`: the first lines of each 4 KiB page
-    /// segment of each slab are prefetched (into L2), and the L2 streamer, triggered by them,
-    /// fetches the rest of the segment on its own.
-    ///
-    /// NOTE: on the reference machines, prefetching every line of the slabs is slower than no
-    /// prefetch at all (the fill buffers fill up with prefetches and the streamer stalls).
-    /// On a Sapphire Rapids class VM with K/V in DRAM (pools 4x its 300 MiB LLC), starting
-    /// the next block's pages with 12 lines each beat two blocks ahead with 2 lines by about
-    /// 10-25% (9/3/64) and 5-10% (32/8/128); more blocks ahead, or lines spread over the page,
-    /// were slower.
-    #[inline(always)]
-    pub fn prefetch_slabs(&self, block: usize) {
-        let start = self.layout.slab_offset(self.layer, block);
-        let bytes = self.layout.slab_len() * std::mem::size_of::<T>();
-        for pool in [self.k, self.v] {
-            // The slab of a validated block id lies inside the pool: `wrapping_add` never wraps.
-            prefetch_page_starts(pool.as_ptr().wrapping_add(start).cast::<u8>(), bytes);
-        }
-    }
-
-    /// The id of the block `PREFETCH_BLOCKS` after block index `j` of an item processing
-    /// `blocks` of `seq` (past the item's end, of the next item's first blocks), if known.
-    #[inline(always)]
-    pub fn block_ahead(&self, seq: &Seq<'_>, blocks: &Range<usize>, j: usize) -> Option<usize> {
-        let idx = j + PREFETCH_BLOCKS;
-        let id = if idx < blocks.end { seq.block_ids.get(idx) } else { seq.after.get(idx - blocks.end) };
-        id.map(|&id| id as usize)
-    }
-
-    /// The slabs of an item's first blocks, up to the one `block_ahead` starts.
-    #[inline(always)]
-    pub fn prefetch_item_start(&self, seq: &Seq<'_>, blocks: &Range<usize>) {
-        for jj in blocks.start..(blocks.start + PREFETCH_BLOCKS).min(blocks.end) {
-            self.prefetch_slabs(seq.block_ids[jj] as usize);
-        }
-    }
-
-    /// Prefetch for an item processing blocks `blocks` of `seq`, called as block index `j`
-    /// starts: the slabs of the block `PREFETCH_BLOCKS` ahead (past the item's end, of the
-    /// next item's first blocks); the item's first block also covers the blocks before that.
-    #[inline(always)]
-    pub fn prefetch_ahead(&self, seq: &Seq<'_>, blocks: &Range<usize>, j: usize) {
-        if j == blocks.start {
-            self.prefetch_item_start(seq, blocks);
-        }
-        if let Some(id) = self.block_ahead(seq, blocks, j) {
-            self.prefetch_slabs(id);
-        }
-    }
-
-    /// Prefetches (into L2) the first `TILE_PREFETCH_LINES` lines of the (block, kv_head)
-    /// tile of `pool` (K or V); the L2 streamer, triggered by them, fetches the rest.
-    ///
-    /// NOTE: the SIMD paths start the block ahead this way, tile by tile as it works
-    /// through the current block (K as a tile's scores start, V as its weighted sum starts)
-    /// rather than all of its pages at once when the current block starts. Measured with K/V
-    /// in DRAM, batch 16, bf16, 9/3/64 and 32/8/128: 4-16% faster at context 1024 and 3-21%
-    /// at 128, with 1 and 2 threads; 4 lines were slower, 12 about the same.
-    #[inline(always)]
-    pub fn prefetch_tile_start(&self, pool: &PoolRef<'a, T>, block: usize, kv_head: usize) {
-        let start = self.layout.row_offset(self.layer, block, kv_head, 0);
-        let bytes = self.layout.block_size * self.layout.head_dim * std::mem::size_of::<T>();
-        // The tile of a validated block id lies inside the pool: `wrapping_add` never wraps.
-        prefetch_lines_l2(pool.as_ptr().wrapping_add(start).cast::<u8>(), bytes.min(TILE_PREFETCH_LINES * 64));
-    }
-}
-
 /// One request as an item sees it.
 pub(crate) struct Seq<'a> {
     /// Used block ids of the request's table row (validated `< num_blocks`).
@@ -214,8 +111,12 @@ pub(crate) struct State {
     pub vf: Vec<f32>,
     pub dots: Vec<f32>,
     pub p: Vec<f32>,
-    /// Rescale factor of each head of the group for the current chunk.
+    /// Rescale factor of each head of the group for the current chunk (`[2, group]`: the
+    /// AVX2 path keeps two chunks').
     pub alpha: Vec<f32>,
+    /// Each probability of a chunk broadcast to 8 lanes `[2, group, CHUNK_ROWS, 8]` (AVX2
+    /// path, two chunks: the weights of the V rows, read as FMA operands).
+    pub pb: Vec<f32>,
 }
 
 /// The SIMD paths move a head's running max only when a chunk's max exceeds it by more than
@@ -256,7 +157,8 @@ impl State {
         self.vf.resize(rows * d, 0.0);
         self.dots.resize(group * rows * 16, 0.0);
         self.p.resize(group * rows, 0.0);
-        self.alpha.resize(group, 0.0);
+        self.alpha.resize(2 * group, 0.0);
+        self.pb.resize(2 * group * rows * 8, 0.0);
     }
 }
 

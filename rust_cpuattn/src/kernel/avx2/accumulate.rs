@@ -1,0 +1,122 @@
+//! The weighted V rows: `acc[gi] = acc[gi] * alpha[gi] + sum_{t<n} p[gi][t] * V[t]` for the
+//! heads of a group, as rank-1 updates of accumulators held in registers.
+//!
+//! Columns go in slices of `16 * U` elements; per slice the accumulators of up to 4 heads
+//! (8 vectors: 8 independent FMA chains) stay in registers over all rows, and each V row slice
+//! is widened once and used by every head.
+
+use std::arch::x86_64::*;
+
+use super::super::CHUNK_ROWS;
+use super::elem::Wide8;
+
+/// `v`: rows `[n, d]` (native order); `pb`: `[g, 16, 8]` weights, each broadcast to 8 lanes;
+/// `alpha`: `[g]` rescale factors (read only when `rescale`); `acc`: `[g, d]` (native order).
+///
+/// # Safety
+/// AVX2 + FMA + F16C; `d % 8 == 0`, `n <= 16`; the pointers cover those ranges.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn accumulate<T: Wide8>(
+    v: *const T,
+    n: usize,
+    d: usize,
+    p: *const f32,
+    alpha: *const f32,
+    g: usize,
+    rescale: bool,
+    acc: *mut f32,
+) {
+    let mut g0 = 0;
+    while g0 < g {
+        let (p, alpha, acc) = (p.add(g0 * CHUNK_ROWS * 8), alpha.add(g0), acc.add(g0 * d));
+        match (g - g0, rescale) {
+            (1, false) => heads::<T, 1, 4, false>(v, n, d, p, alpha, acc),
+            (2, false) => heads::<T, 2, 2, false>(v, n, d, p, alpha, acc),
+            (3, false) => heads::<T, 3, 1, false>(v, n, d, p, alpha, acc),
+            (_, false) => heads::<T, 4, 1, false>(v, n, d, p, alpha, acc),
+            (1, true) => heads::<T, 1, 4, true>(v, n, d, p, alpha, acc),
+            (2, true) => heads::<T, 2, 2, true>(v, n, d, p, alpha, acc),
+            (3, true) => heads::<T, 3, 1, true>(v, n, d, p, alpha, acc),
+            (_, true) => heads::<T, 4, 1, true>(v, n, d, p, alpha, acc),
+        }
+        g0 += 4;
+    }
+}
+
+/// `NG` heads, slices of `U` 16-element chunks, then single chunks, then an 8-element tail.
+#[inline(always)]
+unsafe fn heads<T: Wide8, const NG: usize, const U: usize, const RESCALE: bool>(
+    v: *const T,
+    n: usize,
+    d: usize,
+    p: *const f32,
+    alpha: *const f32,
+    acc: *mut f32,
+) {
+    let mut c = 0;
+    while c + 16 * U <= d {
+        slice::<T, NG, U, RESCALE>(v, n, d, c, p, alpha, acc);
+        c += 16 * U;
+    }
+    while c + 16 <= d {
+        slice::<T, NG, 1, RESCALE>(v, n, d, c, p, alpha, acc);
+        c += 16;
+    }
+    if c < d {
+        for gi in 0..NG {
+            let ap = acc.add(gi * d + c);
+            let mut a = _mm256_loadu_ps(ap);
+            if RESCALE {
+                a = _mm256_mul_ps(a, _mm256_set1_ps(*alpha.add(gi)));
+            }
+            for t in 0..n {
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(p.add((gi * CHUNK_ROWS + t) * 8)), T::load8(v.add(t * d + c)), a);
+            }
+            _mm256_storeu_ps(ap, a);
+        }
+    }
+}
+
+/// Columns `c..c + 16 * U` of `NG` heads.
+#[inline(always)]
+unsafe fn slice<T: Wide8, const NG: usize, const U: usize, const RESCALE: bool>(
+    v: *const T,
+    n: usize,
+    d: usize,
+    c: usize,
+    p: *const f32,
+    alpha: *const f32,
+    acc: *mut f32,
+) {
+    let mut a = [[[_mm256_setzero_ps(); 2]; U]; NG];
+    for (gi, a) in a.iter_mut().enumerate() {
+        let av = _mm256_set1_ps(*alpha.add(gi));
+        for (u, a) in a.iter_mut().enumerate() {
+            for (h, a) in a.iter_mut().enumerate() {
+                *a = _mm256_loadu_ps(acc.add(gi * d + c + 16 * u + 8 * h));
+                if RESCALE {
+                    *a = _mm256_mul_ps(*a, av);
+                }
+            }
+        }
+    }
+    for t in 0..n {
+        let row = v.add(t * d + c);
+        for u in 0..U {
+            let x = T::load16(row.add(16 * u));
+            for (gi, a) in a.iter_mut().enumerate() {
+                let w = _mm256_loadu_ps(p.add((gi * CHUNK_ROWS + t) * 8));
+                a[u][0] = _mm256_fmadd_ps(w, x[0], a[u][0]);
+                a[u][1] = _mm256_fmadd_ps(w, x[1], a[u][1]);
+            }
+        }
+    }
+    for (gi, a) in a.iter().enumerate() {
+        for (u, a) in a.iter().enumerate() {
+            for (h, a) in a.iter().enumerate() {
+                _mm256_storeu_ps(acc.add(gi * d + c + 16 * u + 8 * h), *a);
+            }
+        }
+    }
+}
