@@ -101,13 +101,12 @@ class BlockPool:
         blocks are evicted first."""
         blocks = self._owned.pop(request_id, [])
         self._committed.pop(request_id, None)
-        for block in reversed(blocks):
+        for block in blocks:
             self._refs[block] -= 1
-            if self._refs[block] == 0:
-                if block in self._key_of:
-                    self._evictable[block] = None
-                else:
-                    self._free.append(block)
+        self._free.extend(b for b in blocks if self._refs[b] == 0 and b not in self._key_of)  # in order, as taken
+        for block in reversed(blocks):
+            if self._refs[block] == 0 and block in self._key_of:
+                self._evictable[block] = None
         return len(blocks)
 
     def owners(self) -> list[str]:
