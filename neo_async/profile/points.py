@@ -121,7 +121,7 @@ class Points:
             layer = self.next_layer()
             self.cache.store(layer, k, v, slot_blocks, slot_offsets)
             if prefix:  # as Executor.device_attention: over the pool when a prefix is cached
-                out[:] = self.cache.prefill(layer, q, cached, prefix, total, scale)
+                out[:] = self.cache.prefill(layer, q, cached, prefix, total, scale, k_new=k, v_new=v)
             else:
                 out[:] = prefill_attention(q, k.transpose(0, 1), v.transpose(0, 1), prefix, scale)
 

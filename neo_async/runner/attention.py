@@ -21,6 +21,7 @@ from neo_async.kernels.host_values import to_device
 from neo_async.kv.host_memory import host_tensor
 from neo_async.native import rust_cpuattn
 from neo_async.runner import cuda_lane
+from neo_async.runner.host_stores import HostStores
 from neo_async.runner.staging import Staging
 
 
@@ -49,6 +50,7 @@ class KVCache:
         # (paged decode, paged prefill) kernels over this pool; None: the torch reference
         self.kernels = cuda_lane.attention_kernels(device)
         self.host_staging: Staging | None = None  # host decode inputs from a GPU, made on first use
+        self.host_stores: HostStores | None = None  # prefill K/V from a GPU, made on first use
 
     @property
     def bytes_per_block(self) -> int:
@@ -164,28 +166,49 @@ class KVCache:
         return DecodeJob(run_rust, lambda: staging.stage_out(slot, out))
 
     def prefill(
-        self, layer: int, q: torch.Tensor, block_ids: torch.Tensor, start_pos: int, seq_len: int, scale: float
+        self, layer: int, q: torch.Tensor, block_ids: torch.Tensor, start_pos: int, seq_len: int, scale: float,
+        k_new: torch.Tensor | None = None, v_new: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Causal attention of a chunk at positions start_pos .. seq_len - 1 over this pool, its
         own K/V already stored: q [T, Hq, D]; block_ids the request's blocks (on the pool's
-        device). Returns [T, Hq, D] float32 on q's device."""
+        device); k_new, v_new [T, Hkv, D] (q's device) the chunk's own K/V, when the caller has
+        them: then only the cached prefix is read from the pool, and from a pool in host memory
+        it goes to q's device without waiting for it. Returns [T, Hq, D] float32 on q's device."""
         if self.kernels is not None and q.device == self.device:
             out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
             self.kernels[1](q, self.k[layer], self.v[layer], block_ids, start_pos, scale, out)
             return out
-        k, v = self.gather(layer, block_ids, seq_len)
-        return prefill_attention(q, k.to(q.device), v.to(q.device), start_pos, scale)
+        if k_new is None or v_new is None:
+            k, v = self.gather(layer, block_ids, seq_len)
+            return prefill_attention(q, k.to(q.device), v.to(q.device), start_pos, scale)
+        k_prefix, v_prefix = self._gather(layer, block_ids, start_pos)  # [Hkv, start_pos, D], never pending
+        k = torch.cat([_to_async(k_prefix, q.device), k_new.to(self.k.dtype).transpose(0, 1)], dim=1)
+        v = torch.cat([_to_async(v_prefix, q.device), v_new.to(self.v.dtype).transpose(0, 1)], dim=1)
+        return prefill_attention(q, k, v, start_pos, scale)
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, block_ids: torch.Tensor, offsets: torch.Tensor) -> None:
         """k, v [T, Hkv, D] (any device) written at (block_ids[t], offsets[t]) for each token t;
-        block_ids and offsets on the pool's device."""
+        block_ids and offsets on the pool's device. Into a pool in host memory from a GPU, the
+        write completes later (`runner/host_stores.py`: by the store of the next layer, or of
+        the last one); until then only this layer's attention reads the rows, from its caller."""
+        if self.host_stores is None and k.device != self.device and self.device.type == "cpu":
+            self.host_stores = HostStores(cuda_lane.CudaLane(k.device), self.k, self.v)
+        if self.host_stores is not None:
+            self.host_stores.store(layer, k, v, block_ids, offsets)
+            return
         self.k[layer][block_ids, :, offsets] = k.to(self.device, self.k.dtype)
         self.v[layer][block_ids, :, offsets] = v.to(self.device, self.v.dtype)
 
     def gather(self, layer: int, block_ids: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first `length` tokens of one request: K, V [Hkv, length, D]."""
-        k = self.k[layer][block_ids]  # [W, Hkv, bs, D]
-        v = self.v[layer][block_ids]
+        if self.host_stores is not None:
+            self.host_stores.settle()
+        return self._gather(layer, block_ids, length)
+
+    def _gather(self, layer: int, block_ids: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        width = -(-length // self.block_size)
+        k = self.k[layer][block_ids[:width]]  # [W, Hkv, bs, D]
+        v = self.v[layer][block_ids[:width]]
         num_kv_heads, head_dim = k.shape[1], k.shape[3]
         k = k.transpose(0, 1).reshape(num_kv_heads, -1, head_dim)[:, :length]
         v = v.transpose(0, 1).reshape(num_kv_heads, -1, head_dim)[:, :length]
@@ -217,6 +240,16 @@ def _fresh(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.T
     """x on device in dtype, contiguous, in a tensor of its own (never a view of x)."""
     y = x.to(device, dtype).contiguous()
     return y.clone() if y.data_ptr() == x.data_ptr() else y
+
+
+def _to_async(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """x (host) on `device`; to a GPU from pinned memory, so the host does not wait for the
+    copy (the pinned buffer is kept until the copy is done by torch's host allocator)."""
+    if device == x.device:
+        return x
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 def _fitting(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -119,8 +119,9 @@ class Executor:
                 kc, vc = k[p.start : p.end].transpose(0, 1), v[p.start : p.end].transpose(0, 1)
                 out[p.start : p.end] = prefill_attention(q[p.start : p.end], kc, vc, chunk.start_pos, scale)
             else:
-                out[p.start : p.end] = self.caches[chunk.location].prefill(
-                    layer, q[p.start : p.end], p.block_ids, chunk.start_pos, chunk.seq_len, scale
+                rows = slice(p.start, p.end)
+                out[rows] = self.caches[chunk.location].prefill(
+                    layer, q[rows], p.block_ids, chunk.start_pos, chunk.seq_len, scale, k_new=k[rows], v_new=v[rows]
                 )
         for group in batch.decodes:
             if group.location is KVLocation.DEVICE:
