@@ -2,6 +2,7 @@ import random
 
 import pytest
 
+from neo_async.kv.block_hash import block_key
 from neo_async.kv.block_pool import BlockPool
 
 
@@ -122,7 +123,7 @@ def test_adopt_takes_only_a_free_block_and_caches_it():
     pool.commit("a", [1, 2], 2)
     key = pool.cached_key(pool.block_ids("a")[0])
     assert pool.adopt("x", key) is None  # already cached
-    other = (hash(key), (3, 4), None)
+    other = block_key(key, (3, 4))
     block = pool.adopt("x", other)
     assert block is not None and pool.adopt("x", (None, (5, 6), None)) is None  # none free
     pool.free("x")
