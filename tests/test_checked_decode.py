@@ -80,3 +80,13 @@ def test_checked_decode_in_interpreter():
     if triton_mode.IN_PROCESS:
         pytest.skip("the interpreter cases run in this process")
     triton_mode.run_in_interpreter(__file__)
+
+
+def test_reports_name_the_backend_that_runs():
+    from neo_async.kernels.checked import backend_name
+
+    checked = CheckedDecode(_failing_kernel, paged_decode, "flashinfer", "triton")
+    assert backend_name(None) == "torch" and backend_name(paged_decode) == "triton"
+    assert backend_name(checked) == "flashinfer"
+    checked._fall_back("test")
+    assert backend_name(checked) == "triton"

@@ -18,6 +18,7 @@ from typing import Any
 import numpy
 import torch
 
+from neo_async.kernels.checked import backend_name
 from neo_async.runner.attention import KVCache, decode_attention
 
 BLOCK_SIZE = 16
@@ -62,7 +63,7 @@ def device_kernels(batch: int, ctx: int, heads: tuple[int, int], head_dim: int, 
     copy_bps = 2 * buffer.numel() / copy_s
     return {
         "case": f"B={batch} ctx={ctx} heads={heads[0]}/{heads[1]}/{head_dim} bf16",
-        "backend": getattr(cache.kernels[0], "__module__", "?"),
+        "backend": backend_name(cache.kernels[0]),
         "kernel_ms": kernel_s * 1e3, "kernel_gbs": kv_bytes / kernel_s / 1e9,
         "copy_gbs": copy_bps / 1e9, "ratio": kv_bytes / kernel_s / copy_bps,
         "torch_ms": torch_s * 1e3, "speedup_vs_torch": torch_s / kernel_s,

@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from neo_async.bench.offload import make_workload
+from neo_async.kernels.checked import backend_name
 
 
 def _engine(model: str, dtype: str, **overrides: Any):
@@ -84,7 +85,7 @@ def _setup(engine) -> dict[str, Any]:
         "device_kv_tokens": engine.device_pool.num_blocks * engine.device_pool.block_size,
         "host_kv_tokens": engine.host_pool.num_blocks * engine.host_pool.block_size,
         "host_pool_pinned": bool(host is not None and engine.device.type == "cuda" and host.k.is_pinned()),
-        "decode_backend": "torch" if kernels is None else type(kernels[0]).__name__.lower().replace("function", "triton"),
+        "decode_backend": backend_name(None if kernels is None else kernels[0]),
         "device_threads": engine.num_device_threads,
         "host_threads": engine.num_host_threads,
     }

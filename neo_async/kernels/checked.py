@@ -63,3 +63,12 @@ class CheckedDecode:
     def _fall_back(self, reason: str) -> None:
         self.active = self.fallback
         log.warning("cuda_attention_fallback", backend=self.fallback_name, failed=self.name, reason=reason[:500])
+
+
+def backend_name(decode: DecodeFn | None) -> str:
+    """The decode backend a pool's kernels run: torch (None), triton, flashinfer."""
+    if decode is None:
+        return "torch"
+    if isinstance(decode, CheckedDecode):
+        return decode.backend
+    return "flashinfer" if "flashinfer" in type(decode).__module__ else "triton"
