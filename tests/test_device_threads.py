@@ -32,9 +32,9 @@ def test_budget_is_restored_after_the_step_even_on_error():
 
 
 def test_next_to_a_gpu_the_launching_thread_keeps_a_core():
-    """With a CUDA device the kernel's team takes every core but one and torch's CPU ops one
-    thread, so the thread launching the GPU's kernels is never crowded out; on the CPU device
-    the kernel runs on the calling thread alone."""
+    """With a CUDA device the kernel's team takes every core but one, so the thread launching
+    the GPU's kernels is never crowded out by it; on the CPU device the kernel runs on the
+    calling thread alone."""
     from neo_async.native import rust_cpuattn
     from neo_async.runner.device import configure_threads, default_host_threads
 
@@ -43,11 +43,10 @@ def test_next_to_a_gpu_the_launching_thread_keeps_a_core():
     assert default_host_threads(torch.device("cpu"), 16) == 1
     before = torch.get_num_threads(), rust_cpuattn.get_num_threads() if rust_cpuattn else None
     try:
-        num_torch, num_host = configure_threads(torch.device("cuda"), None, None)
+        _num_torch, num_host = configure_threads(torch.device("cuda"), None, None)
         cores = len(os.sched_getaffinity(0))
-        assert num_torch == 1
         assert rust_cpuattn is None or num_host == max(1, cores - 1)
-        assert configure_threads(torch.device("cuda"), 3, 2)[0] == 3  # explicit budgets win
+        configure_threads(torch.device("cuda"), None, 2)  # an explicit budget wins
         assert rust_cpuattn is None or rust_cpuattn.get_num_threads() == 2
     finally:
         torch.set_num_threads(before[0])

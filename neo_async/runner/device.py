@@ -27,15 +27,11 @@ def configure_threads(device: torch.device, device_threads: int | None, host_thr
     the calling thread while torch's OpenMP workers still spin-wait on the other cores (a
     second kernel thread fights them: measured slower at 500-token contexts); with a CUDA
     device, every core but one, which the launching thread keeps (it runs the host job's
-    hand-offs and launches the next layer's kernels while the kernel's team works), and torch's
-    CPU ops (index tensors on the launching thread) one thread, so that no OpenMP worker spins
-    on the team's cores.
+    hand-offs and launches the next layer's kernels while the kernel's team works).
     """
     cores = len(os.sched_getaffinity(0))
     if device.type == "cpu":
         torch.set_num_threads(max(1, device_threads or cores))
-    else:
-        torch.set_num_threads(max(1, device_threads or 1))
     num_torch = torch.get_num_threads()
     if rust_cpuattn is None:
         return num_torch, 0
