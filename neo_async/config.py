@@ -67,7 +67,7 @@ class CacheConfig:
     host_memory_fraction: float = 0.4  # share of available RAM for host_kv_tokens="auto"
     host_kv_auto_max_gib: float = 1.0  # bounds an "auto" host pool (it is touched at start-up)
     # reuse the K/V of cached full blocks of earlier prompts, in both pools (a host hit is read in place)
-    enable_prefix_caching: bool = False
+    enable_prefix_caching: bool = True
 
     def validate(self) -> None:
         if self.block_size < 1 or self.block_size % 8:

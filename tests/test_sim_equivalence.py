@@ -66,6 +66,7 @@ def test_simulated_plans_equal_the_real_engine() -> None:
         skip_tokenizer_init=True, device_kv_tokens=384, host_kv_tokens=3200, offload="neo",
         pipeline="on", max_num_seqs=12, max_num_batched_tokens=192, cost_tables="none",
         calibrate_costs=False,  # the same cost model on both sides: no correction from measured steps
+        enable_prefix_caching=False,  # the simulator models no cache (its prompts repeat one token)
     ).validate()
     engine = Engine(config)
     costs = t4_deployment().costs()  # any cost model: the point is the same one on both sides

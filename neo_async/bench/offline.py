@@ -59,7 +59,9 @@ def main(argv: list[str]) -> int:
 
     configure_logging("console", "warning")
     batches = [int(b) for b in args.batches.split(",")]
-    llm = LLM(dtype=args.dtype, device_threads=args.threads, max_num_seqs=max(batches), device_kv_tokens=32768)
+    # no prefix cache: the repeats and batch sizes share prompts, and HF computes every one
+    llm = LLM(dtype=args.dtype, device_threads=args.threads, max_num_seqs=max(batches), device_kv_tokens=32768,
+              enable_prefix_caching=False)
     hf = hf_tok = None
     if not args.skip_hf:
         import transformers

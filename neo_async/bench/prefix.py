@@ -31,8 +31,8 @@ def start_server(mode: str, caching: bool, port: int, args: argparse.Namespace, 
                "--enable-prefix-caching" if caching else "--no-enable-prefix-caching", *args.serve_args.split()]
     if args.model:
         command += ["--model", args.model]
-    log = open(log_path, "w")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log_path, "w") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def scrape(port: int) -> dict[str, float]:
