@@ -62,6 +62,7 @@ def step(s: Scheduler, kv: FakeKV) -> Plan:
         if r.num_output_tokens >= r.params.max_tokens:
             s.finish(r.request_id)
     s.check()
+    assert s.device_pool.take_evictions() == s.host_pool.take_evictions() == []  # nothing piles up
     return plan
 
 

@@ -132,6 +132,7 @@ class Scheduler:
         plan.swap_out = coalesce([s for _, s, _ in self._out_pairs], [d for _, _, d in self._out_pairs])
         plan.swap_in = coalesce([s for _, s, _ in self._in_pairs], [d for _, _, d in self._in_pairs])
         self.host_pool.free(DEMOTING)
+        self.host_pool.take_evictions()  # host blocks evicted are dropped, not demoted
         self._shape(plan)
         return plan
 
