@@ -82,11 +82,41 @@ class Case:
         return 2 * self.batch * self.ctx * self.num_kv_heads * self.head_dim * DTYPES[self.dtype][1]
 
 
+HUGE_PAGE_BYTES = 2 << 20
+
+
+def host_array(shape: tuple[int, ...], dtype: Any, huge_pages: bool) -> np.ndarray:
+    """An uninitialised array; with `huge_pages`, in a 2 MiB-aligned anonymous mapping advised
+    MADV_HUGEPAGE, as the engine's host pools are (`neo_async/kv/host_memory.py`)."""
+    if not huge_pages:
+        return np.empty(shape, dtype)
+    import mmap
+
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    mapping = mmap.mmap(-1, nbytes + HUGE_PAGE_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        mapping.madvise(mmap.MADV_HUGEPAGE)
+    except (AttributeError, OSError):  # no THP here: small pages
+        pass
+    raw = np.frombuffer(mapping, dtype=np.uint8)  # keeps `mapping` alive
+    offset = (-raw.ctypes.data) % HUGE_PAGE_BYTES
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
+def fill_tiled(dst: np.ndarray, tile: np.ndarray) -> np.ndarray:
+    """`dst` filled with `tile` repeated (as `np.resize` would), without a temporary copy."""
+    flat = dst.reshape(-1)
+    for start in range(0, flat.size, tile.size):
+        n = min(tile.size, flat.size - start)
+        flat[start : start + n] = tile[:n]
+    return dst
+
+
 class Pools:
     """K/V pools `[L, N, Hkv, BLOCK_SIZE, D]` big enough that rotating layers defeats the LLC,
     filled once (first touch is slow: never inside timing), and a random block table."""
 
-    def __init__(self, case: Case, pool_bytes: int, seed: int = 0) -> None:
+    def __init__(self, case: Case, pool_bytes: int, seed: int = 0, huge_pages: bool = False) -> None:
         rng = np.random.default_rng(seed)
         np_dtype, size = DTYPES[case.dtype]
         blocks_per_seq = -(-case.ctx // BLOCK_SIZE)
@@ -100,8 +130,8 @@ class Pools:
             tile = (tile.view(np.uint32) >> 16).astype(np.uint16)
         else:
             tile = tile.astype(np_dtype)
-        self.k = np.resize(tile, shape)
-        self.v = np.resize(tile[::-1].copy(), shape)
+        self.k = fill_tiled(host_array(shape, tile.dtype, huge_pages), tile)
+        self.v = fill_tiled(host_array(shape, tile.dtype, huge_pages), tile[::-1].copy())
         self.block_table = rng.permutation(self.num_blocks).astype(np.int32).reshape(case.batch, blocks_per_seq)
         self.rows = np.arange(case.batch, dtype=np.int32)
         self.seq_lens = np.full(case.batch, case.ctx, np.int32)
@@ -252,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-call-mib", type=int, default=2048, help="skip cases whose K+V per call exceed this")
     p.add_argument("--max-torch-mib", type=int, default=1024, help="skip torch baselines above this K+V per call")
     p.add_argument("--no-torch", action="store_true", help="skip the torch baselines")
+    p.add_argument("--huge-pages", action="store_true", help="pools and the probes' buffer in huge pages (MADV_HUGEPAGE), as the engine's host pools")
+    p.add_argument("--isa", help="force the kernel's SIMD path (sets RUST_CPUATTN_ISA: scalar, avx2, avx512, avx512bf16)")
     p.add_argument("--output", help="write the rows as JSON here")
     return p
 
@@ -276,10 +308,15 @@ def cases_from(args: argparse.Namespace) -> list[Case]:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.isa:
+        import os
+
+        os.environ["RUST_CPUATTN_ISA"] = args.isa  # read once, at the kernel's first call
     import rust_cpuattn
 
     threads_before = rust_cpuattn.get_num_threads()
-    bw_buffer = np.ones(args.bw_mib << 18, np.float32)  # touched once here, outside timing
+    bw_buffer = host_array((args.bw_mib << 18,), np.float32, args.huge_pages)
+    bw_buffer.fill(1.0)  # touched once here, outside timing
     rows: list[dict[str, Any]] = []
     pools_key, pools = None, None
     try:
@@ -295,7 +332,7 @@ def main(argv: list[str]) -> int:
             key = (case.batch, case.ctx, case.heads, case.dtype)
             if key != pools_key:
                 pools = None  # free the previous pools first
-                pools = Pools(case, args.pool_mib << 20)
+                pools = Pools(case, args.pool_mib << 20, huge_pages=args.huge_pages)
                 pools_key = key
             assert pools is not None
             row.update(time_kernel(case, pools, args.warmup, args.iters, bw_buffer, args.calls_per_probe, args.cold_calls))
@@ -320,6 +357,7 @@ def main(argv: list[str]) -> int:
         "iters": args.iters,
         "calls_per_probe": None if args.cold_calls else max(1, args.calls_per_probe),
         "cold_calls": args.cold_calls,
+        "huge_pages": args.huge_pages,
         "rows": rows,
     }
     write_json(args.output, payload)
