@@ -132,7 +132,7 @@ class BlockPool:
         `num_tokens`: its new blocks, and the reused blocks that nobody uses now."""
         return self.blocks_for_tokens(num_tokens) - len(hit) + sum(self._refs[b] == 0 for b in hit)
 
-    def take_prefix(self, request_id: str, hit: list[int], extra: Hashable = None) -> None:
+    def take_prefix(self, request_id: str, hit: list[int]) -> None:
         """Make a request that holds no blocks share `hit` (a chain from `match`, just now)."""
         assert request_id not in self._owned, f"{self.name}: {request_id} already holds blocks"
         if not hit:
