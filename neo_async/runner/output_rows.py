@@ -58,15 +58,16 @@ class OutputRows:
             spans.append(PromptSpan(chunk.request_id, chunk.start_pos + 1, targets, chunk.params.prompt_logprobs))
         device = hidden.device
         sampling_rows = torch.tensor([last for _, last in sampling], dtype=torch.long, device=device)
-        prompt_rows = torch.tensor(rows, dtype=torch.long, device=device)
-        return OutputRows([c for c, _ in sampling], hidden[sampling_rows], spans, hidden[prompt_rows])
+        # without prompt rows (the common step) an empty view: no index tensor, no gather
+        prompt_hidden = hidden[torch.tensor(rows, dtype=torch.long, device=device)] if rows else hidden[:0]
+        return OutputRows([c for c, _ in sampling], hidden[sampling_rows], spans, prompt_hidden)
 
     def __add__(self, other: OutputRows) -> OutputRows:
         return OutputRows(
             self.sampling + other.sampling,
             torch.cat([self.sampling_hidden, other.sampling_hidden]),
             self.prompt_spans + other.prompt_spans,
-            torch.cat([self.prompt_hidden, other.prompt_hidden]),
+            torch.cat([self.prompt_hidden, other.prompt_hidden]) if other.prompt_spans else self.prompt_hidden,
         )
 
 

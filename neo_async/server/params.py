@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from neo_async.async_engine import AsyncEngine
 
 # Request fields a ValueError may name (SamplingParams messages start with the field name).
-PARAM_NAMES = frozenset(f.name for f in dataclasses.fields(SamplingParams)) | {"n", "prompt", "messages", "top_logprobs", "echo"}
+PARAM_NAMES = frozenset(f.name for f in dataclasses.fields(SamplingParams)) | {"n", "prompt", "messages", "top_logprobs"}
 
 
 def check_model(req: GenerationRequest, engine: AsyncEngine) -> None:

@@ -137,7 +137,7 @@ class CompletionFormatter:
         None: an echoed prompt's first token (no logprob)."""
         offsets, tokens = [], []
         for item in items:
-            token = self.echo_texts[choice.index][1] if item is None and self.echo_texts else getattr(item, "token", "")
+            token = item.token if item is not None else self.echo_texts[choice.index][1]  # type: ignore[index]
             offsets.append(choice.num_logprob_chars)
             tokens.append(token)
             choice.num_logprob_chars += len(token)
