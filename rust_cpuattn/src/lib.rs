@@ -18,6 +18,7 @@
 //! - [`lane::Lane`]: a worker thread running jobs in order with a ticket to wait on (the host
 //!   lane of pipelining).
 //! - [`pack::pack_blocked`]: a row-major weight rewritten in a blocked (oneDNN-style) layout.
+//! - [`linear`]: `x @ W^T` with W as stored (GGUF blocks, f16/bf16), for decode-sized batches.
 //! - [`rowops`]: RMSNorm, residual add + RMSNorm, RoPE, SiLU-gated product over rows.
 
 pub mod bandwidth;
@@ -30,6 +31,7 @@ pub mod isa;
 mod kernel;
 pub mod lane;
 pub mod layout;
+pub mod linear;
 pub mod pack;
 pub mod partition;
 pub mod pool;
