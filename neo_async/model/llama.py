@@ -1,6 +1,12 @@
 """The Llama-family decoder as two halves per layer, so that an executor can interleave
 sub-batches: `pre` (norm, QKV projection, RoPE) and `post` (output projection, residual,
-norm, MLP). Attention and the KV store between them belong to the executor."""
+norm, MLP). Attention and the KV store between them belong to the executor.
+
+Tensor parallelism: built with a rank's spec, weights and `Shard` (see `tensor_parallel`), the
+model is that rank's: `pre` gives its query and KV heads only, the executor's attention runs
+over them, and `post` sums the output projection's and the MLP's partial products over the
+ranks (a collective: every rank calls it for the same layer and token count). `embed` and
+`logits` are whole on every rank."""
 
 from __future__ import annotations
 
@@ -10,11 +16,19 @@ import torch.nn.functional as F
 from neo_async.model import ops
 from neo_async.model.rope import rope_table
 from neo_async.model.spec import ModelSpec
+from neo_async.model.tensor_parallel import Shard
 from neo_async.model.weights import LlamaWeights
 
 
 class LlamaModel:
-    def __init__(self, spec: ModelSpec, weights: LlamaWeights, max_positions: int) -> None:
+    def __init__(self, spec: ModelSpec, weights: LlamaWeights, max_positions: int, shard: Shard | None = None) -> None:
+        """spec: the rank's when sharded (`LoadedModel.spec`); shard: the rank, whose group
+        `post` all-reduces over (None: the whole model)."""
+        self.shard = shard or Shard()
+        if (spec.tp_rank, spec.tp_size) != (self.shard.rank, self.shard.size):
+            raise ValueError(
+                f"spec is rank {spec.tp_rank} of {spec.tp_size}, shard is rank {self.shard.rank} of {self.shard.size}"
+            )
         self.spec = spec
         self.weights = weights
         self.dtype = weights.embed.dtype
@@ -49,11 +63,14 @@ class LlamaModel:
         )
 
     def post(self, layer: int, hidden: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-        """hidden [T, hidden] (the layer's input, updated in place), attn_out [T, Hq * D] -> the
-        layer's output [T, hidden] (the same tensor)."""
+        """hidden [T, hidden] (the layer's input, updated in place), attn_out [T, Hq * D] (the
+        rank's heads) -> the layer's output [T, hidden] (the same tensor). Sharded: two
+        all-reduces, of o's and of down's partial sums."""
         s, w = self.spec, self.weights.layers[layer]
-        x = ops.add_rms_norm(hidden, w.o(attn_out.to(self.dtype)), w.mlp_norm, s.rms_norm_eps)
-        return hidden.add_(w.down(ops.silu_mul(w.gate_up(x))))
+        o = self.shard.all_reduce_(w.o(attn_out.to(self.dtype)))  # [T, hidden]
+        x = ops.add_rms_norm(hidden, o, w.mlp_norm, s.rms_norm_eps)
+        down = self.shard.all_reduce_(w.down(ops.silu_mul(w.gate_up(x))))  # [T, hidden]
+        return hidden.add_(down)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] of the tokens that sample -> logits [N, vocab] in the model's dtype."""

@@ -20,6 +20,7 @@ from neo_async.model.hf_dir import iter_hf_tensors, read_hf_config, spec_from_hf
 from neo_async.model.linear import cpu_has_native_bf16
 from neo_async.model.registry import model_display_name, resolve_model_path
 from neo_async.model.spec import ModelSpec
+from neo_async.model.tensor_parallel import Shard
 from neo_async.model.tokenizer import Tokenizer, tokenizer_from_gguf_fields, tokenizer_from_hf_dir
 from neo_async.model.weights import LlamaWeights, WeightsBuilder
 from neo_async.runner.device import host_available_bytes
@@ -29,7 +30,7 @@ log = structlog.get_logger("neo_async.model.loader")
 
 @dataclass
 class LoadedModel:
-    spec: ModelSpec
+    spec: ModelSpec  # the rank's when loaded with a shard (see `ModelSpec.shard`)
     weights: LlamaWeights
     tokenizer: Tokenizer | None  # None when loaded with skip_tokenizer_init
     path: Path
@@ -50,17 +51,24 @@ class _PhaseClock:
 
 
 def load_model(
-    model: str | Path | None, dtype: torch.dtype, device: torch.device, skip_tokenizer_init: bool = False
+    model: str | Path | None,
+    dtype: torch.dtype,
+    device: torch.device,
+    skip_tokenizer_init: bool = False,
+    shard: Shard | None = None,
 ) -> LoadedModel:
     """With skip_tokenizer_init no tokenizer is built (nor its file required); EOS ids then come
-    from the model's own config only."""
+    from the model's own config only. With a shard, only that tensor-parallel rank's share of
+    the weights is kept (see `tensor_parallel`), and a size that does not split the model is
+    refused (ValueError) before any weight is read."""
     path = resolve_model_path(model)
     name = model_display_name(model)
     clock = _PhaseClock()
+    shard = shard or Shard()
     if path.is_dir():
-        loaded = _load_hf_dir(path, name, dtype, device, clock, skip_tokenizer_init)
+        loaded = _load_hf_dir(path, name, dtype, device, clock, skip_tokenizer_init, shard)
     else:
-        loaded = _load_gguf(path, name, dtype, device, clock, skip_tokenizer_init)
+        loaded = _load_gguf(path, name, dtype, device, clock, skip_tokenizer_init, shard)
     log.debug("model_loaded", path=str(path), seconds=round(time.perf_counter() - clock.started, 3))
     loaded.phase_seconds = clock.seconds
     return loaded
@@ -73,19 +81,26 @@ def _with_tokenizer_eos(spec: ModelSpec, tokenizer: Tokenizer | None) -> ModelSp
 
 
 def _load_hf_dir(
-    path: Path, name: str, dtype: torch.dtype, device: torch.device, clock: _PhaseClock, skip_tokenizer_init: bool
+    path: Path,
+    name: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    clock: _PhaseClock,
+    skip_tokenizer_init: bool,
+    shard: Shard,
 ) -> LoadedModel:
     spec = spec_from_hf_config(read_hf_config(path), name)
+    shard.spec(spec)  # refused here, before anything is read
     tokenizer = None if skip_tokenizer_init else tokenizer_from_hf_dir(path)
     spec = _with_tokenizer_eos(spec, tokenizer)
     clock.lap("model_tokenizer_built")
-    builder = LlamaWeights.builder(spec, dtype, device, _widen(spec, dtype, device))
+    builder = LlamaWeights.builder(spec, dtype, device, _widen(shard.spec(spec), dtype, device), shard)
     for tensor_name, tensor in iter_hf_tensors(path):
         builder.add(tensor_name, tensor)
     clock.lap("model_weights_read")
     weights = builder.finish()
     _lap_prepared(clock, builder)
-    return LoadedModel(spec, weights, tokenizer, path)
+    return LoadedModel(shard.spec(spec), weights, tokenizer, path)
 
 
 def _lap_prepared(clock: _PhaseClock, builder: WeightsBuilder) -> None:
@@ -111,24 +126,32 @@ def _widen(spec: ModelSpec, dtype: torch.dtype, device: torch.device) -> bool:
 
 
 def _load_gguf(
-    path: Path, name: str, dtype: torch.dtype, device: torch.device, clock: _PhaseClock, skip_tokenizer_init: bool
+    path: Path,
+    name: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    clock: _PhaseClock,
+    skip_tokenizer_init: bool,
+    shard: Shard,
 ) -> LoadedModel:
     from neo_async.model.gguf_file import load_gguf_weights, spec_from_gguf
     from neo_async.model.gguf_reader import GGUFFile
 
     with GGUFFile(path) as file:
         spec = spec_from_gguf(file.metadata, set(file.tensors), name)
+        shard.spec(spec)  # refused here, before anything is read
         clock.lap("model_gguf_opened", num_tensors=len(file.tensors))
         tokenizer = None if skip_tokenizer_init else tokenizer_from_gguf_fields(file.metadata)
         spec = _with_tokenizer_eos(spec, tokenizer)
         clock.lap("model_tokenizer_built")
-        builder: WeightsBuilder = LlamaWeights.builder(spec, dtype, device, _widen(spec, dtype, device))
+        widen = _widen(shard.spec(spec), dtype, device)
+        builder: WeightsBuilder = LlamaWeights.builder(spec, dtype, device, widen, shard)
         file.advise_sequential()
-        rope_freqs = load_gguf_weights(file, spec, builder)
+        rope_freqs = load_gguf_weights(file, spec, builder)  # the whole model's spec: the file's rows
         num_bytes = sum(info.num_bytes for info in file.tensors.values())
         clock.lap("model_weights_dequantized", num_bytes=num_bytes)
     if rope_freqs is not None:
         spec = dataclasses.replace(spec, rope_freq_factors=rope_freqs)
     weights = builder.finish()
     _lap_prepared(clock, builder)
-    return LoadedModel(spec, weights, tokenizer, path)
+    return LoadedModel(shard.spec(spec), weights, tokenizer, path)

@@ -12,6 +12,7 @@ import torch
 
 from neo_async.model.linear import Linear
 from neo_async.model.spec import ModelSpec
+from neo_async.model.tensor_parallel import Shard, is_split, shard_part
 
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _LAYER_PARTS = (
@@ -48,9 +49,12 @@ class LlamaWeights:
     lm_head: Linear  # [vocab, hidden]; built from embed when tied
 
     @staticmethod
-    def builder(spec: ModelSpec, dtype: torch.dtype, device: torch.device, widen: bool = False) -> "WeightsBuilder":
-        """widen: projections stored and computed in float32 (see `Linear`)."""
-        return WeightsBuilder(spec, dtype, device, widen)
+    def builder(
+        spec: ModelSpec, dtype: torch.dtype, device: torch.device, widen: bool = False, shard: Shard | None = None
+    ) -> "WeightsBuilder":
+        """widen: projections stored and computed in float32 (see `Linear`); shard: keep one
+        tensor-parallel rank's share (see `WeightsBuilder`)."""
+        return WeightsBuilder(spec, dtype, device, widen, shard)
 
 
 @dataclass(frozen=True)
@@ -113,14 +117,24 @@ class WeightsBuilder:
     NOTE: packing runs on the writing thread: packing and the dequantisation each use every
     core, so a packing thread would only contend with the writes.
 
+    Tensor parallelism (`shard`): `spec` is the whole model's and names and shapes given are the
+    whole model's; the buffers hold the rank's share (`self.spec` is the rank's spec). A split
+    part is written whole into a host tensor and the rank's rows or columns copied from it
+    (after dequantisation: quantised blocks need not fall on the rank's boundaries).
+
     Invariant: a set is in `free_sets` only when no weight refers to its buffers: every
     `Linear` built from it holds its own copy. A plain (unpacked) weight is its buffer.
     """
 
-    def __init__(self, spec: ModelSpec, dtype: torch.dtype, device: torch.device, widen: bool = False) -> None:
+    def __init__(
+        self, spec: ModelSpec, dtype: torch.dtype, device: torch.device, widen: bool = False, shard: Shard | None = None
+    ) -> None:
+        self.full_spec, self.shard = spec, shard or Shard()
+        spec = self.shard.spec(spec)  # the rank's: the buffers' shapes
         self.spec, self.dtype, self.device, self.widen = spec, dtype, device, widen
         self.projection_dtype = torch.float32 if widen else dtype
         self.slots = _layer_slots(spec)
+        self.full_shapes = {part: slot.shape for part, slot in _layer_slots(self.full_spec).items()}
         self.parts = _LAYER_PARTS + (_BIAS_PARTS if spec.attention_bias else ())
         self.buffers: list[dict[str, torch.Tensor]] = [{} for _ in range(spec.num_layers)]
         self.written: list[set[str]] = [set() for _ in range(spec.num_layers)]
@@ -146,11 +160,17 @@ class WeightsBuilder:
         slot = self.slots.get(part)
         if index >= self.spec.num_layers or slot is None:
             raise ValueError(f"unexpected weight {name!r}")
-        if tuple(shape) != slot.shape:
-            raise ValueError(f"weight {name!r} has shape {tuple(shape)}, expected {slot.shape}")
+        if tuple(shape) != self.full_shapes[part]:
+            raise ValueError(f"weight {name!r} has shape {tuple(shape)}, expected {self.full_shapes[part]}")
         if part in self.written[index]:
             raise ValueError(f"weight {name!r} is given twice")
-        yield self._layer_buffers(index)[slot.buffer][slot.start : slot.start + slot.shape[0]]
+        dest = self._layer_buffers(index)[slot.buffer][slot.start : slot.start + slot.shape[0]]
+        if self.shard.is_sharded and is_split(part):
+            whole = torch.empty(shape, dtype=dest.dtype)
+            yield whole
+            dest.copy_(shard_part(self.full_spec, self.shard, part, whole))
+        else:
+            yield dest
         self.written[index].add(part)
         if len(self.written[index]) == len(self.parts):
             self._build_layer(index)
