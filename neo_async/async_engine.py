@@ -45,7 +45,8 @@ class AsyncEngine:
 
     @property
     def is_running(self) -> bool:
-        return self._task is not None and not self._task.done() and self._dead is None
+        """False once the loop died or the data plane failed (a tensor-parallel rank died)."""
+        return self._task is not None and not self._task.done() and self._dead is None and self.engine.failure is None
 
     async def start(self) -> None:
         if self._task is not None:
@@ -66,6 +67,7 @@ class AsyncEngine:
             self._task = None
         self._apply_pending()
         self._worker.shutdown(wait=True)
+        self.engine.close()
 
     def add_step_listener(self, fn: Callable[[StepStats], None]) -> None:
         self._listeners.append(fn)
@@ -158,9 +160,9 @@ class AsyncEngine:
                 deltas = await loop.run_in_executor(self._worker, self.engine.step)
                 for delta in deltas:
                     self._deliver(delta)
-                if self.engine.last_step is not None:
+                if self.engine.recorder.last_step is not None:
                     for listener in self._listeners:
-                        listener(self.engine.last_step)
+                        listener(self.engine.recorder.last_step)
                 await asyncio.sleep(0)  # let handlers run between steps
         except asyncio.CancelledError:
             raise

@@ -34,6 +34,8 @@ class ModelConfig:
     host_threads: int | None = None
     # no tokenizer: prompts and outputs are token ids, text fields stay empty, stop strings are refused
     skip_tokenizer_init: bool = False
+    # tensor-parallel ranks, one process each (gloo on the CPU, NCCL on GPUs), each with its share of the cores
+    tensor_parallel_size: int = 1
 
     def validate(self) -> None:
         for name in ("device_threads", "host_threads"):
@@ -44,6 +46,8 @@ class ModelConfig:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.max_model_len is not None and self.max_model_len < 16:
             raise ValueError("max_model_len must be >= 16")
+        if self.tensor_parallel_size < 1:
+            raise ValueError("tensor_parallel_size must be >= 1")
 
 
 OFFLOAD_MODES = ("off", "neo", "full")

@@ -5,8 +5,7 @@ import os
 
 import torch
 
-from neo_async.runner.device import pipelined_device_threads
-from neo_async.runner.executor import _device_threads
+from neo_async.runner.threads import pipelined_device_threads, torch_threads
 
 
 def test_pipelined_budget_leaves_the_host_lane_its_cores():
@@ -20,11 +19,11 @@ def test_pipelined_budget_leaves_the_host_lane_its_cores():
 def test_budget_is_restored_after_the_step_even_on_error():
     before = torch.get_num_threads()
     target = 1 if before > 1 else 2
-    with _device_threads(target):
+    with torch_threads(target):
         assert torch.get_num_threads() == target
     assert torch.get_num_threads() == before
     try:
-        with _device_threads(target):
+        with torch_threads(target):
             raise RuntimeError("step failed")
     except RuntimeError:
         pass
@@ -36,7 +35,7 @@ def test_next_to_a_gpu_the_launching_thread_keeps_a_core():
     the GPU's kernels is never crowded out by it; on the CPU device the kernel runs on the
     calling thread alone."""
     from neo_async.native import rust_cpuattn
-    from neo_async.runner.device import configure_threads, default_host_threads
+    from neo_async.runner.threads import configure_threads, default_host_threads
 
     assert default_host_threads(torch.device("cuda"), 16) == 15
     assert default_host_threads(torch.device("cuda"), 1) == 1

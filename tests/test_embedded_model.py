@@ -46,10 +46,10 @@ def test_prompt_logits_match_transformers_on_the_gguf_weights():
     llm = LLM(dtype="float32", device_kv_tokens=1024)
     engine = llm.engine
     prompt = llm.tokenizer.encode(llm.tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}]))
-    engine.executor.keep_logits = True
+    engine.worker.executor.keep_logits = True
     engine.add_request(engine.make_request(prompt, SamplingParams(temperature=0.0, max_tokens=1), "p"))
     plan = engine.scheduler.schedule()
-    ours = engine.executor.execute(plan).logits["p"].cpu()  # [vocab]; compared where transformers ran
+    ours = engine.worker.executor.execute(plan).logits["p"].cpu()  # [vocab]; compared where transformers ran
     with torch.no_grad():
         ref = hf(torch.tensor([prompt])).logits[0, -1].float()
     assert (ours - ref).abs().max() / ref.abs().max() < 1e-4

@@ -22,7 +22,7 @@ def _engine(path, **overrides) -> Engine:
 def test_token_counts_become_blocks(checkpoint):
     engine = _engine(checkpoint, device_kv_tokens=256, host_kv_tokens=1024)
     assert (engine.device_pool.num_blocks, engine.host_pool.num_blocks) == (16, 64)
-    assert engine.host_cache is not None and engine.host_cache.k.shape[1] == 64
+    assert engine.worker.host_cache is not None and engine.worker.host_cache.k.shape[1] == 64
 
 
 def test_auto_sizes_both_pools_from_memory_within_the_context_cap(checkpoint):
@@ -34,5 +34,5 @@ def test_auto_sizes_both_pools_from_memory_within_the_context_cap(checkpoint):
 
 def test_offload_off_has_no_host_pool(checkpoint):
     engine = _engine(checkpoint, offload="off", device_kv_tokens=256)
-    assert engine.host_pool.num_blocks == 0 and engine.host_cache is None
+    assert engine.host_pool.num_blocks == 0 and engine.worker.host_cache is None
     assert engine.stats().num_host_blocks_total == 0

@@ -19,9 +19,9 @@ def test_host_inputs_are_staged_before_device_attention(tmp_path):
         pipeline="off", cost_tables="none",
     )
     engine = Engine(config)
-    executor = engine.executor
+    ops = engine.worker.executor.ops
     calls: list[tuple[str, int]] = []
-    host_job, device_attention = executor.host_job, executor.device_attention
+    host_job, device_attention = ops.host_job, ops.device_attention
 
     def record_host_job(layer, *args, **kwargs):
         calls.append(("host", layer))
@@ -31,7 +31,7 @@ def test_host_inputs_are_staged_before_device_attention(tmp_path):
         calls.append(("device", layer))
         return device_attention(layer, *args, **kwargs)
 
-    executor.host_job, executor.device_attention = record_host_job, record_device_attention
+    ops.host_job, ops.device_attention = record_host_job, record_device_attention
     gen = torch.Generator().manual_seed(3)
     for i in range(4):  # 30 tokens each: the 4-block device pool takes one, the host the rest
         prompt = torch.randint(3, VOCAB_SIZE, (30,), generator=gen).tolist()
@@ -42,4 +42,4 @@ def test_host_inputs_are_staged_before_device_attention(tmp_path):
         engine.check()
         for layer in {layer for kind, layer in calls if kind == "host"}:
             assert calls.index(("host", layer)) < calls.index(("device", layer)), calls
-    assert engine.num_host_prefill_tokens_total > 0 and engine.num_pipelined_iterations_total == 0
+    assert engine.recorder.num_host_prefill_tokens_total > 0 and engine.recorder.num_pipelined_iterations_total == 0

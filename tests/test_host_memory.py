@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from neo_async.kv.host_memory import HUGE_PAGE_BYTES, allocate_host_bytes, anon_huge_page_bytes, host_tensor
+from neo_async.platform.host_memory import HUGE_PAGE_BYTES, allocate_host_bytes, anon_huge_page_bytes, host_tensor
 from neo_async.runner.attention import KVCache
 
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from neo_async.runner.batch import DecodeGroup
-from neo_async.runner.device import sequential_host_parts
-from neo_async.runner.executor import host_row_parts
+from neo_async.runner.threads import sequential_host_parts
+from neo_async.runner.layer_ops import host_row_parts
 from neo_async.sched.plan import KVLocation
 
 

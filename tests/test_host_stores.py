@@ -125,7 +125,7 @@ def test_engines_storing_host_prefills_through_a_copy_lane_give_the_same_tokens(
                                               host_kv_tokens=4096))
             lane = InferenceThreadLane()
             if deferred:
-                cache = engine.host_cache
+                cache = engine.worker.host_cache
                 cache.host_stores = HostStores(lane, cache.k, cache.v)
             requests = [engine.make_request(p, params, f"r{i}") for i, p in enumerate(prompts)]
             for request in requests:
@@ -133,7 +133,7 @@ def test_engines_storing_host_prefills_through_a_copy_lane_give_the_same_tokens(
             while engine.has_unfinished:
                 engine.step()
                 engine.check()
-                assert not deferred or engine.host_cache.host_stores.pending == []  # settled by each step's end
+                assert not deferred or engine.worker.host_cache.host_stores.pending == []  # settled by each step's end
             assert engine.stats().num_host_prefill_tokens_total > 0
             results.append([r.output_token_ids for r in requests])
             lane.close()

@@ -59,7 +59,7 @@ def _tokens(path, lane) -> tuple[dict[str, list[int]], int]:
         pipeline="on", cost_tables="none",
     )
     engine = Engine(config)
-    engine.executor.host_lane = lane
+    engine.worker.executor.host_lane = lane
     gen = torch.Generator().manual_seed(8)
     requests = []
     for i in range(6):
@@ -70,7 +70,7 @@ def _tokens(path, lane) -> tuple[dict[str, list[int]], int]:
     while engine.has_unfinished:
         engine.step()
         engine.check()
-    return {r.request_id: r.output_token_ids for r in requests}, engine.num_pipelined_iterations_total
+    return {r.request_id: r.output_token_ids for r in requests}, engine.recorder.num_pipelined_iterations_total
 
 
 def test_pipelined_steps_on_the_inline_lane_give_the_thread_lanes_tokens(tmp_path):

@@ -22,7 +22,7 @@ def _engine(path, **overrides) -> Engine:
 
 def _run_keeping_logits(engine: Engine, prompts: list[list[int]], max_tokens: int) -> dict[str, tuple[list[int], list[torch.Tensor]]]:
     """Drive the three-line step by hand so that every sampling row's logits are kept."""
-    engine.executor.keep_logits = True
+    engine.worker.executor.keep_logits = True
     ids = []
     for i, prompt in enumerate(prompts):
         request = engine.make_request(prompt, SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True), f"r{i}")
@@ -31,7 +31,7 @@ def _run_keeping_logits(engine: Engine, prompts: list[list[int]], max_tokens: in
     logits: dict[str, list[torch.Tensor]] = {r.request_id: [] for r in ids}
     while engine.has_unfinished:
         plan = engine.scheduler.schedule()
-        out = engine.executor.execute(plan)
+        out = engine.worker.executor.execute(plan)
         for rid, row in (out.logits or {}).items():
             logits[rid].append(row)
         for request in engine.scheduler.update(plan, out):

@@ -5,6 +5,8 @@ every step."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -34,13 +36,13 @@ def _engine(**overrides) -> Engine:
 
 def _run(engine: Engine, prompts: list[list[int]]) -> tuple[dict[str, list[int]], list[Plan]]:
     plans: list[Plan] = []
-    execute = engine.executor.execute
+    execute = engine.worker.executor.execute
 
     def recording(plan: Plan):
         plans.append(plan)
         return execute(plan)
 
-    engine.executor.execute = recording
+    engine.worker.executor.execute = recording
     params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
     requests = [engine.make_request(p, params, f"r{i}") for i, p in enumerate(prompts)]
     for request in requests[:LATE]:
@@ -94,20 +96,21 @@ def test_sequential_host_attention_split_across_threads_gives_the_same_tokens(pr
     """A sequential step's host decodes split into two kernel calls run at once (this thread and
     the host lane), or one: the tokens are off's either way."""
     engine = _engine(offload="neo", device_kv_tokens=192, host_kv_tokens=4096, pipeline="off")
-    engine.executor.sequential_host_parts = parts
+    ops = engine.worker.executor.ops
+    ops.threads = dataclasses.replace(ops.threads, sequential_host_parts=parts)
     calls = []
-    host_job = engine.executor.host_job
+    host_job = ops.host_job
 
     def counting(layer, group, part, *args):
         calls.append(part)
         return host_job(layer, group, part, *args)
 
-    engine.executor.host_job = counting
+    ops.host_job = counting
     tokens, plans = _run(engine, prompts)
     assert tokens == reference
     assert not _pipelined(plans) and calls
     assert any(first > 0 for first, _ in calls) == (parts == 2)
-    assert (engine.executor.host_lane is not None) == (parts == 2)
+    assert (engine.worker.executor.host_lane is not None) == (parts == 2)
 
 
 @pytest.mark.slow
@@ -136,7 +139,7 @@ def test_the_cost_policy_defers_host_decodes_without_changing_tokens(prompts, re
             assert streak[rid] <= 2
         for chunk in plan.chunks:
             streak.pop(chunk.request_id, None)
-    assert len(engine.predictions) == sum(1 for p in plans if p.chunks)
+    assert len(engine.recorder.predictions) == sum(1 for p in plans if p.chunks)
 
 
 def test_a_failing_host_job_reaches_the_waiting_thread():

@@ -97,7 +97,7 @@ def test_neo_with_a_tiny_device_pool_and_the_pipeline_gives_the_same_tokens(chec
     assert _run(engine) == reference
     stats = engine.stats()
     assert stats.num_prefix_hits_total > 0 and stats.num_prefix_hit_tokens_total["host"] > 0
-    assert stats.num_prefix_hit_tokens_total["device"] > 0 and engine.num_pipelined_iterations_total > 0
+    assert stats.num_prefix_hit_tokens_total["device"] > 0 and engine.recorder.num_pipelined_iterations_total > 0
 
 
 def test_full_offload_hits_the_host_pool_in_place(checkpoint, reference):

@@ -15,8 +15,8 @@ import torch
 from neo_async.config import Config, SchedulerConfig
 from neo_async.engine import Engine
 from neo_async.native import rust_cpuattn
-from neo_async.profile import cache
-from neo_async.profile.measure import Settings, profile_engine
+from neo_async.profile import cache, key
+from neo_async.profile.measure import Settings, profile_worker
 from neo_async.profile.timing import Bench, Timer
 from neo_async.sampling_params import SamplingParams
 from neo_async.sched.cost_tables import MeasuredCosts
@@ -57,12 +57,17 @@ def _engine(checkpoint, **overrides) -> Engine:
     return Engine(Config().override(**(base | overrides)))
 
 
+def _pools(engine: Engine):
+    """The engine's pools: a profile next to a running engine borrows their free blocks only."""
+    return engine.device_pool, engine.host_pool
+
+
 @pytest.fixture(scope="module")
 def profiled(checkpoint):
     engine = _engine(checkpoint)
     free_before = (list(engine.device_pool._free), list(engine.host_pool._free))
     threads_before = torch.get_num_threads()
-    costs = profile_engine(engine, quick=True)
+    costs = profile_worker(engine.worker, engine.config, quick=True, pools=_pools(engine))
     return engine, costs, free_before, threads_before
 
 
@@ -77,7 +82,7 @@ def _generate(engine: Engine, prompts: list[list[int]], profile_after_step: int 
         engine.check()
         step += 1
         if step == profile_after_step:
-            profile_engine(engine, quick=True, settings=ONE_CALL)
+            profile_worker(engine.worker, engine.config, quick=True, settings=ONE_CALL, pools=_pools(engine))
             engine.check()
     return [r.output_token_ids for r in requests]
 
@@ -100,7 +105,7 @@ def test_quick_profile_covers_the_engine_limits_and_gives_every_block_back(profi
             assert all(math.isfinite(v) and v > 0 for v in flat), name
     assert min(costs.layer_overhead, costs.host_layer_overhead, costs.pipelined_layer_overhead) >= 0
     assert costs.meta["mode"] == "quick" and costs.meta["seconds"] < 60
-    assert costs.key == cache.profile_key(engine)
+    assert costs.key == cache.profile_key(engine.worker, engine.config)
     engine.check()
     assert (list(engine.device_pool._free), list(engine.host_pool._free)) == free_before
     assert torch.get_num_threads() == threads_before
@@ -124,15 +129,15 @@ def test_a_profile_between_steps_does_not_change_any_request(checkpoint):
 
 def test_load_or_profile_reuses_the_stored_table_for_the_same_key_only(profiled, monkeypatch):
     engine, costs, _, _ = profiled
-    monkeypatch.setattr("neo_async.profile.measure.profile_engine", lambda e, quick=True: costs)
-    assert cache.load_or_profile(engine) == costs
+    monkeypatch.setattr("neo_async.profile.cache.profile_worker", lambda w, c, quick=True: costs)
+    assert cache.load_or_profile(engine.worker, engine.config) == costs
     assert cache.cache_path(costs.key).exists()
 
     def must_not_profile(*args, **kwargs):
         raise AssertionError("profiled although a table is cached")
 
-    monkeypatch.setattr("neo_async.profile.measure.profile_engine", must_not_profile)
-    assert cache.load_or_profile(engine) == costs
+    monkeypatch.setattr("neo_async.profile.cache.profile_worker", must_not_profile)
+    assert cache.load_or_profile(engine.worker, engine.config) == costs
 
 
 @pytest.mark.parametrize(
@@ -149,7 +154,7 @@ def test_a_changed_setting_never_reuses_a_table(profiled, checkpoint, change, fi
     _engine_, costs, _, _ = profiled
     cache.store(costs)
     other = _engine(checkpoint, **change)
-    key = cache.profile_key(other)
+    key = cache.profile_key(other.worker, other.config)
     assert key[field] != costs.key[field]
     assert {k for k in key if key[k] != costs.key[k]} <= {field, "pipelined_device_threads", "linear_dtype"}
     assert cache.cache_path(key) != cache.cache_path(costs.key)
@@ -184,8 +189,8 @@ def test_a_foreign_or_corrupt_file_is_not_reused(profiled, monkeypatch):
     assert cache.load_cached(costs.key) is None
     assert logs.events == ["profile_cache_unreadable"]
     fresh = MeasuredCosts.from_json(costs.to_json() | {"meta": {"mode": "fresh"}})
-    monkeypatch.setattr("neo_async.profile.measure.profile_engine", lambda e, quick=True: fresh)
-    assert cache.load_or_profile(engine).meta == {"mode": "fresh"}  # profiled again, and stored
+    monkeypatch.setattr("neo_async.profile.cache.profile_worker", lambda w, c, quick=True: fresh)
+    assert cache.load_or_profile(engine.worker, engine.config).meta == {"mode": "fresh"}  # profiled again, and stored
     assert cache.load_cached(costs.key) == fresh
 
 
@@ -202,10 +207,10 @@ def test_the_cache_directory_follows_the_environment(tmp_path, monkeypatch):
 def test_the_cpu_name_keeps_the_model_and_the_isa_flags_that_matter():
     info = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC 9R14\n"
             "cache size\t: 1024 KB\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16 rdrand\n\nprocessor\t: 1\n")
-    name = cache.cpu_name(info)
+    name = key.cpu_name(info)
     assert name.startswith("AMD EPYC 9R14; cpu family=25; model=17")
     assert name.endswith("isa=avx2,fma,avx512f,avx512_bf16")
-    assert cache.cpu_name(info.replace(" avx512_bf16", "")) != name
+    assert key.cpu_name(info.replace(" avx512_bf16", "")) != name
 
 
 def test_points_are_timed_in_round_robin_passes_and_once_past_the_deadline():
@@ -238,10 +243,10 @@ def test_the_cli_writes_json_plots_and_the_cache(checkpoint, tmp_path):
 
 
 def test_a_failing_start_up_profile_falls_back_to_the_fixed_rules(checkpoint, monkeypatch):
-    def broken(engine, quick=True):
+    def broken(worker, config, quick=True):
         raise RuntimeError("no timer on this device")
 
-    monkeypatch.setattr("neo_async.profile.measure.profile_engine", broken)
+    monkeypatch.setattr("neo_async.profile.cache.profile_worker", broken)
     engine = _engine(checkpoint, cost_tables="auto", device_threads=3)  # a key no other test profiled
     assert engine.costs is None and engine.scheduler.policy is None
 
@@ -282,7 +287,7 @@ def test_the_swap_point_times_the_copies_it_issues(checkpoint, monkeypatch):
     was made, the copies would be done before any timing and the table would read ~0. Here
     the copies run at once (CPU), so the test checks where they are issued: none when the
     bench is made, every layer's in each call, and the point is per layer."""
-    from neo_async.kv import swap
+    from neo_async.runner import swap
     from neo_async.profile import points as points_module
     from neo_async.profile.measure import borrowed
 
@@ -295,16 +300,16 @@ def test_the_swap_point_times_the_copies_it_issues(checkpoint, monkeypatch):
 
     monkeypatch.setattr(points_module, "LayerCopy", RecordingCopy)
     engine = _engine(checkpoint)
-    with borrowed(engine, Timer(engine.device)) as points:
+    with borrowed(engine.worker, engine.config, Timer(engine.worker.device), _pools(engine)) as points:
         n = 3
         src, dst = points.device_ids[:n], points.host_ids[:n]
-        engine.cache.k[:, src] = torch.randn(engine.cache.k[:, src].shape)
+        engine.worker.cache.k[:, src] = torch.randn(engine.worker.cache.k[:, src].shape)
         bench = points.swap(n)
         assert built == [] and bench.units == engine.spec.num_layers
         assert int(points.host_cache.k[:, dst].count_nonzero()) == 0
         bench.run(0)  # device -> host, every layer
         assert len(built) == 1
-        assert torch.equal(points.host_cache.k[:, dst], engine.cache.k[:, src])
+        assert torch.equal(points.host_cache.k[:, dst], engine.worker.cache.k[:, src])
 
 
 def test_a_point_of_several_units_is_timed_per_unit():

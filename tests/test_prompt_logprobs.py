@@ -78,11 +78,11 @@ def test_prompt_logprobs_match_transformers(checkpoint, prompts, placement):
     _check(outputs, prompts, hf)
     engine = llm.engine
     if placement["offload"] != "off":
-        assert engine.num_host_prefill_tokens_total > 0  # a prompt was placed on the host
+        assert engine.recorder.num_host_prefill_tokens_total > 0  # a prompt was placed on the host
     if placement["offload"] == "neo":
         assert engine.device_pool.num_blocks * 16 < sum(len(p) for p in prompts)  # some on each side
     if placement.get("pipeline") == "on":
-        assert engine.num_pipelined_iterations_total > 0
+        assert engine.recorder.num_pipelined_iterations_total > 0
     engine.check()
     assert engine.device_pool.num_used == 0 and engine.host_pool.num_used == 0
 

@@ -56,7 +56,7 @@ def engine(tmp_path_factory):
 
 
 def test_the_executor_reads_swap_in_sources_before_swap_out_writes(engine):
-    device, host = engine.cache, engine.host_cache
+    device, host = engine.worker.cache, engine.worker.host_cache
     gen = torch.Generator().manual_seed(5)
     for cache in (device, host):
         cache.k.copy_(torch.randn(cache.k.shape, generator=gen))
@@ -65,6 +65,6 @@ def test_the_executor_reads_swap_in_sources_before_swap_out_writes(engine):
     device_before = (device.k[:, 5].clone(), device.v[:, 5].clone())
     # host block 2 goes to device block 1, and device block 5 takes host block 2's place
     plan = Plan(swap_in=[CopyRun(2, 1, 1)], swap_out=[CopyRun(5, 2, 1)])
-    engine.executor.execute(plan)
+    engine.worker.executor.execute(plan)
     assert torch.equal(device.k[:, 1], host_before[0]) and torch.equal(device.v[:, 1], host_before[1])
     assert torch.equal(host.k[:, 2], device_before[0]) and torch.equal(host.v[:, 2], device_before[1])

@@ -50,12 +50,12 @@ def _drive(engine, workload: list[tuple[list[int], int]]) -> dict[str, Any]:
     while engine.has_unfinished:
         engine.step()
         engine.check()
-        steps.append(engine.last_step)
+        steps.append(engine.recorder.last_step)
     seconds = time.perf_counter() - started
     assert engine.device_pool.num_used == 0 and engine.host_pool.num_used == 0, "blocks left after every request finished"
     pipelined = [s for s in steps if s.is_pipelined]
     host_steps = [s for s in steps if s.num_host_seqs]
-    executor = engine.executor
+    executor = engine.worker.executor
     return {
         "tokens": {r.request_id: r.output_token_ids for r in requests},
         "tok_s": sum(len(r.output_token_ids) for r in requests) / seconds,
@@ -69,7 +69,7 @@ def _drive(engine, workload: list[tuple[list[int], int]]) -> dict[str, Any]:
         "swaps_out": engine.scheduler.num_swapped_out_total,
         "swaps_in": engine.scheduler.num_swapped_in_total,
         "preemptions": engine.scheduler.num_preemptions_total,
-        "host_prefill_tokens": engine.num_host_prefill_tokens_total,
+        "host_prefill_tokens": engine.recorder.num_host_prefill_tokens_total,
     }
 
 
@@ -78,16 +78,16 @@ def _wait_share(wait_s: float, pipelined_s: float) -> float | None:
 
 
 def _setup(engine) -> dict[str, Any]:
-    host = engine.host_cache
-    kernels = engine.cache.kernels
+    host = engine.worker.host_cache
+    kernels = engine.worker.cache.kernels
     return {
-        "device": str(engine.device),
+        "device": str(engine.worker.device),
         "device_kv_tokens": engine.device_pool.num_blocks * engine.device_pool.block_size,
         "host_kv_tokens": engine.host_pool.num_blocks * engine.host_pool.block_size,
-        "host_pool_pinned": bool(host is not None and engine.device.type == "cuda" and host.k.is_pinned()),
+        "host_pool_pinned": bool(host is not None and engine.worker.device.type == "cuda" and host.k.is_pinned()),
         "decode_backend": backend_name(None if kernels is None else kernels[0]),
-        "device_threads": engine.num_device_threads,
-        "host_threads": engine.num_host_threads,
+        "device_threads": engine.worker.threads.device,
+        "host_threads": engine.worker.threads.host,
     }
 
 
@@ -155,7 +155,7 @@ def lanes(args: argparse.Namespace) -> dict[str, Any]:
             args.model, args.dtype, offload="neo", device_kv_tokens=args.device_kv_tokens, host_kv_tokens=args.host_kv_tokens,
             pipeline="on", max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         )
-        lane = engine.executor.host_lane = make_lane()
+        lane = engine.worker.executor.host_lane = make_lane()
         workload = make_workload(args.num_prompts, args.input_len, args.output_len, engine.spec.vocab_size, args.seed)
         run = _drive(engine, workload)
         run.pop("tokens")

@@ -87,7 +87,7 @@ HUGE_PAGE_BYTES = 2 << 20
 
 def host_array(shape: tuple[int, ...], dtype: Any, huge_pages: bool) -> np.ndarray:
     """An uninitialised array; with `huge_pages`, in a 2 MiB-aligned anonymous mapping advised
-    MADV_HUGEPAGE, as the engine's host pools are (`neo_async/kv/host_memory.py`)."""
+    MADV_HUGEPAGE, as the engine's host pools are (`neo_async/platform/host_memory.py`)."""
     if not huge_pages:
         return np.empty(shape, dtype)
     import mmap

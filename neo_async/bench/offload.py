@@ -40,7 +40,7 @@ def run_case(config_overrides: dict[str, Any], workload_args: tuple[int, int, in
     llm = LLM(**config_overrides)
     wait_host_pools_populated()  # the pools' first-touch faults are start-up work, not the run's
     if host_lane == "python":
-        llm.engine.executor.host_lane = HostLane(native=False)
+        llm.engine.worker.executor.host_lane = HostLane(native=False)
     num_prompts, input_len, output_len, seed = workload_args
     workload = make_workload(num_prompts, input_len, output_len, llm.engine.spec.vocab_size, seed)
     params = [SamplingParams(temperature=0.0, max_tokens=m, ignore_eos=True) for _, m in workload]
@@ -50,7 +50,7 @@ def run_case(config_overrides: dict[str, Any], workload_args: tuple[int, int, in
     llm.engine.check()
     stats = llm.engine.stats()
     tokens = sum(len(o.token_ids) for o in outs)
-    errors = sorted(abs(p - m) / m for p, m in llm.engine.predictions)
+    errors = sorted(abs(p - m) / m for p, m in llm.engine.recorder.predictions)
     row = {
         "deferred": stats.num_deferred_total,
         "sched_ms": stats.schedule_seconds_total / max(1, stats.num_iterations_total) * 1000,  # per iteration
@@ -64,8 +64,8 @@ def run_case(config_overrides: dict[str, Any], workload_args: tuple[int, int, in
         "preemptions": stats.num_preemptions_total,
         "host_kv_blocks": stats.num_host_blocks_total,
         "pipelined_steps": f"{stats.num_pipelined_iterations_total}/{stats.num_iterations_total}",
-        "device_threads": llm.engine.num_device_threads,
-        "host_threads": llm.engine.num_host_threads,
+        "device_threads": llm.engine.worker.threads.device,
+        "host_threads": llm.engine.worker.threads.host,
     }
     del llm
     gc.collect()

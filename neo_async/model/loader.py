@@ -23,7 +23,7 @@ from neo_async.model.spec import ModelSpec
 from neo_async.model.tensor_parallel import Shard
 from neo_async.model.tokenizer import Tokenizer, tokenizer_from_gguf_fields, tokenizer_from_hf_dir
 from neo_async.model.weights import LlamaWeights, WeightsBuilder
-from neo_async.runner.device import host_available_bytes
+from neo_async.platform.devices import host_available_bytes
 
 log = structlog.get_logger("neo_async.model.loader")
 

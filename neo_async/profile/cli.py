@@ -34,16 +34,17 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         parser.error(str(exc))
 
-    from neo_async.engine import Engine
     from neo_async.profile import cache, heldout, report
-    from neo_async.profile.measure import Settings, borrowed, profile_engine
+    from neo_async.profile.measure import Settings, borrowed, profile_worker
     from neo_async.profile.timing import Timer
+    from neo_async.runner.worker import Worker
 
-    engine = Engine(config)
+    config.validate()
+    worker = Worker(config.model, config.cache)
     settings = Settings.of(args.quick)
     if args.budget_s is not None:
         settings = dataclasses.replace(settings, budget_s=args.budget_s)
-    costs = profile_engine(engine, quick=args.quick, settings=settings)
+    costs = profile_worker(worker, config, quick=args.quick, settings=settings)
     print(report.format_costs(costs))
 
     checks: dict[str, list[heldout.Check]] = {}
@@ -51,10 +52,10 @@ def main(argv: list[str]) -> int:
     if args.heldout_points > 0:
         started = time.perf_counter()
         # NOTE: a budget that lets a whole prefill step (~0.5 s) repeat: timed once, it varied 30%
-        timer = Timer(engine.device, repeats=settings.repeats, point_budget_s=max(settings.point_budget_s, 3.0))
-        with borrowed(engine, timer) as points:
+        timer = Timer(worker.device, repeats=settings.repeats, point_budget_s=max(settings.point_budget_s, 3.0))
+        with borrowed(worker, config, timer) as points:
             checks = heldout.check_tables(points, costs, args.heldout_points)
-            step_checks = heldout.check_steps(points, costs, heldout.step_shapes(engine))
+            step_checks = heldout.check_steps(points, costs, heldout.step_shapes(worker, config))
         print(f"\nheld-out checks ({time.perf_counter() - started:.1f} s): relative error of the table at points it was "
               "not measured at")
     table_errors = {name: heldout.summary(c) for name, c in checks.items()}

@@ -16,7 +16,8 @@ from neo_async.sched.costs import Table1D, Table2D
 from neo_async.sched.predict import plan_time
 
 if TYPE_CHECKING:
-    from neo_async.engine import Engine
+    from neo_async.config import Config
+    from neo_async.runner.worker import Worker
     from neo_async.profile.points import Points
 
 
@@ -87,20 +88,20 @@ def check_steps(points: Points, costs: MeasuredCosts, shapes: list[StepShape]) -
             for shape, (seconds, plan) in zip(shapes, measured)]
 
 
-def step_shapes(engine: Engine) -> list[StepShape]:
+def step_shapes(worker: Worker, config: Config) -> list[StepShape]:
     """Probe steps unlike the ones the overheads were fitted to: bigger batches, longer
     contexts, a prefill chunk joining decodes; device-only steps (no host job glue); and
     serving-sized ones: 16 decodes of ~1100 tokens, a full prefill chunk fresh and after a
     cached prefix."""
-    seqs = engine.config.scheduler.max_num_seqs
-    max_tokens = engine.config.scheduler.max_num_batched_tokens
+    seqs = config.scheduler.max_num_seqs
+    max_tokens = config.scheduler.max_num_batched_tokens
     n = max(2, min(16, seqs // 2))
-    kv = min(512, engine.max_model_len - 1)
+    kv = min(512, worker.max_model_len - 1)
     chunk = min(64, max_tokens // 2)
-    prefix = min(256, engine.max_model_len - chunk - 1)
-    long_kv = min(1100, engine.max_model_len - 1)
+    prefix = min(256, worker.max_model_len - chunk - 1)
+    long_kv = min(1100, worker.max_model_len - 1)
     big_chunk = min(512, max_tokens)
-    big_prefix = max(0, min(500, engine.max_model_len - big_chunk - 1))
+    big_prefix = max(0, min(500, worker.max_model_len - big_chunk - 1))
     shapes = [
         StepShape(device_decodes=n // 2, host_decodes=n // 2, kv_tokens=kv),
         StepShape(device_decodes=2, host_decodes=n, kv_tokens=kv),
@@ -112,4 +113,4 @@ def step_shapes(engine: Engine) -> list[StepShape]:
         StepShape(device_decodes=0, prefill=(big_chunk, 0)),
         StepShape(device_decodes=0, prefill=(big_chunk, big_prefix)),
     ]
-    return runnable(shapes, engine.host_cache is not None)
+    return runnable(shapes, worker.host_cache is not None)

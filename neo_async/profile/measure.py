@@ -1,7 +1,7 @@
-"""The profile: every cost table measured on a constructed engine, before it serves.
+"""The profile: every cost table measured on a constructed Worker, before an engine serves on it.
 
-`profile_engine(engine, quick)` borrows the free blocks of both pools (or a scratch host pool
-when the engine has none), waits until the host pools' background population is over (it would
+`profile_worker(worker, config, quick)` borrows the blocks of both caches (or a scratch host
+pool when the worker has none), waits until the host pools' background population is over (it would
 compete for the cores), measures each table on its grid (`grids.py`) through the code paths of
 real steps (`points.py`), fits the per-layer overheads to whole probe steps (`probes.py`), and
 gives every block back. quick: coarse grids and few repeats (about 30 s for the embedded model
@@ -20,6 +20,7 @@ import structlog
 import torch
 
 from neo_async.profile.grids import Grids, make_grids
+from neo_async.profile.key import grid_limits, profile_key
 from neo_async.profile.points import Points
 from neo_async.profile.probes import StepShape, fit_overheads, measure_steps, runnable
 from neo_async.profile.scratch import scratch_blocks, wait_host_pools_populated
@@ -30,12 +31,14 @@ from neo_async.sched.cost_tables import MeasuredCosts
 from neo_async.sched.costs import Table1D, Table2D
 
 if TYPE_CHECKING:
-    from neo_async.engine import Engine
+    from neo_async.config import Config
+    from neo_async.kv.block_pool import BlockPool
+    from neo_async.runner.worker import Worker
 
 log = structlog.get_logger("neo_async.profile")
 
 SCRATCH_HOST_BYTES = 256 << 20
-DECODE_AXES = ("decode_requests", "decode_lengths")  # host pool borrowed for the host tables when the engine has none
+DECODE_AXES = ("decode_requests", "decode_lengths")  # host pool borrowed for the host tables when the worker has none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,39 +53,53 @@ class Settings:
 
 
 @contextlib.contextmanager
-def borrowed(engine: Engine, timer: Timer) -> Iterator[Points]:
-    """Points on the engine's scratch blocks; every block is given back on exit."""
+def borrowed(
+    worker: Worker, config: Config, timer: Timer, pools: tuple[BlockPool, BlockPool] | None = None
+) -> Iterator[Points]:
+    """Points on scratch blocks: every block of the worker's caches (before an engine accounts
+    for them), or the free blocks of an engine's (device, host) pools, given back on exit; a
+    scratch host pool when the worker has none."""
     wait_host_pools_populated()
-    host_cache = engine.host_cache
+    host_cache = worker.host_cache
     if host_cache is None:
-        spec, bs = engine.spec, engine.cache.block_size
-        per_block = 2 * spec.num_layers * spec.num_kv_heads * bs * spec.head_dim * engine.cache.k.element_size()
-        num_blocks = max(8, SCRATCH_HOST_BYTES // per_block)
-        host_cache = KVCache(spec.num_layers, num_blocks, spec.num_kv_heads, bs, spec.head_dim, engine.cache.k.dtype,
-                             torch.device("cpu"), pin_for_cuda=engine.device.type == "cuda")
+        spec, bs = worker.spec, worker.block_size
+        num_blocks = max(8, SCRATCH_HOST_BYTES // worker.bytes_per_block)
+        host_cache = KVCache(spec.num_layers, num_blocks, spec.num_kv_heads, bs, spec.head_dim, worker.cache.k.dtype,
+                             torch.device("cpu"), pin_for_cuda=worker.device.type == "cuda")
         wait_host_pools_populated()
-    lane = engine.executor.host_lane or HostLane("neo-profile-lane")
+    lane = worker.executor.host_lane or HostLane("neo-profile-lane")
     try:
-        with scratch_blocks(engine.device_pool) as device_ids, scratch_blocks(engine.host_pool) as host_ids:
-            if engine.host_cache is None:
+        with _scratch(worker, pools) as (device_ids, host_ids):
+            if worker.host_cache is None:
                 host_ids = list(range(host_cache.k.shape[1]))
             if not device_ids or not host_ids:
                 raise RuntimeError("profiling needs free blocks in both pools: profile before serving")
-            yield Points(engine, timer, device_ids, host_cache, host_ids, lane)
+            yield Points(worker, config, timer, device_ids, host_cache, host_ids, lane)
     finally:
-        if lane is not engine.executor.host_lane:
+        if lane is not worker.executor.host_lane:
             lane.close()
 
 
-def profile_engine(engine: Engine, quick: bool = True, settings: Settings | None = None) -> MeasuredCosts:
+@contextlib.contextmanager
+def _scratch(worker: Worker, pools: tuple[BlockPool, BlockPool] | None) -> Iterator[tuple[list[int], list[int]]]:
+    if pools is None:
+        yield list(range(worker.num_device_blocks)), list(range(worker.num_host_blocks))
+        return
+    with scratch_blocks(pools[0]) as device_ids, scratch_blocks(pools[1]) as host_ids:
+        yield device_ids, host_ids
+
+
+def profile_worker(worker: Worker, config: Config, quick: bool = True, settings: Settings | None = None,
+                   pools: tuple[BlockPool, BlockPool] | None = None) -> MeasuredCosts:
+    """Every table and the fitted overheads, measured on the worker (see `borrowed` for pools)."""
     settings = settings or Settings.of(quick)
     started = time.perf_counter()
-    timer = Timer(engine.device, repeats=settings.repeats, point_budget_s=settings.point_budget_s,
+    timer = Timer(worker.device, repeats=settings.repeats, point_budget_s=settings.point_budget_s,
                   deadline=started + settings.budget_s)
     mode = "quick" if quick else "full"
     log.info("profile_started", mode=mode, budget_s=settings.budget_s)
-    with borrowed(engine, timer) as points:
-        grids = engine_grids(engine, points, quick)
+    with borrowed(worker, config, timer, pools) as points:
+        grids = profile_grids(worker, config, points, quick)
         tables: dict[str, Table1D | Table2D] = {}
         over_budget = False
         for name in POINTS:
@@ -94,9 +111,9 @@ def profile_engine(engine: Engine, quick: bool = True, settings: Settings | None
                 over_budget = True
                 log.warning("profile_over_budget", budget_s=settings.budget_s, elapsed_s=round(elapsed, 1),
                             hint="the remaining points are timed once each, without warm-up")
-        costs = MeasuredCosts(num_layers=engine.spec.num_layers, **tables)  # type: ignore[arg-type]
+        costs = MeasuredCosts(num_layers=worker.spec.num_layers, **tables)  # type: ignore[arg-type]
         t0 = time.perf_counter()
-        steps = measure_steps(points, overhead_probes(engine))
+        steps = measure_steps(points, overhead_probes(worker, config))
         costs = fit_overheads(costs, steps)
         log.info("profile_table", table="layer_overhead", seconds=round(time.perf_counter() - t0, 2),
                  layer_overhead_us=round(costs.layer_overhead * 1e6, 1),
@@ -104,20 +121,16 @@ def profile_engine(engine: Engine, quick: bool = True, settings: Settings | None
                  pipelined_layer_overhead_us=round(costs.pipelined_layer_overhead * 1e6, 1))
     seconds = time.perf_counter() - started
     log.info("profile_done", mode=mode, seconds=round(seconds, 1))
-    from neo_async.profile.cache import profile_key
-
     meta = {"mode": mode, "seconds": round(seconds, 2), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    return dataclasses.replace(costs, key=profile_key(engine), meta=meta)
+    return dataclasses.replace(costs, key=profile_key(worker, config), meta=meta)
 
 
-def engine_grids(engine: Engine, points: Points, quick: bool) -> Grids:
-    from neo_async.profile.cache import grid_limits
-
-    max_tokens, max_seqs = grid_limits(engine)
-    bs = engine.cache.block_size
-    swap_cap = 4 * -(-engine.max_model_len // bs)  # a few requests' worth of blocks, one layer
+def profile_grids(worker: Worker, config: Config, points: Points, quick: bool) -> Grids:
+    max_tokens, max_seqs = grid_limits(worker, config)
+    bs = worker.block_size
+    swap_cap = 4 * -(-worker.max_model_len // bs)  # a few requests' worth of blocks, one layer
     num_swap = min(len(points.device_ids), len(points.host_ids), swap_cap)
-    return make_grids(max_tokens, max_seqs, engine.max_model_len, bs, num_swap, quick)
+    return make_grids(max_tokens, max_seqs, worker.max_model_len, bs, num_swap, quick)
 
 
 # each table's points: (axes of the grid, measured under the pipelined budget, the point's bench)
@@ -152,12 +165,12 @@ def measure_table(points: Points, grids: Grids, name: str) -> Table1D | Table2D:
     return Table2D(tuple(float(x) for x in xs), tuple(float(y) for y in ys), rows)
 
 
-def overhead_probes(engine: Engine) -> list[StepShape]:
+def overhead_probes(worker: Worker, config: Config) -> list[StepShape]:
     """Steps the overheads are fitted to: small batches, where the glue is a visible share;
     device-only ones for the device glue, sequential ones with host decodes for the host job's
     glue, the pipelined ones with the device lane busy (device decodes in b0), so its glue shows."""
-    n = max(2, min(8, engine.config.scheduler.max_num_seqs // 2))
-    kv = min(256, engine.max_model_len - 1)
+    n = max(2, min(8, config.scheduler.max_num_seqs // 2))
+    kv = min(256, worker.max_model_len - 1)
     shapes = [
         StepShape(device_decodes=1, kv_tokens=kv),
         StepShape(device_decodes=n, kv_tokens=kv),
@@ -167,4 +180,4 @@ def overhead_probes(engine: Engine) -> list[StepShape]:
         StepShape(device_decodes=n, host_decodes=n, kv_tokens=kv, pipelined=True),
         StepShape(device_decodes=2 * n, host_decodes=2, kv_tokens=kv, pipelined=True),
     ]
-    return runnable(shapes, engine.host_cache is not None)
+    return runnable(shapes, worker.host_cache is not None)

@@ -1,4 +1,4 @@
-"""One measurement point per cost, on a constructed engine, through the code paths of real
+"""One measurement point per cost, on a constructed Worker, through the code paths of real
 steps: each method prepares a `Bench` (inputs built, the timed call), to be timed under the
 table's thread budget (`Points.budget`).
 
@@ -20,20 +20,20 @@ from typing import TYPE_CHECKING
 import torch
 
 from neo_async.kernels.host_values import to_device
-from neo_async.kv.swap import LayerCopy
-from neo_async.profile.scratch import device_threads
 from neo_async.profile.timing import Bench, Timer
-from neo_async.runner.attention import KVCache, pad_block_tables, prefill_attention
-from neo_async.runner.batch import BatchTensors, DecodeGroup
-from neo_async.runner.executor import host_row_parts, run_at_once
+from neo_async.runner.attention import KVCache, pad_block_tables
+from neo_async.runner.batch import DecodeGroup
 from neo_async.runner.host_lane import HostLane
+from neo_async.runner.layer_ops import LayerOps, run_at_once
 from neo_async.runner.output_rows import OutputRows
-from neo_async.runner.sampler import SampleRow
+from neo_async.runner.swap import LayerCopy
+from neo_async.runner.threads import torch_threads
 from neo_async.sampling_params import SamplingParams
 from neo_async.sched.plan import KVLocation, ScheduledChunk, coalesce
 
 if TYPE_CHECKING:
-    from neo_async.engine import Engine
+    from neo_async.config import Config
+    from neo_async.runner.worker import Worker
 
 GREEDY = SamplingParams(temperature=0.0, ignore_eos=True)
 
@@ -41,25 +41,31 @@ GREEDY = SamplingParams(temperature=0.0, ignore_eos=True)
 class Points:
     def __init__(
         self,
-        engine: Engine,
+        worker: Worker,
+        config: Config,
         timer: Timer,
         device_ids: list[int],
         host_cache: KVCache,
         host_ids: list[int],
         lane: HostLane,
     ) -> None:
-        self.engine = engine
+        self.worker = worker
+        self.config = config
         self.timer = timer
-        self.model = engine.model
-        self.spec = engine.spec
-        self.device = engine.device
-        self.dtype = engine.model.dtype
-        self.cache = engine.cache
+        self.model = worker.model
+        self.spec = worker.spec
+        self.device = worker.device
+        self.dtype = worker.model.dtype
+        self.cache = worker.cache
+        self.executor = worker.executor
+        # the executor's operations over the scratch pools (the host one may be borrowed)
+        caches = {KVLocation.DEVICE: worker.cache, KVLocation.HOST: host_cache}
+        self.ops = LayerOps(worker.model, caches, worker.threads)
         self.host_cache = host_cache
         self.device_ids = device_ids
         self.host_ids = host_ids
         self.lane = lane
-        self.block_size = engine.cache.block_size
+        self.block_size = worker.block_size
         self.gen = torch.Generator(device="cpu").manual_seed(0)
         self._calls = 0
 
@@ -70,10 +76,10 @@ class Points:
         return layer
 
     def budget(self, pipelined: bool):
-        """torch's threads in a step of that kind (the executor's pipelined budget, else the
-        engine's)."""
-        pipelined_threads = self.engine.executor.pipelined_device_threads
-        return device_threads(pipelined_threads if pipelined else self.engine.num_device_threads)
+        """torch's threads in a step of that kind (the worker's pipelined budget, else its
+        sequential one)."""
+        threads = self.worker.threads
+        return torch_threads(threads.pipelined_device if pipelined else threads.device)
 
     def measure(self, benches: list[Bench], pipelined: bool) -> list[float]:
         """Median seconds of each bench, under the budget of a step of that kind."""
@@ -88,17 +94,16 @@ class Points:
     @torch.inference_mode()
     def linear(self, num_tokens: int) -> Bench:
         """pre + post of one layer for num_tokens rows."""
-        model, s = self.model, self.spec
+        ops, s = self.ops, self.spec
         base = self._randn(num_tokens, s.hidden_size)
         hidden = base.clone()
-        positions = torch.arange(num_tokens, device=self.device) % self.engine.max_model_len
-        rope = model.rope(positions)
+        positions = torch.arange(num_tokens, device=self.device) % self.worker.max_model_len
+        rope = self.model.rope(positions)
 
         def run(i: int) -> None:
             layer = self.next_layer()
-            q, _k, _v = model.pre(layer, hidden, rope)
-            out = torch.zeros(q.shape, dtype=torch.float32, device=self.device)
-            model.post(layer, hidden, out.view(num_tokens, -1))
+            _q, _k, _v, out = ops.pre(layer, hidden, rope)
+            ops.post(layer, hidden, out.zero_())
 
         return Bench(run, setup=lambda i: hidden.copy_(base))  # post adds into hidden
 
@@ -113,17 +118,14 @@ class Points:
         pool_device = self.cache.device
         slot_blocks = torch.tensor([block_ids[p // bs] for p in range(prefix, total)], device=pool_device)
         slot_offsets = torch.tensor([p % bs for p in range(prefix, total)], device=pool_device)
-        cached = torch.tensor(block_ids, device=pool_device)
+        cached = torch.tensor(block_ids, device=pool_device) if prefix else None
         out = torch.empty((chunk, s.num_heads, s.head_dim), dtype=torch.float32, device=self.device)
-        scale = s.attn_scale
+        scheduled = ScheduledChunk("p", [1] * chunk, prefix, block_ids, False, GREEDY, [1] * total, [])
 
         def run(i: int) -> None:
             layer = self.next_layer()
             self.cache.store(layer, k, v, slot_blocks, slot_offsets)
-            if prefix:  # as Executor.device_attention: over the pool when a prefix is cached
-                out[:] = self.cache.prefill(layer, q, cached, prefix, total, scale, k_new=k, v_new=v)
-            else:
-                out[:] = prefill_attention(q, k.transpose(0, 1), v.transpose(0, 1), prefix, scale)
+            out[:] = self.ops.prefill_attention(layer, scheduled, cached, q, k, v)
 
         return Bench(run)
 
@@ -144,16 +146,15 @@ class Points:
     def host_decode(self, num_requests: int, length: int, pipelined: bool) -> Bench:
         """Host decode attention, staging included; pipelined: the job runs on the host lane
         (submitted, then awaited, as the pipelined executor does); sequential: split and run as
-        the sequential executor does (`executor.sequential_host_parts`)."""
+        the sequential loop does (`ThreadBudget.sequential_host_parts`)."""
         tables, seq_lens = self._tables(self.host_cache, self.host_ids, num_requests, length)
         q, k, v, out = self._decode_inputs(num_requests)
-        ex = self.engine.executor
         group = DecodeGroup(KVLocation.HOST, 0, num_requests, tables, seq_lens)
-        parts = host_row_parts(group, 1 if pipelined else ex.sequential_host_parts)
+        parts = self.ops.host_parts(group, pipelined)
 
         def run(i: int) -> None:
             layer = self.next_layer()
-            jobs = [ex.host_job(layer, group, part, q, k, v, out) for part in parts]
+            jobs = [self.ops.host_job(layer, group, part, q, k, v, out) for part in parts]
             if pipelined:
                 self.lane.submit(jobs[0]).wait()
                 jobs[0].finish()
@@ -200,16 +201,9 @@ class Points:
         return Bench(lambda i: self._outside_layers([chunk]))
 
     def _outside_layers(self, chunks: list[ScheduledChunk]) -> None:
-        ex, model = self.engine.executor, self.model
-        batch = BatchTensors(chunks, self.block_size, self.device, ex.pool_devices)
-        hidden = model.embed(batch.token_ids)
-        model.rope(batch.positions)
+        batch, hidden, _rope = self.ops.begin(chunks)
         rows = OutputRows.of(batch.chunks, batch.last_row, hidden)
-        sampling = rows.sampling
-        if sampling:
-            logits = model.logits(rows.sampling_hidden)
-            rows = [SampleRow(c.params, c.prompt_token_ids, c.output_token_ids) for c in sampling]
-            self.engine.sampler(logits, rows)
+        self.executor.sample(rows.sampling, rows.sampling_hidden)
 
     # ---- helpers -------------------------------------------------------------------------
 

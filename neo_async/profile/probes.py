@@ -87,7 +87,7 @@ def measure_steps(points: Points, shapes: list[StepShape]) -> list[tuple[float, 
     """Median seconds of executor.execute(plan) for each shape's plan (which sets the pipelined
     budget itself), with the plan."""
     plans = [build_plan(s, points.device_ids, points.host_ids, points.block_size) for s in shapes]
-    execute = points.engine.executor.execute
+    execute = points.executor.execute
     seconds = points.measure([Bench(lambda i, plan=plan: execute(plan)) for plan in plans], pipelined=False)
     return list(zip(seconds, plans))
 

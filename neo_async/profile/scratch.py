@@ -1,4 +1,4 @@
-"""What a profile borrows from a constructed engine, and gives back: free blocks of its pools,
+"""What a profile borrows, and gives back: free blocks of the pools,
 torch's thread budget, and quiet cores (its pools' background population finished)."""
 
 from __future__ import annotations
@@ -6,10 +6,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import torch
 
 from neo_async.kv.block_pool import BlockPool
-from neo_async.kv.host_memory import HUGE_PAGE_BYTES, allocate_host_bytes
+from neo_async.platform.host_memory import HUGE_PAGE_BYTES, allocate_host_bytes
 
 SCRATCH_ID = "__profile__"  # the owner of every block a profile borrows; never a request id
 
@@ -24,19 +23,6 @@ def scratch_blocks(pool: BlockPool) -> Iterator[list[int]]:
         yield ids
     finally:
         pool.free(SCRATCH_ID)
-
-
-@contextlib.contextmanager
-def device_threads(num_threads: int | None) -> Iterator[None]:
-    """torch's intra-op pool sized num_threads for the block (unchanged when None)."""
-    before = torch.get_num_threads()
-    if num_threads is not None and num_threads != before:
-        torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 def wait_host_pools_populated(timeout_s: float = 120.0) -> bool:

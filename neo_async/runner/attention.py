@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 
 from neo_async.kernels.host_values import to_device
-from neo_async.kv.host_memory import host_tensor
+from neo_async.platform.host_memory import host_tensor
 from neo_async.native import rust_cpuattn
 from neo_async.runner import cuda_lane
 from neo_async.runner.host_stores import HostStores

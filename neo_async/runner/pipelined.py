@@ -21,59 +21,54 @@ wait), so layer i+1's staging never overwrites layer i's.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
-import torch
-
-from neo_async.kv.swap import LayerCopy
-from neo_async.runner.batch import BatchTensors
 from neo_async.runner.host_lane import HostLane, InlineLane, Waitable
+from neo_async.runner.layer_ops import LayerOps
 from neo_async.runner.output_rows import OutputRows
+from neo_async.runner.swap import LayerCopy
 from neo_async.sched.plan import KVLocation, Plan, ScheduledChunk
-
-if TYPE_CHECKING:
-    from neo_async.runner.executor import Executor
 
 
 class _SubBatch:
     """One sub-batch's rows and hidden state, and its layer in flight on the host lane."""
 
-    def __init__(self, executor: Executor, chunks: list[ScheduledChunk]) -> None:
-        self.ex = executor
-        self.batch = BatchTensors(chunks, executor.block_size, executor.device, executor.pool_devices)
-        self.hidden = executor.model.embed(self.batch.token_ids)  # [T, hidden]
-        self.rope = executor.model.rope(self.batch.positions)
-        self.out: torch.Tensor | None = None  # [T, Hq, D] float32 of the layer in flight
+    def __init__(self, ops: LayerOps, chunks: list[ScheduledChunk]) -> None:
+        self.ops = ops
+        self.batch, self.hidden, self.rope = ops.begin(chunks)
+        self.out = None  # [T, Hq, D] float32 of the layer in flight
         self.job = None
         self.handle: Waitable | None = None
+        self.wait_s = 0.0  # time spent waiting for this sub-batch's host jobs
 
     def pre(self, layer: int, lane: HostLane | InlineLane, device_attention: bool) -> None:
         """pre, then the host decodes' attention submitted to the lane (and, when asked, the
         device attention of the other rows, on this thread)."""
-        q, k, v = self.ex.model.pre(layer, self.hidden, self.rope)
-        self.out = torch.empty(q.shape, dtype=torch.float32, device=self.ex.device)
-        self.job = self.ex.host_decode_job(layer, self.batch, q, k, v, self.out)
+        q, k, v, self.out = self.ops.pre(layer, self.hidden, self.rope)
+        self.job = self.ops.host_decode_job(layer, self.batch, q, k, v, self.out)
         self.handle = lane.submit(self.job) if self.job is not None else None
         if device_attention:
-            self.ex.device_attention(layer, self.batch, q, k, v, self.out)
+            self.ops.device_attention(layer, self.batch, q, k, v, self.out)
 
     def post(self, layer: int) -> None:
         """Waits for the host attention in flight, then post."""
         if self.handle is not None:
             waiting = time.perf_counter()
             self.handle.wait()
-            self.ex.host_wait_s_total += time.perf_counter() - waiting
+            self.wait_s += time.perf_counter() - waiting
             self.job.finish()
         out, self.out, self.job, self.handle = self.out, None, None, None
-        self.hidden = self.ex.model.post(layer, self.hidden, out.view(out.shape[0], -1))
+        self.hidden = self.ops.post(layer, self.hidden, out)
 
 
-def run_pipelined(executor: Executor, plan: Plan, copies: list[LayerCopy], lane: HostLane | InlineLane) -> OutputRows:
-    """-> the output rows of both sub-batches (b0's, then b1's)."""
-    b0 = _SubBatch(executor, [c for c in plan.chunks if c.sub_batch == 0])
-    b1 = _SubBatch(executor, [c for c in plan.chunks if c.sub_batch == 1])
+def run_pipelined(
+    ops: LayerOps, plan: Plan, copies: list[LayerCopy], lane: HostLane | InlineLane
+) -> tuple[OutputRows, float]:
+    """-> the output rows of both sub-batches (b0's, then b1's), and the seconds the device
+    lane waited for the host lane."""
+    b0 = _SubBatch(ops, [c for c in plan.chunks if c.sub_batch == 0])
+    b1 = _SubBatch(ops, [c for c in plan.chunks if c.sub_batch == 1])
     assert not b1.batch.prefills and all(g.location is KVLocation.HOST for g in b1.batch.decodes), "b1 is host decodes only"
-    num_layers = executor.model.spec.num_layers
+    num_layers = ops.model.spec.num_layers
     try:
         for copy in copies:
             copy.copy_layer(0)
@@ -89,6 +84,7 @@ def run_pipelined(executor: Executor, plan: Plan, copies: list[LayerCopy], lane:
     except BaseException:
         lane.drain()  # no job of this plan may outlive it
         raise
-    return OutputRows.of(b0.batch.chunks, b0.batch.last_row, b0.hidden) + OutputRows.of(
+    rows = OutputRows.of(b0.batch.chunks, b0.batch.last_row, b0.hidden) + OutputRows.of(
         b1.batch.chunks, b1.batch.last_row, b1.hidden
     )
+    return rows, b0.wait_s + b1.wait_s

@@ -1,23 +1,35 @@
-"""Which torch device plays "the device", and its thread budget on CPU-only machines."""
+"""A rank's thread budget: torch's intra-op pool (the device lane on the CPU device) and
+rust_cpuattn's team (host attention), in sequential and pipelined steps."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
 from neo_async.native import rust_cpuattn
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
+@dataclass(frozen=True)
+class ThreadBudget:
+    device: int  # torch's intra-op threads in sequential steps
+    host: int  # rust_cpuattn's team (0 without the native kernel)
+    pipelined_device: int | None  # torch's threads during pipelined steps; None: unchanged (CUDA)
+    sequential_host_parts: int  # kernel calls a sequential step's host attention is split into
 
-def pick_device() -> torch.device:
-    """`cuda` when present; otherwise the CPU plays the device (with a capped KV pool)."""
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    return _DTYPES[name]
+    @classmethod
+    def configure(cls, device: torch.device, device_threads: int | None, host_threads: int | None) -> ThreadBudget:
+        """Sizes both pools (process-wide) and returns the budget."""
+        num_device, num_host = configure_threads(device, device_threads, host_threads)
+        return cls(
+            device=num_device,
+            host=num_host,
+            pipelined_device=pipelined_device_threads(device, device_threads, num_host),
+            sequential_host_parts=sequential_host_parts(device, num_device, num_host),
+        )
 
 
 def configure_threads(device: torch.device, device_threads: int | None, host_threads: int | None) -> tuple[int, int]:
@@ -65,15 +77,14 @@ def sequential_host_parts(device: torch.device, num_device_threads: int, num_hos
     return 2 if num_device_threads >= 2 * max(1, num_host_threads) else 1
 
 
-def device_free_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    return host_available_bytes()
-
-
-def host_available_bytes() -> int:
-    """MemAvailable: host memory that can be allocated without swapping."""
-    with open("/proc/meminfo") as f:
-        info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
-    return info.get("MemAvailable", 0)
+@contextlib.contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """torch's intra-op pool sized num_threads for the block (unchanged when None)."""
+    before = torch.get_num_threads()
+    if num_threads is not None and num_threads != before:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

@@ -27,7 +27,7 @@ from typing import Protocol
 import structlog
 import torch
 
-log = structlog.get_logger("neo_async.kv.host_memory")
+log = structlog.get_logger("neo_async.platform.host_memory")
 
 HUGE_PAGE_BYTES = 2 << 20
 
