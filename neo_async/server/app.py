@@ -26,6 +26,7 @@ from neo_async.server.metrics import CONTENT_TYPE, ServerMetrics
 from neo_async.server.openai_schema import ModelCard, ModelList
 from neo_async.server.routes_chat import create_chat_completion
 from neo_async.server.routes_completions import create_completion
+from neo_async.server.routes_load import add_load_routes
 from neo_async.server.routes_tokenizer import detokenize, tokenize, tokenizer_info
 from neo_async.server.startup import (
     build_engine,
@@ -59,6 +60,7 @@ def create_app(config: Config | None = None, engine: AsyncEngine | None = None) 
     app.router.add_get("/tokenizer_info", tokenizer_info)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
+    add_load_routes(app)
     return app
 
 

@@ -20,6 +20,8 @@ from aiohttp import web
 
 from neo_async.config import Config, add_config_flags, config_from_args
 from neo_async.server.app import ABORT_FLUSH_S, create_app
+from neo_async.server import probe_filter
+from neo_async.server.replicas import add_data_parallel_flags, router_settings, serve_replicas
 from neo_async.logging_setup import configure_logging
 from neo_async.model.registry import resolve_model_path
 from neo_async.server.state import STATE
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a model over an OpenAI-compatible HTTP API (the embedded SmolLM2-135M when no --model).",
     )
     add_config_flags(parser)  # --model, --host, --port, --log-format, ... from the config fields
+    add_data_parallel_flags(parser)
     return parser
 
 
@@ -41,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         configure_logging(config.server.log_format, config.server.log_level)
+        probe_filter.install()
         resolve_model_path(config.model.model)  # a missing file fails here, before the port opens
+        if args.data_parallel_size != 1:
+            return serve_replicas(config, args.data_parallel_size, router_settings(args))
     except (ValueError, OSError) as exc:
         print(f"neo-async serve: {exc}", file=sys.stderr)
         return 2
