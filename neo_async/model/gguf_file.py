@@ -128,5 +128,6 @@ def load_gguf_weights(file: GGUFFile, spec: ModelSpec, builder: WeightsBuilder) 
                 dest_rows = rotary_dest_rows(dest.shape[0], spec.num_heads if kind == "attn_q" else spec.num_kv_heads)
                 if dest.dim() == 1:  # a bias: every entry is a row
                     dest = dest.view(-1, 1)
+            builder.keep_stored(canonical_name(info.name), raw, info.ggml_type, info.shape, dest_rows)
             dequantize_into(dest, raw, info.ggml_type, dest_rows)
     return rope_freqs

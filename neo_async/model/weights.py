@@ -8,8 +8,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import torch
 
+from neo_async.model import stored_linear
 from neo_async.model.linear import Linear
 from neo_async.model.spec import ModelSpec
 from neo_async.model.tensor_parallel import Shard, is_split, shard_part
@@ -143,6 +145,33 @@ class WeightsBuilder:
         self.free_sets: list[_ScratchSet] = []
         self.num_scratch_sets = 0  # projection buffer sets allocated
         self.pack_seconds = 0.0  # building the layers' Linears
+        # Weights also kept as stored (GGUF blocks), by name: (ggml type id, uint8 [rows, row_bytes])
+        self.stored: dict[str, tuple[int, np.ndarray]] = {}
+        self.keeps_stored = device.type == "cpu" and stored_linear.available()
+
+    def keep_stored(self, name: str, raw: np.ndarray, ggml_type: int, shape: tuple[int, ...], dest_rows: np.ndarray | None = None) -> None:
+        """Also keeps the 2-D weight `name` as stored (raw: its bytes, rows of blocks of
+        `ggml_type`; stored row r is our row dest_rows[r]) for the few-row products. Call it
+        before the weight's `target` block ends: the layer is built then."""
+        if not self.keeps_stored or self.shard.is_sharded or len(shape) != 2 or int(ggml_type) not in stored_linear.KERNEL_TYPES:
+            return  # NOTE: a tensor-parallel rank's slices stay dense
+        rows = raw.reshape(shape[0], -1)
+        if dest_rows is not None:
+            permuted = np.empty_like(rows)
+            permuted[dest_rows] = rows
+            rows = permuted
+        self.stored[name] = (int(ggml_type), rows)
+
+    def _stored_parts(self, index: int, key: str, buffer: torch.Tensor) -> stored_linear.StoredParts | None:
+        """The projection `key` of layer `index` as stored: from the file's blocks when every
+        part was kept, else from the dense bf16/f16 values."""
+        if not self.keeps_stored or self.shard.is_sharded:
+            return None
+        names = [f"model.layers.{index}.{part}" for part, slot in self.slots.items() if slot.buffer == key]
+        parts = [self.stored.pop(name, None) for name in names]
+        if all(p is not None for p in parts):
+            return stored_linear.build(parts, buffer.shape[1], self.dtype)
+        return stored_linear.from_dense(buffer, self.dtype)
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         with self.target(name, tuple(tensor.shape)) as dest:
@@ -208,7 +237,7 @@ class WeightsBuilder:
     def _build_layer(self, index: int) -> None:
         started = time.perf_counter()
         buffers, self.buffers[index] = self.buffers[index], {}
-        linears = {key: Linear(buffers[key], self.widen) for key in _PROJECTIONS}
+        linears = {key: Linear(buffers[key], self.widen, self._stored_parts(index, key, buffers[key])) for key in _PROJECTIONS}
         self.layers[index] = LayerWeights(
             attn_norm=buffers["attn_norm"],
             qkv=linears["qkv"],
@@ -232,10 +261,16 @@ class WeightsBuilder:
             raise ValueError("checkpoint lacks the embedding or the final norm")
         embed = self.globals["model.embed_tokens.weight"]
         lm_head = self.globals.get("lm_head.weight")
+        stored_name = "lm_head.weight"
         if lm_head is None:
             if not self.spec.tie_word_embeddings:
                 raise ValueError("checkpoint lacks lm_head.weight and embeddings are not tied")
-            lm_head = embed
+            lm_head, stored_name = embed, "model.embed_tokens.weight"
+        lm_stored = None
+        if self.keeps_stored and not self.shard.is_sharded:
+            kept = self.stored.pop(stored_name, None)
+            lm_stored = stored_linear.build([kept], lm_head.shape[1], self.dtype) if kept else stored_linear.from_dense(lm_head, self.dtype)
+        self.stored.clear()
         layers = [layer for layer in self.layers if layer is not None]
         final_norm = self.globals["model.norm.weight"]
-        return LlamaWeights(embed=embed, layers=layers, final_norm=final_norm, lm_head=Linear(lm_head, self.widen))
+        return LlamaWeights(embed=embed, layers=layers, final_norm=final_norm, lm_head=Linear(lm_head, self.widen, lm_stored))

@@ -18,6 +18,7 @@
 mod array;
 mod dequant;
 mod lane;
+mod linear;
 mod pack;
 mod rowops;
 
@@ -413,5 +414,8 @@ fn rust_cpuattn_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rowops::silu_mul, m)?)?;
     m.add_function(wrap_pyfunction!(dequant::dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(pack::pack_blocked, m)?)?;
+    m.add_class::<linear::StoredWeight>()?;
+    m.add_function(wrap_pyfunction!(linear::set_linear_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(linear::get_linear_threads, m)?)?;
     Ok(())
 }
