@@ -6,6 +6,8 @@ Examples:
       --dataset-name lengths --dataset-path osc_lengths_llama2.json --num-prompts 300 \\
       --request-rates 0.5,1,2,3 --offload neo --save-result
   neo-async plan --gpu A10G --host g5.8xlarge --model llama-3-8b --output-len 200 --tpot-slo-ms 100
+  neo-async plan --gpu H100 --host dgx-h100-2gpu --model llama-3-70b --tensor-parallel-size 2
+  neo-async plan --gpu A10G --host g5.12xlarge --model llama-3-8b --data-parallel-size 4
   neo-async simulate --reproduce          # writes docs/reproduction.md and its plots
   neo-async simulate --model smollm2-135m --compare-bench results/bench_offload.json \\
       --cost-tables-json ~/.cache/neo-async/profiles/costs-<key>.json   # this machine: measured vs simulated
@@ -33,8 +35,12 @@ def _deployment_flags(p: argparse.ArgumentParser) -> None:
     hw.add_argument("--gpu", default="A10G", help=f"one of {', '.join(gpu_names())}")
     hw.add_argument("--host", default="g5.8xlarge", help=f"one of {', '.join(host_names())}")
     hw.add_argument("--model", dest="sim_model", default="llama-3-8b", help=f"one of {', '.join(MODELS)}")
-    hw.add_argument("--num-gpus", "--tp", dest="tp", type=int, default=1, help="tensor parallelism")
-    hw.add_argument("--host-threads", type=int, default=None, help="kernel threads (default: every vCPU)")
+    hw.add_argument("--tensor-parallel-size", "--num-gpus", "--tp", dest="tp", type=int, default=1,
+                    help="GPUs per replica, tensor parallel (default: 1)")
+    hw.add_argument("--data-parallel-size", "--dp", dest="dp", type=int, default=1,
+                    help="replicas on the host, each with its own GPUs and 1/N of the host's vCPUs, RAM and "
+                         "memory channels; requests dealt in turn (default: 1)")
+    hw.add_argument("--host-threads", type=int, default=None, help="one replica's kernel threads (default: its every vCPU)")
     hw.add_argument("--hardware-dir", type=Path, default=HARDWARE_DIR)
     hw.add_argument("--cost-tables-json", default=None, help="MeasuredCosts JSON from `neo-async profile`: replaces the roofline")
     add_config_flags(p, groups=("cache", "scheduler"))
@@ -66,6 +72,7 @@ def deployment_of(args: argparse.Namespace) -> Deployment:
     return Deployment.named(
         args.sim_model, args.gpu, args.host, args.hardware_dir,
         tp=args.tp,
+        dp=args.dp,
         host_threads=args.host_threads,
         device_kv_tokens=config.cache.device_kv_tokens,
         host_kv_tokens=config.cache.host_kv_tokens,

@@ -1,6 +1,7 @@
 """The capacity planner: for one deployment and workload, device-only vs neo vs full, then the
 host pool size and kernel thread count that maximise neo's output throughput while its p99 TPOT
-meets the target (scheduler.tpot_slo_ms; no target: throughput alone)."""
+meets the target (scheduler.tpot_slo_ms; no target: throughput alone). With replicas
+(deployment.dp), pools and threads are one replica's and throughputs the whole deployment's."""
 
 from __future__ import annotations
 
@@ -25,13 +26,13 @@ def plan_capacity(
 ) -> dict:
     slo = deployment.scheduler.tpot_slo_ms
     modes = [_row(mode, deployment.run(workload, mode)[1]) for mode in ("off", "neo", "full")]
-    auto = host_kv_tokens_auto(deployment.model, deployment.host, deployment.calibration)
+    auto = host_kv_tokens_auto(deployment.model, deployment.replica_host, deployment.calibration)
     pools = []
     for fraction in host_fractions:
         tokens = max(deployment.block_size, int(auto * fraction))
         pools.append(_row(f"host pool {tokens} tokens", deployment.replace(host_kv_tokens=tokens).run(workload, "neo")[1]))
-    vcpus = deployment.host.vcpus
-    counts = host_threads or sorted({max(1, vcpus // 4), max(1, vcpus // 2), vcpus})
+    vcpus, tp = deployment.replica_host.vcpus, deployment.tp  # one replica's; at least a thread per rank
+    counts = host_threads or sorted({max(tp, vcpus // 4), max(tp, vcpus // 2), vcpus})
     threads = [
         _row(f"{n} kernel threads", deployment.replace(host_threads=n).run(workload, "neo")[1]) for n in counts
     ]

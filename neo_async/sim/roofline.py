@@ -9,8 +9,10 @@ measured flops per thread when grouped-query attention makes it compute-bound.
 
 Tensor parallelism: every GPU holds 1/tp of each layer's weights and KV heads and runs its share
 at once; each layer adds two all-reduces of the activations (after attention and after the MLP).
-Host attention of all ranks shares one host's memory, so its bytes are not divided by tp; each
-rank copies its own q/k/v/o rows and swap blocks over its own PCIe link.
+Each rank runs host attention for its own KV heads on its own host_threads / tp cores, as the
+engine's ranks do; the ranks share the host's memory channels, so a rank reads its 1/tp of the
+bytes at the lower of what its cores reach and 1/tp of what all ranks' cores reach. Each rank
+copies its own q/k/v/o rows and swap blocks over its own PCIe link.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class RooflineCosts:
     host: Host
     calibration: Calibration
     tp: int = 1
-    host_threads: int | None = None  # kernel threads; None = every vCPU but calibration.reserved_vcpus
+    host_threads: int | None = None  # kernel threads of all ranks; None = every vCPU but calibration.reserved_vcpus
     block_size: int = 16
     dtype_bytes: int = 2
 
@@ -43,11 +45,12 @@ class RooflineCosts:
             raise ValueError(f"tensor parallelism {self.tp} must divide {self.model.num_kv_heads} KV heads")
         if self.host_threads is None:
             self.host_threads = max(1, self.host.vcpus - self.calibration.reserved_vcpus)
-        if not 1 <= self.host_threads <= self.host.vcpus:
-            raise ValueError(f"host_threads must be in [1, {self.host.vcpus}], got {self.host_threads}")
+        if not self.tp <= self.host_threads <= self.host.vcpus:
+            raise ValueError(f"host_threads must be in [{self.tp}, {self.host.vcpus}] (at least one per rank), got {self.host_threads}")
+        self.rank_threads = self.host_threads // self.tp  # one rank's kernel team
         self.num_layers = self.model.num_layers
         m, c, d = self.model, self.calibration, self.dtype_bytes
-        # reachable rates: per GPU (flops/s, bytes/s) and for the host lane
+        # reachable rates: per GPU (flops/s, bytes/s) and for one rank's host lane
         self.matmul_flops = self.gpu.tflops * TERA * c.matmul_efficiency
         self.attention_flops = self.gpu.tflops * TERA * c.attention_efficiency
         if self.gpu.sustained_tflops:  # a power-capped board: no tensor work beats its measured GEMM rate
@@ -55,16 +58,19 @@ class RooflineCosts:
             self.attention_flops = min(self.attention_flops, self.gpu.sustained_tflops * TERA)
         self.device_bytes_per_s = self.gpu.memory_gbs * GIGA * c.memory_efficiency
         self.pcie_bytes_per_s = self.gpu.pcie_gbs * GIGA * c.pcie_efficiency
-        host_gbs = self.host.read_gbs(self.host_threads, c.stream_efficiency)
-        self.host_bytes_per_s = host_gbs * GIGA * c.kernel_bandwidth_efficiency
-        self.host_flops = self.host_threads * c.kernel_gflops_per_thread * GIGA
+        rank_gbs = min(  # one rank's read bandwidth: its cores, or its share of every rank's
+            self.host.read_gbs(self.rank_threads, c.stream_efficiency),
+            self.host.read_gbs(self.rank_threads * self.tp, c.stream_efficiency) / self.tp,
+        )
+        self.host_bytes_per_s = rank_gbs * GIGA * c.kernel_bandwidth_efficiency
+        self.host_flops = self.rank_threads * c.kernel_gflops_per_thread * GIGA
         # work per unit, per GPU unless stated
         self._params = layer_params(m) / self.tp  # weights of one layer
         self._activation_bytes = (6 * m.hidden_size + 3 * m.intermediate_size) * d / self.tp  # per token
         self._kv_bytes = 2 * m.kv_size * d / self.tp  # K and V of one token, one layer
         self._q_bytes = 2 * m.q_size * d / self.tp  # q read and o written by one decode row
-        self._host_kv_bytes = 2 * m.kv_size * d  # all ranks' heads: one host memory
-        self._host_flops_per_kv = 4.0 * m.q_size  # scores and weighted sum over every query head
+        self._host_kv_bytes = 2 * m.kv_size * d / self.tp  # one rank's KV heads
+        self._host_flops_per_kv = 4.0 * m.q_size / self.tp  # scores and weighted sum over its query heads
         self._staged_bytes = (2 * m.q_size + 2 * m.kv_size) * d / self.tp  # q, k, v in; o out
         self._head = m.vocab_size * m.hidden_size / self.tp  # LM head weights
 

@@ -1,5 +1,9 @@
 """One simulated deployment: hardware, model, pools, scheduler settings and its cost model; it
-runs a workload under an offload mode and returns the load generator's result document."""
+runs a workload under an offload mode and returns the load generator's result document.
+
+Parallelism: `tp` GPUs per replica (tensor parallel, priced by the roofline) and `dp` replicas
+on the host (data parallel, replicas.py: each with tp GPUs of its own and 1/dp of the host's
+vCPUs, RAM and memory channels; the workload dealt among them)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from neo_async.sched.costs import CostModel
 from neo_async.sim.hardware import HARDWARE_DIR, Calibration, Gpu, Host, load_calibration, load_gpu, load_host
 from neo_async.sim.loop import SimRun, simulate
 from neo_async.sim.models import load_model_spec
+from neo_async.sim.replicas import deal, merge_runs, replica_host
 from neo_async.sim.roofline import RooflineCosts
 from neo_async.sim.system import build_scheduler, pool_sizes
 from neo_async.sim.workload import Workload, result_of
@@ -25,8 +30,9 @@ class Deployment:
     gpu: Gpu
     host: Host
     calibration: Calibration
-    tp: int = 1
-    host_threads: int | None = None
+    tp: int = 1  # GPUs per replica (tensor parallel)
+    dp: int = 1  # replicas (data parallel), each on tp GPUs and 1/dp of the host
+    host_threads: int | None = None  # one replica's kernel threads (all its ranks)
     device_kv_tokens: int | str | None = None  # None / "auto": what fits next to the weights
     host_kv_tokens: int | str = AUTO
     block_size: int = 16
@@ -43,7 +49,13 @@ class Deployment:
     @property
     def name(self) -> str:
         gpus = f"{self.tp}x{self.gpu.name}" if self.tp > 1 else self.gpu.name
-        return f"{self.model.name} on {gpus} + {self.host.name}"
+        replicas = f"{self.dp} replicas of " if self.dp > 1 else ""
+        return f"{replicas}{self.model.name} on {gpus} + {self.host.name}"
+
+    @property
+    def replica_host(self) -> Host:
+        """The part of the host one replica gets."""
+        return replica_host(self.host, self.dp)
 
     def costs(self) -> CostModel:
         if self.cost_tables:
@@ -51,19 +63,25 @@ class Deployment:
 
             return MeasuredCosts.load(self.cost_tables)
         return RooflineCosts(
-            self.model, self.gpu, self.host, self.calibration, self.tp, self.host_threads, self.block_size
+            self.model, self.gpu, self.replica_host, self.calibration, self.tp, self.host_threads, self.block_size
+        )
+
+    def pool_sizes(self, offload: str):
+        """One replica's pools."""
+        return pool_sizes(
+            self.model, self.gpu, self.replica_host, self.calibration, self.tp, offload,
+            self.device_kv_tokens, self.host_kv_tokens, self.block_size,
         )
 
     def settings(self, offload: str) -> dict:
-        """What the result file records about the simulated system."""
-        sizes = pool_sizes(
-            self.model, self.gpu, self.host, self.calibration, self.tp, offload,
-            self.device_kv_tokens, self.host_kv_tokens, self.block_size,
-        )
+        """What the result file records about the simulated system (pools: per replica)."""
+        sizes = self.pool_sizes(offload)
         return {
             "sim_model": self.model.name,
             "sim_gpu": self.gpu.name,
-            "sim_num_gpus": self.tp,
+            "sim_num_gpus": self.tp * self.dp,
+            "sim_tensor_parallel_size": self.tp,
+            "sim_data_parallel_size": self.dp,
             "sim_host": self.host.name,
             "sim_host_threads": getattr(self.costs(), "host_threads", None),
             "sim_cost_model": self.cost_tables or "roofline",
@@ -80,15 +98,20 @@ class Deployment:
         self, workload: Workload, offload: str, request_rate: float | None = None, label: str | None = None,
         keep_plans: bool = False,
     ) -> tuple[SimRun, dict]:
+        if keep_plans and self.dp > 1:
+            raise ValueError("keep_plans needs one replica")
         specs = workload.specs()
-        sizes = pool_sizes(
-            self.model, self.gpu, self.host, self.calibration, self.tp, offload,
-            self.device_kv_tokens, self.host_kv_tokens, self.block_size,
-        )
+        sizes = self.pool_sizes(offload)
         costs = self.costs()
-        scheduler = build_scheduler(self.scheduler, sizes, offload, costs)
         rate = workload.request_rate if request_rate is None else request_rate
-        run = simulate(specs, workload.offsets(specs, rate), scheduler, costs, keep_plans=keep_plans)
+        offsets = workload.offsets(specs, rate)
+        shares = deal(len(specs), self.dp)
+        runs = [
+            simulate([specs[i] for i in share], offsets[share], build_scheduler(self.scheduler, sizes, offload, costs),
+                     costs, keep_plans=keep_plans)
+            for share in shares
+        ]
+        run = runs[0] if self.dp == 1 else merge_runs(runs, shares, len(specs))
         result = result_of(run, workload, label or offload, self.model.name, self.settings(offload), rate)
         return run, result
 
