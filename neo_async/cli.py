@@ -12,7 +12,7 @@ COMMANDS = {
     "profile": ("neo_async.profile.cli:main", "measure this machine's cost tables (JSON, PNG plots)"),
     "simulate": ("neo_async.sim.cli:simulate_main", "replay a workload on simulated hardware"),
     "plan": ("neo_async.sim.cli:plan_main", "compare off / neo / full on simulated hardware"),
-    "bench": (None, "benchmarks: offline | kernel | offload | latency | prefix | serve | load"),
+    "bench": (None, "benchmarks: offline | kernel | offload | latency | prefix | serve | load | tp | replicas"),
 }
 BENCHES = {
     "offline": "neo_async.bench.offline:main",
@@ -20,8 +20,10 @@ BENCHES = {
     "offload": "neo_async.bench.offload:main",
     "latency": "neo_async.bench.latency:main",
     "prefix": "neo_async.bench.prefix:main",
+    "tp": "neo_async.bench.tensor_parallel:main",
     "serve": "loadgen.cli:main",
     "load": "neo_async.bench.load:main",
+    "replicas": "neo_async.bench.replicas:main",
 }
 
 
