@@ -18,9 +18,10 @@ from neo_async.kv.block_pool import BlockPool
 from neo_async.output_processor import OutputProcessor
 from neo_async.outputs import RequestDelta
 from neo_async.profile.cache import cost_tables_for
-from neo_async.runner.rank_group import RankGroup, make_worker
+from neo_async.parallel.rank_group import RankGroup, make_worker
 from neo_async.runner.worker import Worker
 from neo_async.sampling_params import SamplingParams
+from neo_async.sched.costs import CostModel
 from neo_async.sched.plan import ExecuteOutput
 from neo_async.sched.request import Request
 from neo_async.sched.scheduler import Scheduler
@@ -42,7 +43,7 @@ class Engine:
         self.model_name = config.model.served_model_name or self.spec.name
         cache_cfg = config.cache
         num_device, num_host = self.worker.num_device_blocks, self.worker.num_host_blocks
-        self.costs = cost_tables_for(self.worker, config, cache_cfg.offload if num_host else "off")
+        self.costs = self._cost_tables(cache_cfg.offload if num_host else "off")
         self.device_pool = BlockPool(num_device, cache_cfg.block_size, "device", cache_cfg.enable_prefix_caching)
         self.host_pool = BlockPool(num_host, cache_cfg.block_size, "host", cache_cfg.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.device_pool, self.host_pool, cache_cfg.offload, costs=self.costs)
@@ -62,6 +63,13 @@ class Engine:
             host_threads=self.worker.threads.host,
             load_s=round(self.worker.load_s, 2),
         )
+
+    def _cost_tables(self, offload: str) -> CostModel | None:
+        """The policy's tables, measured on this Worker, or on every tensor-parallel rank at once."""
+        if isinstance(self.worker, RankGroup):
+            group = self.worker
+            return cost_tables_for(group.worker, self.config, offload, lambda quick: group.profile(self.config, quick))
+        return cost_tables_for(self.worker, self.config, offload)
 
     # ---- requests -------------------------------------------------------------------------
 

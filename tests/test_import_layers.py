@@ -1,7 +1,7 @@
 """The package's import graph, read from the source (every import: top level, inside
 functions, under TYPE_CHECKING): no circle between modules, and no layer imports one above it
 (block accounting and the scheduler below the data plane, the data plane below the profiler,
-the profiler below the engine)."""
+the profiler below the tensor-parallel ranks, all of them below the engine)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,16 @@ import neo_async
 ROOT = Path(neo_async.__file__).parent
 
 # package (or top-level module) -> the packages it must never import, directly or not
+_ABOVE_DATA_PLANE = {"profile", "parallel", "engine", "server", "sim", "bench", "async_engine", "llm"}
 FORBIDDEN = {
-    "kv": {"runner", "model", "profile", "engine", "server", "sched", "kernels", "sim", "bench"},
-    "sched": {"runner", "model", "profile", "engine", "server", "kernels", "platform", "sim", "bench"},
-    "platform": {"runner", "model", "profile", "engine", "server", "sched", "kv", "sim", "bench"},
-    "model": {"runner", "profile", "engine", "server", "sched", "kv", "sim", "bench"},
-    "kernels": {"runner", "profile", "engine", "server", "sim", "bench"},
-    "runner": {"profile", "engine", "server", "sim", "bench", "async_engine", "llm"},
-    "profile": {"engine", "server", "sim", "bench", "async_engine", "llm"},
+    "kv": {"runner", "model", "sched", "kernels"} | _ABOVE_DATA_PLANE,
+    "sched": {"runner", "model", "kernels", "platform"} | _ABOVE_DATA_PLANE,
+    "platform": {"runner", "model", "sched", "kv"} | _ABOVE_DATA_PLANE,
+    "model": {"runner", "sched", "kv"} | _ABOVE_DATA_PLANE,
+    "kernels": {"runner"} | _ABOVE_DATA_PLANE,
+    "runner": _ABOVE_DATA_PLANE,
+    "profile": _ABOVE_DATA_PLANE - {"profile"},
+    "parallel": _ABOVE_DATA_PLANE - {"profile", "parallel"},
     "engine": {"server", "async_engine", "llm", "bench", "sim"},
 }
 

@@ -15,7 +15,7 @@ import torch
 
 from neo_async.config import Config
 from neo_async.engine import Engine
-from neo_async.runner.rank_group import RankFailedError, RankGroup, core_shares
+from neo_async.parallel.rank_group import RankFailedError, RankGroup, core_shares
 from neo_async.sampling_params import SamplingParams
 from tests.model_factory import VOCAB_SIZE, write_random_checkpoint
 
@@ -36,10 +36,9 @@ def checkpoint(request, tmp_path_factory):
 
 
 def _engine(checkpoint, tp: int, **overrides) -> Engine:
-    config = Config().override(
-        model=str(checkpoint), dtype="float32", block_size=16, cost_tables="none", max_num_seqs=8,
-        tensor_parallel_size=tp, device_threads=1, host_threads=1, **overrides,
-    )
+    settings = dict(model=str(checkpoint), dtype="float32", block_size=16, cost_tables="none", max_num_seqs=8,
+                    tensor_parallel_size=tp, device_threads=1, host_threads=1)
+    config = Config().override(**(settings | overrides))
     return Engine(config)
 
 
@@ -113,3 +112,35 @@ def test_each_rank_gets_its_own_cores():
     assert core_shares([0, 1, 2, 3], 2) == [[0, 1], [2, 3]]
     assert core_shares([0, 1, 2], 2) == [[0], [1]]
     assert core_shares([4], 2) == [[4], [4]]
+
+
+@pytest.mark.slow
+def test_two_ranks_profile_in_lockstep_and_the_policy_uses_their_tables(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEO_ASYNC_CACHE_DIR", str(tmp_path / "profiles"))
+    write_random_checkpoint(tmp_path / "model", "llama_gqa", seed=8)
+    neo = dict(offload="neo", device_kv_tokens=64, host_kv_tokens=2048)
+    reference = _run(_engine(tmp_path / "model", 1, **neo))
+    engine = _engine(tmp_path / "model", 2, **(neo | {"cost_tables": "auto"}))
+    try:
+        assert engine.costs is not None and engine.scheduler.policy is not None
+        assert engine.costs.key["model"]["tensor_parallel_size"] == 2 and engine.costs.key["model"]["num_heads"] == 2
+        assert _run(engine) == reference
+    finally:
+        engine.close()
+
+
+def test_a_timer_with_an_agreement_makes_the_calls_it_is_told():
+    """Rank 0 decides; here the agreement says "no further pass" whatever this rank measured,
+    so each point is called exactly twice (warm-up, one timed call)."""
+    from neo_async.profile.timing import Bench, Timer
+
+    calls = [0, 0]
+    decisions = []
+
+    def agree(decision):
+        decisions.append(decision)
+        return decision if isinstance(decision, bool) else []
+
+    benches = [Bench(lambda i, j=j: calls.__setitem__(j, calls[j] + 1)) for j in range(2)]
+    Timer(torch.device("cpu"), repeats=5, agree=agree).measure(benches)
+    assert calls == [2, 2] and decisions[0] is True and decisions[1] == [0, 1]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,11 @@ import structlog
 from neo_async.config import AUTO, Config
 from neo_async.profile.key import profile_key
 from neo_async.profile.measure import profile_worker
-from neo_async.runner.rank_group import RankGroup
 from neo_async.runner.worker import Worker
 from neo_async.sched.cost_tables import MeasuredCosts
 from neo_async.sched.costs import CostModel
+
+Measure = Callable[[bool], MeasuredCosts]  # quick -> the tables, measured now
 
 log = structlog.get_logger("neo_async.profile")
 
@@ -61,35 +63,33 @@ def store(costs: MeasuredCosts, directory: Path | None = None) -> Path:
     return path
 
 
-def cost_tables_for(worker: Worker | RankGroup, config: Config, offload: str) -> CostModel | None:
-    """The policy's cost tables for an engine on this worker: none without a host pool (offload
-    "off": nothing to decide) or when cost_tables is "none"; "auto": cached for this machine,
-    else a quick profile now (a profile that fails is logged as a warning and the fixed rules
-    serve); else the tables at that path, refused when measured for another machine or setup."""
+def cost_tables_for(worker: Worker, config: Config, offload: str, measure: Measure | None = None) -> CostModel | None:
+    """The policy's cost tables for an engine on this worker (rank 0's, with tensor-parallel
+    ranks): none without a host pool (offload "off": nothing to decide) or when cost_tables is
+    "none"; "auto": cached for this machine, else a quick profile now, by `measure` (default:
+    `profile_worker` on this worker; a profile that fails is logged as a warning and the fixed
+    rules serve); else the tables at that path, refused when measured for another machine or
+    setup."""
     source = config.scheduler.cost_tables
     if offload == "off" or source == "none":
         return None
-    if worker.shard.is_sharded:
-        log.warning("cost_tables_unavailable", reason="tensor-parallel ranks are not profiled in lockstep yet",
-                    fallback="fixed rules, sequential steps")
-        return None
     if source == AUTO:
         try:
-            return load_or_profile(worker, config, quick=True)
+            return load_or_profile(worker, config, quick=True, measure=measure)
         except Exception as e:  # noqa: BLE001 - a failed profile must not stop serving
             log.warning("cost_tables_unavailable", error=repr(e), fallback="fixed rules, sequential steps")
             return None
     return load_for(worker, config, Path(source))
 
 
-def load_or_profile(worker: Worker, config: Config, quick: bool = True) -> MeasuredCosts:
+def load_or_profile(worker: Worker, config: Config, quick: bool = True, measure: Measure | None = None) -> MeasuredCosts:
     """The engine's start-up: its cached tables, else a profile (stored for the next start)."""
     key = profile_key(worker, config)
     costs = load_cached(key)
     if costs is not None:
         log.info("profile_cache_hit", path=str(cache_path(key)), mode=costs.meta.get("mode"))
         return costs
-    costs = profile_worker(worker, config, quick=quick)
+    costs = measure(quick) if measure is not None else profile_worker(worker, config, quick=quick)
     try:
         path = store(costs)
         log.info("profile_cached", path=str(path))

@@ -41,7 +41,7 @@ def profile_key(worker: Worker, config: Config) -> dict[str, Any]:
         "model": {
             "num_layers": s.num_layers, "hidden_size": s.hidden_size, "num_heads": s.num_heads,
             "num_kv_heads": s.num_kv_heads, "head_dim": s.head_dim, "intermediate_size": s.intermediate_size,
-            "vocab_size": s.vocab_size, "attention_bias": s.attention_bias,
+            "vocab_size": s.vocab_size, "attention_bias": s.attention_bias, "tensor_parallel_size": s.tp_size,
         },
         "dtype": cfg.model.dtype,
         "device": device_name(worker.device),

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import torch
@@ -90,12 +90,15 @@ def _scratch(worker: Worker, pools: tuple[BlockPool, BlockPool] | None) -> Itera
 
 
 def profile_worker(worker: Worker, config: Config, quick: bool = True, settings: Settings | None = None,
-                   pools: tuple[BlockPool, BlockPool] | None = None) -> MeasuredCosts:
-    """Every table and the fitted overheads, measured on the worker (see `borrowed` for pools)."""
+                   pools: tuple[BlockPool, BlockPool] | None = None, agree: Callable[[Any], Any] | None = None) -> MeasuredCosts:
+    """Every table and the fitted overheads, measured on the worker (see `borrowed` for pools).
+    A tensor-parallel rank: every rank profiles at once, `agree` handing rank 0's timing
+    decisions to the others (see `Timer.agree`), so their collectives pair up; rank 0's tables
+    are the step's (the ranks run their shares side by side)."""
     settings = settings or Settings.of(quick)
     started = time.perf_counter()
     timer = Timer(worker.device, repeats=settings.repeats, point_budget_s=settings.point_budget_s,
-                  deadline=started + settings.budget_s)
+                  deadline=started + settings.budget_s, agree=agree)
     mode = "quick" if quick else "full"
     log.info("profile_started", mode=mode, budget_s=settings.budget_s)
     with borrowed(worker, config, timer, pools) as points:
@@ -107,7 +110,7 @@ def profile_worker(worker: Worker, config: Config, quick: bool = True, settings:
             tables[name] = measure_table(points, grids, name)
             elapsed = time.perf_counter() - started
             log.info("profile_table", table=name, seconds=round(time.perf_counter() - t0, 2), elapsed_s=round(elapsed, 1))
-            if elapsed > settings.budget_s and not over_budget:
+            if elapsed > settings.budget_s and not over_budget and worker.shard.rank == 0:
                 over_budget = True
                 log.warning("profile_over_budget", budget_s=settings.budget_s, elapsed_s=round(elapsed, 1),
                             hint="the remaining points are timed once each, without warm-up")

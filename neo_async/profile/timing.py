@@ -12,6 +12,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -40,6 +41,9 @@ class Timer:
     min_total_s: float = 0.02
     point_budget_s: float = 1.0
     deadline: float = float("inf")
+    # tensor-parallel ranks timing in lockstep: every decision (warm up, another pass for which
+    # points) is rank 0's, handed to the others, so that every rank makes the same calls
+    agree: Callable[[Any], Any] | None = None
 
     def __call__(self, bench: Bench) -> float:
         return self.measure([bench])[0]
@@ -48,7 +52,7 @@ class Timer:
         """Median seconds of each bench."""
         calls = [0] * len(benches)
         times: list[list[float]] = [[] for _ in benches]
-        if time.perf_counter() < self.deadline:
+        if self._agreed(time.perf_counter() < self.deadline):
             for j, bench in enumerate(benches):
                 self._time(bench, calls[j])
                 calls[j] += 1
@@ -58,8 +62,11 @@ class Timer:
                 times[j].append(self._time(benches[j], calls[j]))
                 calls[j] += 1
             past = time.perf_counter() >= self.deadline
-            pending = [j for j in pending if not past and not self._done(times[j])]
+            pending = self._agreed([j for j in pending if not past and not self._done(times[j])])
         return [statistics.median(t) / bench.units for t, bench in zip(times, benches)]
+
+    def _agreed(self, decision: Any) -> Any:
+        return decision if self.agree is None else self.agree(decision)
 
     def _done(self, times: list[float]) -> bool:
         if len(times) >= self.max_repeats or sum(times) >= self.point_budget_s:

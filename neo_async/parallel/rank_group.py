@@ -2,6 +2,9 @@
 1..N-1 are spawned processes (torch.multiprocessing), all joined by torch.distributed (gloo on
 the CPU, NCCL on GPUs). Every plan is broadcast to the ranks (an object broadcast over a gloo
 group of its own) and run by all of them in lockstep; rank 0's sampled tokens are the step's.
+The start-up profile runs the same way: every rank measures at once, rank 0 deciding how often
+each point is timed, so the collectives inside the measured calls pair up; rank 0's tables are
+the policy's.
 
 Each rank owns a share of the cores (CPU affinity, so torch's pool and the host kernel's team
 size themselves to it) and its share of both KV pools (its KV heads); the block tables are the
@@ -25,8 +28,10 @@ import torch.multiprocessing as mp
 
 from neo_async.config import Config
 from neo_async.model.tensor_parallel import destroy_process_group, free_init_method, init_process_group
+from neo_async.profile.measure import profile_worker
 from neo_async.runner.worker import Worker
 from neo_async.sampling_params import SamplingParams
+from neo_async.sched.cost_tables import MeasuredCosts
 from neo_async.sched.plan import ExecuteOutput, Plan
 
 log = structlog.get_logger("neo_async.runner.rank_group")
@@ -34,6 +39,13 @@ log = structlog.get_logger("neo_async.runner.rank_group")
 PLAN_WAIT = datetime.timedelta(days=7)  # ranks wait for the next plan this long (an idle server)
 STEP_TIMEOUT_S = 60.0  # a collective inside a step (or joining) that takes longer fails it
 _LEAN_PARAMS = SamplingParams()
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileRequest:
+    """Sent instead of a plan: every rank profiles its Worker now, in lockstep."""
+
+    quick: bool
 
 
 class RankFailedError(RuntimeError):
@@ -106,6 +118,12 @@ class RankGroup:
             self.failure = self.failure or f"a tensor-parallel step failed on rank 0: {e!r}"
             raise RankFailedError(self.failure) from e
 
+    def profile(self, config: Config, quick: bool) -> MeasuredCosts:
+        """The cost tables, measured on every rank at once (rank 0's are returned)."""
+        self._raise_if_failed()
+        dist.broadcast_object_list([ProfileRequest(quick)], src=0, group=self._plans)
+        return profile_worker(self.worker, config, quick=quick, agree=lambda decision: agree(decision, self._plans))
+
     def close(self) -> None:
         """Stops every rank (they finish the plan in flight first) and leaves the group."""
         if self._closing:
@@ -154,13 +172,24 @@ def run_rank(rank: int, size: int, init_method: str, config: Config, cores: list
     plans = dist.new_group(backend="gloo", timeout=PLAN_WAIT)
     worker = Worker(config.model, config.cache, device, shard)
     while True:
-        box: list[Plan | None] = [None]
+        box: list[Plan | ProfileRequest | None] = [None]
         dist.broadcast_object_list(box, src=0, group=plans)
-        if box[0] is None:
+        message = box[0]
+        if message is None:
             break
-        worker.execute(box[0])
+        if isinstance(message, ProfileRequest):
+            profile_worker(worker, config, quick=message.quick, agree=lambda decision: agree(decision, plans))
+        else:
+            worker.execute(message)
     worker.close()
     destroy_process_group()
+
+
+def agree(decision: object, group: object) -> object:
+    """Rank 0's decision, on every rank."""
+    box = [decision]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]
 
 
 def make_worker(config: Config) -> Worker | RankGroup:
