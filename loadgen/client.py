@@ -152,7 +152,7 @@ async def _stream(
                 continue
             last_choice_s = now_s
             record.finish_reason = sse.finish_reason_of(chunk) or record.finish_reason
-            if text:
+            if text or sse.choice_token_ids(chunk):  # output arrived (as ids without a tokenizer)
                 if record.ttft_s is None:
                     record.ttft_s = now_s
                 record.chunk_times_s.append(now_s)

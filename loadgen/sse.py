@@ -13,6 +13,13 @@ def data_of(line: bytes) -> str | None:
     return line[5:].strip().decode("utf-8")
 
 
+def choice_token_ids(chunk: dict) -> list[int]:
+    """Token ids carried by the chunk's first choice (`token_ids`, vLLM's field on a server
+    that runs without a tokenizer, whose `text` stays empty); [] when none."""
+    choices = chunk.get("choices")
+    return (choices[0].get("token_ids") or []) if choices else []
+
+
 def choice_text(chunk: dict) -> str | None:
     """Text carried by the chunk's first choice ('' if none); None when it has no choice.
 

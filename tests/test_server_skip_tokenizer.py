@@ -105,3 +105,21 @@ def test_what_needs_a_tokenizer_is_a_400_naming_the_parameter(server, path, body
     assert "tokenizer" in error["message"]
     status, _, _ = http("GET", server.base_url + "/health")
     assert status == 200
+
+
+async def test_the_load_generator_times_token_id_streams(server, prompts):
+    """Without a tokenizer the chunks carry token ids and empty text: the load generator still
+    sees the first token and every chunk (TTFT and inter-token times), not an empty stream."""
+    from loadgen import client
+    from loadgen.client import ClientConfig
+    from loadgen.prompts import Prompt
+    from loadgen.records import RequestRecord
+
+    model = json.loads(http("GET", server.base_url + "/v1/models")[2])["data"][0]["id"]
+    config = ClientConfig(base_url=server.base_url, endpoint=C, model=model, ignore_eos=True)
+    record = RequestRecord(request_id=0, prompt_len=len(prompts[1]), output_len=MAX_TOKENS, scheduled_s=0.0)
+    async with client.new_session(config) as session:
+        await client.send(session, config, Prompt(prompts[1], len(prompts[1])), record, 0.0)
+    assert record.success, record.error
+    assert record.ttft_s is not None and 0 < record.ttft_s <= record.e2el_s
+    assert len(record.chunk_times_s) == MAX_TOKENS
