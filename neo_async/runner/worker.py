@@ -48,7 +48,7 @@ class Worker:
         self.num_device_blocks = num_device_blocks(cache_cfg, self.device, per_block, self.max_model_len)
         self.num_host_blocks = num_host_blocks(cache_cfg, per_block, self.max_model_len, self.shard.size)
         if self.shard.is_sharded:  # one block table for every rank: the smallest pools
-            sizes = torch.tensor([self.num_device_blocks, self.num_host_blocks], dtype=torch.int64)
+            sizes = torch.tensor([self.num_device_blocks, self.num_host_blocks], dtype=torch.int64, device=self.device)
             dist.all_reduce(sizes, op=dist.ReduceOp.MIN, group=self.shard.group)
             self.num_device_blocks, self.num_host_blocks = (int(x) for x in sizes)
         kv_shape = (self.spec.num_layers, self.spec.num_kv_heads, self.block_size, self.spec.head_dim)
