@@ -191,3 +191,27 @@ def rope(x: Array, cos: Array, sin: Array, num_heads: int) -> None:
 def silu_mul(gate_up: Array, out: Array) -> None:
     """out = silu(gate) * up where each row of gate_up [T, 2I] is [gate | up]; out [T, I].
     The SiLU is rounded to the dtype before the product (as an unfused silu(gate) * up)."""
+
+class StoredWeight:
+    """A weight [rows, cols] in its stored format, copied once into memory the extension owns:
+    `ggml_type` is a ggml type id (GGUF blocks Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, or
+    F32/F16/BF16 values); src is any C-contiguous buffer of exactly rows * row_bytes bytes.
+    ValueError for sizes that do not match or an unknown type."""
+
+    rows: int
+    cols: int
+    ggml_type: int
+    nbytes: int
+    def __init__(self, ggml_type: int, src: Any, rows: int, cols: int) -> None: ...
+    def matmul(self, x: Array, out: Array, offset: int = 0, isa: str | None = None, reference: bool = False) -> None:
+        """out[m, offset + n] = sum_k x[m, k] * W[n, k], with the GIL released. x [M, cols] and
+        out [M, stride] float32, float16 or bfloat16 (C-contiguous, disjoint), offset + rows <=
+        stride; each weight value is ggml's dequantised f32 value, every product and sum f32,
+        the result rounded once to out's dtype. Runs on the linear team (set_linear_threads)
+        and the SIMD path `isa` (default: RUST_CPUATTN_ISA or the best); `reference`: the plain
+        oracle."""
+
+def set_linear_threads(num_threads: int) -> None:
+    """The linear kernels' team size (default: RUST_CPUATTN_LINEAR_THREADS or every core)."""
+
+def get_linear_threads() -> int: ...

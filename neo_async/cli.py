@@ -12,7 +12,7 @@ COMMANDS = {
     "profile": ("neo_async.profile.cli:main", "measure this machine's cost tables (JSON, PNG plots)"),
     "simulate": ("neo_async.sim.cli:simulate_main", "replay a workload on simulated hardware"),
     "plan": ("neo_async.sim.cli:plan_main", "compare off / neo / full on simulated hardware"),
-    "bench": (None, "benchmarks: offline | kernel | offload | latency | prefix | serve | load | tp | replicas"),
+    "bench": (None, "benchmarks: offline | kernel | offload | latency | prefix | serve | load | tp | replicas | cpu-serve"),
 }
 BENCHES = {
     "offline": "neo_async.bench.offline:main",
@@ -24,6 +24,7 @@ BENCHES = {
     "serve": "loadgen.cli:main",
     "load": "neo_async.bench.load:main",
     "replicas": "neo_async.bench.replicas:main",
+    "cpu-serve": "neo_async.bench.cpu_serve:main",
 }
 
 
