@@ -187,3 +187,22 @@ def test_rank_weights_are_the_whole_models_rows_and_columns(num_kv_heads, size):
         torch.testing.assert_close(layer.o(attn), attn @ tensors[p + "self_attn.o_proj.weight"][:, q_rows].T)
         act = torch.randn(3, inter // size, generator=gen)
         torch.testing.assert_close(layer.down(act), act @ tensors[p + "mlp.down_proj.weight"][:, inter_rows].T)
+
+
+def _sum_rank_main(rank: int, size: int, init_method: str, dtype: torch.dtype) -> None:
+    """Each rank's 16-bit partial sums add up to the float32 sum of all ranks', rounded once."""
+    shard = init_process_group(rank, size, init_method, CPU, timeout_s=60.0)
+    try:
+        parts = [torch.randn(5, 64, generator=torch.Generator().manual_seed(r)).to(dtype) for r in range(size)]
+        out = parts[rank].clone()
+        assert shard.all_reduce_(out) is out and out.dtype == dtype
+        assert torch.equal(out, sum(p.float() for p in parts).to(dtype))
+    finally:
+        destroy_process_group()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sixteen_bit_partial_sums_are_added_in_float32(dtype):
+    """Three ranks: summed in 16 bits, the first two partials would be rounded before the third
+    is added (two roundings), so the check can tell the float32 sum from it."""
+    mp.spawn(_sum_rank_main, args=(3, free_init_method(), dtype), nprocs=3, join=True)

@@ -97,9 +97,16 @@ class Shard:
         return full.shard(self.rank, self.size)
 
     def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
-        """Sums t (in place) over the ranks; returns t. A no-op for the whole model."""
-        if self.size > 1:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+        """Sums t (in place) over the ranks; returns t. A no-op for the whole model. 16-bit
+        host tensors are summed in float32 (gloo's 16-bit sums measured ~4x slower than float32
+        at decode sizes; the wider sum also rounds once, not per rank)."""
+        if self.size == 1:
+            return t
+        if t.device.type == "cpu" and t.dtype in (torch.bfloat16, torch.float16):
+            wide = t.float()
+            dist.all_reduce(wide, op=dist.ReduceOp.SUM, group=self.group)
+            return t.copy_(wide)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
         return t
 
 
