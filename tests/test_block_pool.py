@@ -166,3 +166,28 @@ def test_random_scenarios_with_caching_keep_the_invariants():
         pool.free(rid)
     pool.check()
     assert pool.num_used == 0
+
+
+def test_grow_copied_extends_the_cached_chain_and_caches_the_copies_at_once():
+    source = BlockPool(8, 2, "host", enable_caching=True)
+    source.grow("a", 6)
+    source.commit("a", [1, 2, 3, 4, 5, 6], 6)
+    keys = [source.cached_key(b) for b in source.block_ids("a")]
+    pool = BlockPool(6, 2, enable_caching=True)
+    pool.grow("w", 2)
+    pool.commit("w", [1, 2], 2)  # the first block is cached here already
+    pool.free("w")
+    hit = pool.match([1, 2, 3, 4, 5, 6, 7], 3)
+    assert len(hit) == 1
+    pool.take_prefix("b", hit)
+    copies = pool.grow_copied("b", keys[1:])
+    assert pool.block_ids("b") == hit + copies and pool.match([1, 2, 3, 4, 5, 6, 7], 3) == hit + copies
+    pool.grow("b", 7)  # its own last block, after the copies
+    pool.commit("b", [1, 2, 3, 4, 5, 6, 7], 7)  # nothing new to cache: the chain continues past the copies
+    pool.check()
+    assert pool.is_private(pool.block_ids("b")[-1])
+    with pytest.raises(ValueError, match="past its cached chain"):
+        pool.grow_copied("b", keys[:1])
+    with pytest.raises(MemoryError):
+        pool.grow_copied("c", keys * 2)
+    pool.check()

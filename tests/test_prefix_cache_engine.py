@@ -12,9 +12,11 @@ import pytest
 from neo_async.config import Config
 from neo_async.engine import Engine
 from neo_async.sampling_params import SamplingParams
+from neo_async.sched.plan import KVLocation
 from tests.model_factory import write_random_checkpoint
 
 MAX_TOKENS = 8
+DEVICE, HOST = KVLocation.DEVICE, KVLocation.HOST
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +128,30 @@ def test_demoted_blocks_are_hit_on_the_host_after_their_device_copies_are_evicte
     assert _run(engine, workload) == reference
     stats = engine.stats()
     assert stats.num_demoted_blocks_total >= 2 and stats.num_prefix_hit_tokens_total == {"device": 0, "host": 32}
+
+
+def test_a_host_hit_copied_in_for_a_device_placed_request_gives_the_same_tokens(checkpoint):
+    """The demoted copies of a prefix come back to a device with room by the swap-in copy (the
+    cost model prices the copy below recomputing it), and the tokens are those of a recompute."""
+    from neo_async.sched.scheduler import Scheduler
+    from tests.synthetic_costs import SyntheticCosts
+
+    rng = random.Random(11)
+    prefix = [rng.randrange(3, 320) for _ in range(40)]
+    workload = (
+        [
+            (0, "a", prefix + [5]),  # on the device: two full blocks cached when it finishes
+            (12, "b", [rng.randrange(3, 320) for _ in range(119)]),  # evicts them: demoted to the host
+            (40, "c", prefix + [9, 9]),  # b is done: the device has room, the host has the prefix
+            (41, "d", prefix + [7]),  # hits c's copies on the device
+        ],
+        {},
+    )
+    reference = _run(_engine(checkpoint, caching=False, offload="off", device_kv_tokens=4096), workload)
+    engine = _engine(checkpoint, caching=True, offload="neo", device_kv_tokens=128, host_kv_tokens=4096)
+    costs = SyntheticCosts(linear_per_token=1e-4, swap_per_block=1e-5)
+    engine.scheduler = Scheduler(engine.config.scheduler, engine.device_pool, engine.host_pool, "neo", costs=costs)
+    assert _run(engine, workload) == reference
+    s = engine.scheduler
+    assert s.num_demoted_blocks_total >= 2 and s.num_prefix_copied_tokens_total == 32
+    assert s.num_prefix_hit_tokens_total[HOST] == 32 and s.num_prefix_hit_tokens_total[DEVICE] == 32

@@ -5,25 +5,28 @@ tokens' (a corrupted or stale block) fails."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from neo_async.config import SchedulerConfig
 from neo_async.kv.block_pool import BlockPool
 from neo_async.sampling_params import SamplingParams
-from neo_async.sched.plan import ExecuteOutput, KVLocation, Plan
+from neo_async.sched.plan import ExecuteOutput, KVLocation, Plan, coalesce
+from neo_async.sched.policy import HitPlacement, Policy
 from neo_async.sched.request import Request
 from neo_async.sched.scheduler import Scheduler
+from tests.synthetic_costs import SyntheticCosts
 
 DEVICE, HOST = KVLocation.DEVICE, KVLocation.HOST
 BS = 4
 
 
-def make_scheduler(device_blocks=16, host_blocks=32, offload="neo", caching=True, **cfg) -> Scheduler:
+def make_scheduler(device_blocks=16, host_blocks=32, offload="neo", caching=True, costs=None, **cfg) -> Scheduler:
     config = SchedulerConfig(**{"max_num_seqs": 8, "max_num_batched_tokens": 64, **cfg})
     device = BlockPool(device_blocks, BS, "device", enable_caching=caching)
     host = BlockPool(host_blocks, BS, "host", enable_caching=caching)
-    return Scheduler(config, device, host, offload)
+    return Scheduler(config, device, host, offload, costs=costs)
 
 
 def make_request(rid: str, token_ids: list[int], max_tokens: int = 4, **params) -> Request:
@@ -182,6 +185,84 @@ def test_neo_places_a_prompt_on_the_host_when_the_host_holds_more_of_it():
     assert [(c.request_id, c.location, c.start_pos) for c in plan.chunks] == [("b", HOST, 8), ("c", DEVICE, 0)]
 
 
+def _warm_host(prompt: list[int]) -> tuple[BlockPool, FakeKV]:
+    """A host pool with prompt's full blocks cached (run through a full-offload scheduler)."""
+    warm = make_scheduler(offload="full")
+    kv = FakeKV(warm)
+    warm.add(make_request("warm", prompt, max_tokens=1))
+    step(warm, kv)
+    return warm.host_pool, kv
+
+
+# a prefill token costs 1e-4 s per layer: a block of 4 costs 4e-4 s to recompute
+CHEAP_COPY = SyntheticCosts(linear_per_token=1e-4, swap_per_block=1e-5)
+DEAR_COPY = SyntheticCosts(linear_per_token=1e-4, swap_per_block=1e-2)
+
+
+def _with_host_cache(costs, device_blocks=16, **cfg) -> tuple[Scheduler, FakeKV]:
+    host, kv = _warm_host(PREFIX[:8] + [1])  # PREFIX[:8]: two blocks cached on the host
+    config = SchedulerConfig(**{"max_num_seqs": 8, "max_num_batched_tokens": 64, **cfg})
+    s = Scheduler(config, BlockPool(device_blocks, BS, "device", enable_caching=True), host, "neo", costs=costs)
+    kv.s = s
+    return s, kv
+
+
+def test_a_device_placed_request_copies_a_host_hit_in_when_the_tables_say_it_beats_recompute():
+    s, kv = _with_host_cache(CHEAP_COPY)
+    s.add(make_request("b", PREFIX[:8] + [2, 3]))
+    plan = step(s, kv)  # FakeKV checks that the copied blocks hold b's tokens when read
+    chunk = plan.chunks[-1]
+    assert (chunk.location, chunk.start_pos, chunk.num_tokens) == (DEVICE, 8, 2)
+    assert plan.num_copied_in_blocks == 2 and plan.swap_in == coalesce(s.host_pool.match(PREFIX, 2), chunk.block_ids[:2])
+    assert s.num_prefix_hit_tokens_total == {DEVICE: 0, HOST: 8} and s.num_prefix_copied_tokens_total == 8
+    # the copies are cached on the device: the next request of the group hits them there
+    s.add(make_request("c", PREFIX[:8] + [4]))
+    plan = step(s, kv)
+    chunk = plan.chunks[-1]
+    assert (chunk.request_id, chunk.location, chunk.start_pos) == ("c", DEVICE, 8) and not plan.swap_in
+    assert chunk.block_ids[:2] == s.device_pool.block_ids("b")[:2]
+    assert s.num_prefix_hit_tokens_total == {DEVICE: 8, HOST: 8}
+
+
+def test_a_device_placed_request_recomputes_a_host_hit_when_copying_costs_more():
+    s, kv = _with_host_cache(DEAR_COPY)
+    s.add(make_request("b", PREFIX[:8] + [2, 3]))
+    plan = step(s, kv)
+    assert [(c.location, c.start_pos) for c in plan.chunks] == [(DEVICE, 0)]
+    assert not plan.swap_in and plan.num_copied_in_blocks == 0 and s.num_prefix_copied_tokens_total == 0
+
+
+def test_the_policy_prices_the_three_placements_of_a_host_hit():
+    cheap, dear = Policy(CHEAP_COPY, SchedulerConfig()), Policy(DEAR_COPY, SchedulerConfig())
+    args = dict(num_tokens=1100, block_size=16, device_hit=4, host_hit=64, num_blocks=69)
+    choice = cheap.place_host_hit(**args, fits_host=True, can_copy=True)
+    assert (choice.location, choice.num_copy_blocks) == (DEVICE, 60)
+    # no copy-in this plan: the host reads the hit in place (the swap-in copies 65 blocks later)
+    assert cheap.place_host_hit(**args, fits_host=True, can_copy=False).location is HOST
+    assert cheap.place_host_hit(**args, fits_host=False, can_copy=False) == HitPlacement(
+        DEVICE, 0, cheap.prefill_time(1100 - 4 * 16, 1100)
+    )
+    choice = dear.place_host_hit(**args, fits_host=True, can_copy=True)
+    assert (choice.location, choice.num_copy_blocks) == (DEVICE, 0)
+    assert choice.predicted_s == dear.prefill_time(1100 - 4 * 16, 1100)
+    with pytest.raises(ValueError, match="longer than the device hit"):
+        cheap.place_host_hit(1100, 16, 4, 4, 69, True, True)
+
+
+def test_no_copy_in_when_the_plan_swaps_a_request_out():
+    """A copy-in is written before the swap-outs read their blocks: one freed by a swap-out could
+    be its destination, so such a plan copies nothing in (here: the host reads the hit in place)."""
+    s, kv = _with_host_cache(CHEAP_COPY, device_blocks=7)
+    s.add(make_request("x", [90, 91, 92, 93], max_tokens=12))  # 1 block, grows at its first decode
+    s.add(make_request("y", [80 + i % 7 for i in range(20)], max_tokens=4))  # 5 blocks (and x's reserve)
+    step(s, kv)
+    s.add(make_request("b", PREFIX[:8] + [2]))
+    plan = step(s, kv)  # y is swapped out for x's growth; b finds the device with room
+    assert plan.swapped_out_ids == ["y"] and plan.num_copied_in_blocks == 0
+    chunk = plan.chunks[-1]
+    assert (chunk.request_id, chunk.location, chunk.start_pos) == ("b", HOST, 8)
+
+
 def test_caching_off_keeps_the_old_accounting():
     s = make_scheduler(offload="off", caching=False)
     kv = FakeKV(s)
@@ -194,30 +275,54 @@ def test_caching_off_keeps_the_old_accounting():
 
 
 @st.composite
-def scenarios(draw):
+def scenarios(draw, copy_ins=False):
+    """Random arrivals sharing prefixes; with copy_ins, neo with small device pools and cheap
+    copies: demoted prefixes come back to a device with room by copy-in."""
     prefixes = [draw(st.lists(st.integers(0, 30), min_size=1, max_size=14)) for _ in range(3)]
     arrivals = []
     for i in range(draw(st.integers(1, 10))):
         prefix = draw(st.sampled_from(prefixes))
         cut = draw(st.integers(0, len(prefix)))
         suffix = draw(st.lists(st.integers(0, 30), min_size=0 if cut else 1, max_size=6))
-        arrivals.append((draw(st.integers(0, 6)), prefix[:cut] + suffix, draw(st.integers(1, 6))))
+        arrivals.append((draw(st.integers(0, 30 if copy_ins else 6)), prefix[:cut] + suffix, draw(st.integers(1, 6))))
     return dict(
         arrivals=arrivals,
-        device_blocks=draw(st.integers(6, 16)),
-        host_blocks=draw(st.sampled_from([0, 8, 40])),
-        offload=draw(st.sampled_from(["off", "neo", "full"])),
+        device_blocks=draw(st.integers(6, 9) if copy_ins else st.integers(6, 16)),
+        host_blocks=40 if copy_ins else draw(st.sampled_from([0, 8, 40])),
+        offload="neo" if copy_ins else draw(st.sampled_from(["off", "neo", "full"])),
         budget=draw(st.sampled_from([3, 8, 64])),
         aborts=draw(st.lists(st.tuples(st.integers(0, 20), st.integers(0, 9)), max_size=4)),
+        costs=CHEAP_COPY if copy_ins else draw(st.sampled_from([None, CHEAP_COPY, DEAR_COPY])),
     )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_property_shared_prefixes_never_leak_a_block_or_read_a_stale_one(scenario):
+    run_scenario(scenario)
+
+
+COPY_INS = []  # copied-in blocks per example of the copy-in property test
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(copy_ins=True))
+def test_property_copy_ins_never_leak_a_block_or_read_a_stale_one(scenario):
+    s = run_scenario(scenario)
+    COPY_INS.append(s.num_prefix_copied_tokens_total)
+
+
+def test_the_copy_in_property_test_copies():
+    test_property_copy_ins_never_leak_a_block_or_read_a_stale_one()
+    assert sum(n > 0 for n in COPY_INS) >= 5, COPY_INS
+
+
+def run_scenario(scenario) -> Scheduler:
     offload = scenario["offload"]
     host_blocks = scenario["host_blocks"] or (8 if offload == "full" else 0)
-    s = make_scheduler(scenario["device_blocks"], host_blocks, offload, max_num_batched_tokens=scenario["budget"])
+    s = make_scheduler(
+        scenario["device_blocks"], host_blocks, offload, costs=scenario["costs"], max_num_batched_tokens=scenario["budget"]
+    )
     kv = FakeKV(s)
     pending = sorted(enumerate(scenario["arrivals"]), key=lambda item: item[1][0])
     aborts = dict(scenario["aborts"])
@@ -230,8 +335,9 @@ def test_property_shared_prefixes_never_leak_a_block_or_read_a_stale_one(scenari
         if t in aborts:
             s.finish(f"r{aborts[t]}")
             s.check()
-        if not s.requests and t > 6:
+        if not s.requests and t > max(at for at, _, _ in scenario["arrivals"]):
             break
         step(s, kv)
     assert not s.requests, "a request never finished"
     assert s.device_pool.num_used == 0 and s.host_pool.num_used == 0
+    return s

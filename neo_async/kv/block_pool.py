@@ -144,6 +144,32 @@ class BlockPool:
         self._owned[request_id] = list(hit)
         self._committed[request_id] = (len(hit), self._key_of[hit[-1]])
 
+    def grow_copied(self, request_id: str, keys: Sequence[BlockKey]) -> list[int]:
+        """Extend a request that holds exactly its chain of cached blocks (`take_prefix` just now,
+        or nothing) by one block per key, the next blocks of that chain, whose K/V the caller
+        copies in from the other pool before anything reads or writes them (the Plan's ordering
+        contract). Each is cached under its key at once (a key cached already leaves its block
+        private). All-or-nothing: raises MemoryError (and changes nothing) when blocks lack.
+        Evictions are recorded as by `grow`."""
+        blocks = self._owned.get(request_id, [])
+        done, _ = self._committed.get(request_id, (0, None))
+        if done != len(blocks):
+            raise ValueError(f"{self.name}: {request_id} holds blocks past its cached chain")
+        if len(keys) > self.num_free:
+            raise MemoryError(f"{self.name} pool: request {request_id} needs {len(keys)} blocks, {self.num_free} free")
+        if not keys:
+            return []
+        new = []
+        for key in keys:
+            block = self._allocate()
+            if key not in self._cached:
+                self._cached[key] = block
+                self._key_of[block] = key
+            new.append(block)
+        self._owned.setdefault(request_id, []).extend(new)
+        self._committed[request_id] = (done + len(keys), keys[-1])
+        return new
+
     def commit(self, request_id: str, token_ids: Sequence[int], num_computed_tokens: int, extra: Hashable = None) -> None:
         """Cache the request's full blocks whose K/V are now computed (its first num_computed_tokens
         of token_ids). A block whose content is already cached under another block stays private."""

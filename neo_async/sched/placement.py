@@ -12,10 +12,10 @@
   in the host pool; swap-in moves a request back while the device pool, with it and one more
   block of growth, stays under `swap_in_watermark` of its blocks.
 
-With prefix caching, a pool's cached blocks of the prompt count as held already; and in neo a
-prompt whose cached prefix is longer in the host pool than in the device pool goes to the host
-even when the device has room (`prefers_host_hit`): the host reads its hit in place, with no
-prefill for it, and swap-in brings the request back to the device later if room allows.
+With prefix caching, a pool's cached blocks of the prompt count as held already. In neo, a
+prompt the device has room for whose cached prefix is longer in the host pool is placed by the
+scheduler (`Scheduler._place_host_hit`): the policy's cost comparison with a cost model, else the
+fixed rule (the host, which reads its hit in place, when it fits there).
 """
 
 from __future__ import annotations
@@ -79,13 +79,9 @@ class Placement:
             return KVLocation.HOST
         return None
 
-    def prefers_host_hit(self, request: Request, hits: dict[KVLocation, list[int]]) -> bool:
-        """neo: the host pool holds a longer cached prefix than the device pool, and the request
-        fits the host."""
-        host_hit = hits.get(KVLocation.HOST, [])
-        if self.offload != "neo" or len(host_hit) <= len(hits.get(KVLocation.DEVICE, [])):
-            return False
-        return self._fits_whole(self.host_pool, request, self._num_owners(self.host_pool), host_hit)
+    def fits_host(self, request: Request, host_hit: list[int]) -> bool:
+        """Whether the whole prompt fits the host pool next to one block of growth per host request."""
+        return self.uses_host and self._fits_whole(self.host_pool, request, self._num_owners(self.host_pool), host_hit)
 
     def _fits_whole(self, pool: BlockPool, request: Request, reserve: int, hit: list[int]) -> bool:
         if request.max_total_tokens > self._capacity(pool):

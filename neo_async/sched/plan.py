@@ -99,6 +99,7 @@ class Plan:
     is_pipelined: bool = False
     deferred_ids: list[str] = field(default_factory=list)  # host decodes left out this iteration
     num_demoted_blocks: int = 0  # cached device blocks copied to the host pool within swap_out
+    num_copied_in_blocks: int = 0  # host-cached blocks copied to a device-placed request within swap_in
     predicted_s: float | None = None  # the cost model's time for this plan, when there is one
 
     @property

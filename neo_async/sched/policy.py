@@ -22,7 +22,7 @@ from neo_async.config import SchedulerConfig
 from neo_async.sched.calibration import Calibration
 from neo_async.sched.costs import CostModel
 from neo_async.sched.predict import Load, pipelined_time, sequential_time
-from neo_async.sched.plan import Plan, ScheduledChunk
+from neo_async.sched.plan import KVLocation, Plan, ScheduledChunk
 
 # a deferral must raise the predicted rate by this share: predictions are not exact
 _MIN_GAIN = 0.02
@@ -40,6 +40,16 @@ class Choice:
     @property
     def num_sampled(self) -> int:
         return sum(c.is_sampling for c in self.chunks)
+
+
+@dataclass(frozen=True)
+class HitPlacement:
+    """Where a prompt with a longer cached prefix in the host pool than in the device pool starts,
+    and how many of its host-cached blocks are copied to the device (device placement only)."""
+
+    location: KVLocation
+    num_copy_blocks: int
+    predicted_s: float  # the chosen option's prefill, copies included
 
 
 class Policy:
@@ -212,3 +222,41 @@ class Policy:
             return after <= self.slo_s
         before = self.best_time(steady)
         return grown.num_sampled / after >= steady.num_sampled / before  # strict: a tolerance would compound
+
+    # ---- placement of a prompt with a host hit -------------------------------------------------
+
+    def prefill_time(self, num_tokens: int, context_tokens: int) -> float:
+        """The rest of a prompt's prefill, num_tokens up to a cache of context_tokens, as one chunk
+        alone in an iteration: what a cached prefix saves."""
+        if num_tokens <= 0:
+            return 0.0
+        load = Load(num_tokens=num_tokens, num_sampled=1, prefills=[(num_tokens, context_tokens)])
+        return self._sequential_time(load)
+
+    def copy_time(self, num_blocks: int) -> float:
+        """Copying num_blocks KV blocks between the pools, every layer."""
+        return self.costs.num_layers * self.costs.swap(num_blocks) if num_blocks > 0 else 0.0
+
+    def place_host_hit(
+        self, num_tokens: int, block_size: int, device_hit: int, host_hit: int, num_blocks: int, fits_host: bool, can_copy: bool
+    ) -> HitPlacement:
+        """A prompt of num_tokens (num_blocks blocks in all) that the device has room for, with
+        device_hit < host_hit cached blocks in the two pools. Options, each priced as its prefill
+        and copies (the decode that follows is the same: on the device in all three):
+        - device, recomputing what only the host holds: prefill after device_hit blocks;
+        - device, copying the host's blocks past device_hit in (can_copy): prefill after host_hit
+          blocks, plus the copy of host_hit - device_hit blocks;
+        - host (fits_host): prefill after host_hit blocks, read in place; but the device has room,
+          so the swap-in phase moves the request there at the next iteration, copying its blocks
+          the device does not cache (num_blocks - device_hit).
+        The cheapest wins; ties go to the earlier option (fewer copies)."""
+        if not 0 <= device_hit < host_hit or num_tokens < 1:
+            raise ValueError(f"a host hit longer than the device hit expected, got {device_hit} and {host_hit} blocks")
+        after_host = self.prefill_time(num_tokens - host_hit * block_size, num_tokens)
+        options = [HitPlacement(KVLocation.DEVICE, 0, self.prefill_time(num_tokens - device_hit * block_size, num_tokens))]
+        if can_copy:
+            copied = host_hit - device_hit
+            options.append(HitPlacement(KVLocation.DEVICE, copied, after_host + self.copy_time(copied)))
+        if fits_host:
+            options.append(HitPlacement(KVLocation.HOST, 0, after_host + self.copy_time(num_blocks - device_hit)))
+        return min(options, key=lambda o: o.predicted_s)

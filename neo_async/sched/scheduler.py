@@ -17,7 +17,10 @@ Prefix caching (when the pools have it on): a request admitted reuses the longes
 cached full blocks of its tokens in the pool it is placed in (a host-placed request reads host
 blocks where they lie: no copy), and its prefill starts after them (one token at least is
 computed); full blocks are cached as their K/V get computed. A cached device block evicted for
-room is demoted to a free host block (copied with the swap-outs) when the host pool has one.
+room is demoted to a free host block (copied with the swap-outs) when the host pool has one. In
+neo, a prompt the device has room for with a longer hit in the host pool is placed by the
+policy's prices (recompute on the device, copy the host's blocks in with the swap-ins, or the
+host), by a fixed rule without a cost model (the host, when it fits).
 
 Offload modes: "off" (device only, recompute preemption: the baseline), "neo" (both pools,
 placement decided every iteration), "full" (every request on the host; the device runs the
@@ -73,6 +76,10 @@ class Scheduler:
         self.num_prefix_query_tokens_total = 0  # prompt tokens looked up in the prefix cache
         self.num_prefix_hit_tokens_total = {DEVICE: 0, HOST: 0}  # of those, found cached, by pool
         self.num_demoted_blocks_total = 0
+        # of the host hits, tokens copied to the device for a device-placed request (not read in place)
+        self.num_prefix_copied_tokens_total = 0
+        # cached device blocks evicted this iteration before a copy-in, kept for `_demote`
+        self._evicted: list = []
         # (request id, src block, dst block) of this iteration's swaps, until the plan is built
         self._out_pairs: list[tuple[str, int, int]] = []
         self._in_pairs: list[tuple[str, int, int]] = []
@@ -110,7 +117,7 @@ class Scheduler:
 
     def schedule(self) -> Plan:
         plan = Plan()
-        self._out_pairs, self._in_pairs = [], []
+        self._out_pairs, self._in_pairs, self._evicted = [], [], []
         self._swap_in(plan)
         self.device_pool.take_evictions()  # a swap-in's destination: never demoted (copy order)
         budget = self.config.max_num_batched_tokens
@@ -146,16 +153,13 @@ class Scheduler:
             location = self.placement.place(request, is_host_round, hits)
             if location is None:
                 break
-            # by hit: the device has room, but the host holds more of the prompt (read in place)
-            is_by_hit = location is DEVICE and self.placement.prefers_host_hit(request, hits)
-            if is_by_hit and steady is not None and not self.policy.admit_to_host(steady, request.num_tokens):
-                is_by_hit = False
-            if is_by_hit:
-                location = HOST
-                if steady is not None:
-                    steady.add_decode(request.num_tokens, is_host=True)
-            elif location is HOST and steady is not None:
-                if not self.policy.admit_to_host(steady, request.num_tokens):
+            num_copy = 0
+            is_by_hit = False  # on the host although the device has room: the host holds more of the prompt
+            if location is DEVICE and self.placement.offload == "neo" and len(hits[HOST]) > len(hits[DEVICE]):
+                location, num_copy = self._place_host_hit(request, hits, steady)
+                is_by_hit = location is HOST
+            if location is HOST and steady is not None:
+                if not is_by_hit and not self.policy.admit_to_host(steady, request.num_tokens):
                     break  # predicted to slow the steady state: wait for the device
                 steady.add_decode(request.num_tokens, is_host=True)
             is_host_round = is_host_round or (location is HOST and not is_by_hit)
@@ -165,6 +169,8 @@ class Scheduler:
                 self.num_prefix_hit_tokens_total[location] += len(hits[location]) * pool.block_size
             pool.take_prefix(request.request_id, hits[location])
             request.num_computed_tokens = len(hits[location]) * pool.block_size
+            if num_copy:
+                self._copy_in(request, hits, num_copy, plan)
             num_new = min(request.num_uncomputed_tokens, budget)
             pool.grow(request.request_id, request.num_computed_tokens + num_new)
             self.waiting.popleft()
@@ -173,6 +179,45 @@ class Scheduler:
             self.running.append(request)
             plan.chunks.append(self._chunk(request, num_new))
             budget -= num_new
+
+    def _place_host_hit(
+        self, request: Request, hits: dict[KVLocation, list[int]], steady: Load | None
+    ) -> tuple[KVLocation, int]:
+        """neo, the device has room for a prompt whose cached prefix is longer in the host pool:
+        (where it starts, host blocks to copy in). With a cost model, the policy's cheapest of
+        recomputing on the device, copying the host's blocks in, or the host when it fits there
+        and the policy admits it (`place_host_hit`); without, the fixed rule: the host, where the
+        hit is read in place, when it fits there.
+        A copy-in is written before the plan's swap-outs read their device blocks (swap-ins copy
+        first), so a plan that swapped a request out this iteration copies nothing in: the
+        blocks it freed could be the copies' destinations."""
+        fits_host = self.placement.fits_host(request, hits[HOST])
+        if fits_host and steady is not None:
+            fits_host = self.policy.admit_to_host(steady, request.num_tokens)
+        if self.policy is None:
+            return (HOST if fits_host else DEVICE), 0
+        choice = self.policy.place_host_hit(
+            request.num_tokens, self.device_pool.block_size, len(hits[DEVICE]), len(hits[HOST]),
+            self.device_pool.blocks_for_tokens(request.num_tokens), fits_host, can_copy=not self._out_pairs,
+        )
+        return choice.location, choice.num_copy_blocks
+
+    def _copy_in(self, request: Request, hits: dict[KVLocation, list[int]], num_copy: int, plan: Plan) -> None:
+        """Give a device-placed request copies of the host-cached blocks past its device hit (cached
+        in the device pool at once: the swap-in copy writes them before this plan reads them). The
+        cached device blocks this evicts are the copies' destinations: never demoted (the swap-in
+        would overwrite them before the demotion read them)."""
+        first = len(hits[DEVICE])
+        sources = hits[HOST][first : first + num_copy]
+        keys = [self.host_pool.cached_key(block) for block in sources]
+        self._evicted.extend(self.device_pool.take_evictions())
+        copies = self.device_pool.grow_copied(request.request_id, keys)
+        self.device_pool.take_evictions()  # dropped: overwritten by the copy
+        self._in_pairs.extend((request.request_id, s, d) for s, d in zip(sources, copies))
+        request.num_computed_tokens += num_copy * self.device_pool.block_size
+        self.num_prefix_hit_tokens_total[HOST] += num_copy * self.device_pool.block_size
+        self.num_prefix_copied_tokens_total += num_copy * self.device_pool.block_size
+        plan.num_copied_in_blocks += num_copy
 
     def _prefix_hits(self, request: Request) -> dict[KVLocation, list[int]]:
         """The cached blocks a waiting request would reuse in each pool: never its last token
@@ -186,7 +231,7 @@ class Scheduler:
     def _demote(self, plan: Plan) -> None:
         """Copy the cached device blocks evicted this iteration to free host blocks (neo only).
         The copies run with the swap-outs, before any chunk writes the evicted blocks."""
-        evicted = self.device_pool.take_evictions()
+        evicted, self._evicted = self._evicted + self.device_pool.take_evictions(), []
         if self.placement.offload != "neo" or not self.host_pool.enable_caching:
             return
         for key, block in evicted:
