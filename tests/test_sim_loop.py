@@ -104,3 +104,46 @@ def test_simulator_never_imports_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_shared_prefix_workload_hits_the_cache_and_the_hits_are_not_paid() -> None:
+    from neo_async.sim.testing import prefix_specs
+    from neo_async.sim.workload import prefix_cache_summary
+
+    d = t4_deployment(device_kv_tokens=2048)
+    specs = prefix_specs(48, num_prefixes=6, prefix_len=512, suffix_len=32, output_len=16)
+    offsets = poisson_offsets(48, 2.0)
+    runs = {}
+    for caching in (False, True):
+        sizes = pool_sizes(d.model, d.gpu, d.host, d.calibration, d.tp, "neo", d.device_kv_tokens, d.host_kv_tokens)
+        scheduler = build_scheduler(d.scheduler, sizes, "neo", d.costs(), enable_prefix_caching=caching)
+        runs[caching] = simulate(specs, offsets, scheduler, d.costs(), check=True)
+        assert scheduler.num_unfinished == 0 and scheduler.device_pool.num_used == scheduler.host_pool.num_used == 0
+        prefilled = sum(it.num_batched_tokens for it in runs[caching].iterations)
+        expected = sum(s.prompt_len + s.output_len - 1 for s in specs)  # every token once, but the hits
+        hits = sum(runs[caching].num_prefix_hit_tokens.values())
+        assert prefilled <= expected - hits + sum(s.prompt_len for s in specs) * runs[caching].num_preemptions
+    summary = prefix_cache_summary(runs[True])
+    assert summary["prefix_cache_hit_rate"] > 0.5 and prefix_cache_summary(runs[False])["prefix_cache_hit_rate"] == 0
+    assert summary["prefix_cache_query_tokens"] >= sum(s.prompt_len for s in specs)
+    ttft = {c: sorted(r.ttft_s for r in run.records)[len(specs) // 2] for c, run in runs.items()}
+    assert ttft[True] < ttft[False] / 2
+
+
+def test_simulate_cli_prints_the_hit_rates_of_a_prefix_workload() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "neo_async", "simulate", "--gpu", "T4", "--host", "g4dn.2xlarge", "--model", "llama-2-7b",
+         "--device-kv-tokens", "2048", "--dataset-name", "prefix_repetition", "--num-prompts", "16",
+         "--prefix-repetition-prefix-len", "256", "--prefix-repetition-suffix-len", "16",
+         "--prefix-repetition-num-prefixes", "2", "--output-len", "4"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("prefix cache:"))
+    assert "hit 0.0%" not in line, line
+    off = subprocess.run(
+        [sys.executable, "-m", "neo_async", "simulate", "--gpu", "T4", "--host", "g4dn.2xlarge", "--model", "llama-2-7b",
+         "--device-kv-tokens", "2048", "--no-enable-prefix-caching", "--num-prompts", "4", "--input-len", "64", "--output-len", "4"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert off.returncode == 0 and "prefix cache:" not in off.stdout, off.stderr

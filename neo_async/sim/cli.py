@@ -65,6 +65,9 @@ def _workload_flags(p: argparse.ArgumentParser) -> None:
     data.add_argument("--trace-start", type=float, default=0.0)
     data.add_argument("--trace-duration", type=float, default=None)
     data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--prefix-repetition-prefix-len", dest="prefix_len", type=int, default=256, help="tokens per shared prefix")
+    data.add_argument("--prefix-repetition-suffix-len", dest="suffix_len", type=int, default=256, help="unique tokens after it")
+    data.add_argument("--prefix-repetition-num-prefixes", dest="num_prefixes", type=int, default=10, help="distinct prefixes")
 
 
 def deployment_of(args: argparse.Namespace) -> Deployment:
@@ -79,6 +82,7 @@ def deployment_of(args: argparse.Namespace) -> Deployment:
         block_size=config.cache.block_size,
         scheduler=config.scheduler,
         cost_tables=args.cost_tables_json,
+        enable_prefix_caching=config.cache.enable_prefix_caching,
     )
 
 
@@ -88,7 +92,8 @@ def workload_of(args: argparse.Namespace) -> Workload:
         input_len=args.input_len, output_len=args.output_len, range_ratio=args.range_ratio,
         max_input_len=args.max_input_len, max_output_len=args.max_output_len,
         fixed_output_len=args.fixed_output_len, trace_start_s=args.trace_start,
-        trace_duration_s=args.trace_duration,
+        trace_duration_s=args.trace_duration, prefix_len=args.prefix_len, suffix_len=args.suffix_len,
+        num_prefixes=args.num_prefixes,
     )
     return Workload(
         args.dataset_name, args.dataset_path, options, args.request_rate, args.burstiness,
@@ -144,6 +149,8 @@ def _simulate(args: argparse.Namespace) -> int:
         print(f"# {deployment.name}, offload {offload}, {len(run.iterations)} iterations "
               f"({run.num_pipelined} pipelined), simulated {run.duration_s:.1f} s")
         print(report.format_table(result, DEFAULT_PERCENTILES), flush=True)
+        if result["enable_prefix_caching"]:
+            print(format_prefix_cache(result), flush=True)
         if args.save_result:
             name = args.result_filename or f"{label}-{report.rate_label(rate)}qps-{deployment.model.name}.json"
             if args.result_filename and len(rates) > 1:
@@ -161,6 +168,16 @@ def _simulate(args: argparse.Namespace) -> int:
         plot = plot_load_latency([document], args.plot_path or path.with_suffix(".png"), deployment.name)
         print(f"saved {path} and {plot}")
     return 0 if all(r["completed"] for r in results) else 1
+
+
+def format_prefix_cache(result: dict) -> str:
+    """The prefix cache's hit rates, as shares of the prompt tokens looked up."""
+    return (
+        f"prefix cache: {result['prefix_cache_query_tokens']} prompt tokens looked up, hit "
+        f"{result['prefix_cache_hit_rate']:.1%} (device {result['prefix_cache_hit_rate_device']:.1%}, "
+        f"host {result['prefix_cache_hit_rate_host']:.1%}: {result['prefix_cache_hit_rate_host_in_place']:.1%} read in place, "
+        f"the rest copied in), {result['prefix_cache_demoted_blocks']} blocks demoted"
+    )
 
 
 def _compare_bench(args: argparse.Namespace) -> int:

@@ -4,7 +4,14 @@ Per iteration, as the live engine steps: requests that have arrived by `now` are
 scheduler plans; the plan is priced by `plan_time` (swap copies included) and the clock
 advances by that much; every sampling chunk emits one token at the iteration's end; a request
 that reached its max_tokens is finished. When nothing can run, the clock jumps to the next
-arrival. Tokens are placeholders (id 0): outputs are lengths, never text.
+arrival. Output tokens are placeholders (id 0): outputs are lengths, never text.
+
+Prompts: with prefix caching on (the scheduler's pools cache), each prompt's token ids are the
+load generator's (`PromptBuilder`, ids without a tokenizer): a spec's shared prefix
+(`prefix_id`, vLLM's prefix_repetition) and shared blocks (`hash_ids`, Mooncake) are the same
+ids in every request that names them, the rest random; the real scheduler finds the hits, a hit's
+tokens are never prefilled, so their cost is never paid, and copies between the pools are priced
+as swaps. With caching off, prompts repeat one placeholder id (no pool looks at them).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from loadgen.prompts import PromptBuilder
 from loadgen.records import RequestRecord
 from loadgen.workload import RequestSpec
 from neo_async.sampling_params import SamplingParams
@@ -24,6 +32,7 @@ from neo_async.sched.scheduler import Scheduler
 from neo_async.sim.clock import VirtualClock
 
 TOKEN_ID = 0
+VOCAB_SIZE = 32000  # of the prompts' random ids (a Llama-2 vocabulary)
 
 
 @dataclass(frozen=True)
@@ -49,17 +58,31 @@ class SimRun:
     num_preemptions: int = 0
     num_swapped_out: int = 0
     num_swapped_in: int = 0
+    # prefix caching: prompt tokens looked up, found cached by pool (device, host), of the host's
+    # found ones those copied to the device, cached device blocks demoted to the host
+    num_prefix_query_tokens: int = 0
+    num_prefix_hit_tokens: dict[str, int] = field(default_factory=lambda: {"device": 0, "host": 0})
+    num_prefix_copied_tokens: int = 0
+    num_demoted_blocks: int = 0
 
     @property
     def num_pipelined(self) -> int:
         return sum(it.is_pipelined for it in self.iterations)
 
 
-def new_request(index: int, spec: RequestSpec, arrival_s: float) -> Request:
+def prompt_builder(seed: int = 0, vocab_size: int = VOCAB_SIZE) -> PromptBuilder:
+    """The load generator's prompts as ids, without a tokenizer."""
+    return PromptBuilder(None, "ids", seed=seed, vocab_size=vocab_size)
+
+
+def new_request(index: int, spec: RequestSpec, arrival_s: float, prompts: PromptBuilder | None = None) -> Request:
+    """Request `index` of a workload: prompt ids from `prompts` (shared prefixes and blocks as the
+    spec names them), or one placeholder id repeated when None."""
     params = SamplingParams(max_tokens=spec.output_len, ignore_eos=True)
+    token_ids = prompts.token_ids(spec, index) if prompts is not None else [TOKEN_ID] * spec.prompt_len
     return Request(
         request_id=str(index),
-        token_ids=[TOKEN_ID] * spec.prompt_len,
+        token_ids=token_ids,
         params=params,
         arrival_time=arrival_s,
         max_total_tokens=spec.prompt_len + spec.output_len,
@@ -74,8 +97,13 @@ def simulate(
     keep_plans: bool = False,
     check: bool = False,
     max_iterations: int = 10_000_000,
+    prompts: PromptBuilder | None = None,
 ) -> SimRun:
-    """Run every request to completion (or refusal); `check` runs scheduler.check() each step."""
+    """Run every request to completion (or refusal); `check` runs scheduler.check() each step.
+    Prompt ids from `prompts`; by default the load generator's when the pools cache (seed 0),
+    else placeholders."""
+    if prompts is None and scheduler.device_pool.enable_caching:
+        prompts = prompt_builder()
     clock = VirtualClock()
     records = [
         RequestRecord(
@@ -92,7 +120,7 @@ def simulate(
     while next_arrival < len(order) or scheduler.num_unfinished:
         while next_arrival < len(order) and offsets[order[next_arrival]] <= clock.now:
             index = order[next_arrival]
-            if _admit(scheduler, index, specs[index], records[index]):
+            if _admit(scheduler, index, specs[index], records[index], prompts):
                 admitted.append(str(index))
             next_arrival += 1
         plan = scheduler.schedule() if scheduler.num_unfinished else Plan()
@@ -131,14 +159,18 @@ def simulate(
     run.num_preemptions = scheduler.num_preemptions_total
     run.num_swapped_out = scheduler.num_swapped_out_total
     run.num_swapped_in = scheduler.num_swapped_in_total
+    run.num_prefix_query_tokens = scheduler.num_prefix_query_tokens_total
+    run.num_prefix_hit_tokens = {k.value: v for k, v in scheduler.num_prefix_hit_tokens_total.items()}
+    run.num_prefix_copied_tokens = scheduler.num_prefix_copied_tokens_total
+    run.num_demoted_blocks = scheduler.num_demoted_blocks_total
     return run
 
 
-def _admit(scheduler: Scheduler, index: int, spec: RequestSpec, record: RequestRecord) -> bool:
+def _admit(scheduler: Scheduler, index: int, spec: RequestSpec, record: RequestRecord, prompts: PromptBuilder | None) -> bool:
     """Add the request as the server would; a request no pool can hold fails at once (HTTP 400)."""
     record.is_sent = True
     record.sent_s = record.scheduled_s
-    request = new_request(index, spec, record.scheduled_s)
+    request = new_request(index, spec, record.scheduled_s, prompts)
     error = scheduler.capacity_error(request.max_total_tokens)
     if error is not None:
         record.error = error

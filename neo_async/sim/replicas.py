@@ -53,4 +53,8 @@ def merge_runs(runs: list[SimRun], shares: list[list[int]], num_requests: int) -
         num_preemptions=sum(run.num_preemptions for run in runs),
         num_swapped_out=sum(run.num_swapped_out for run in runs),
         num_swapped_in=sum(run.num_swapped_in for run in runs),
+        num_prefix_query_tokens=sum(run.num_prefix_query_tokens for run in runs),
+        num_prefix_hit_tokens={k: sum(run.num_prefix_hit_tokens[k] for run in runs) for k in ("device", "host")},
+        num_prefix_copied_tokens=sum(run.num_prefix_copied_tokens for run in runs),
+        num_demoted_blocks=sum(run.num_demoted_blocks for run in runs),
     )

@@ -16,7 +16,7 @@ from neo_async.config import AUTO, SchedulerConfig
 from neo_async.model.spec import ModelSpec
 from neo_async.sched.costs import CostModel
 from neo_async.sim.hardware import HARDWARE_DIR, Calibration, Gpu, Host, load_calibration, load_gpu, load_host
-from neo_async.sim.loop import SimRun, simulate
+from neo_async.sim.loop import SimRun, prompt_builder, simulate
 from neo_async.sim.models import load_model_spec
 from neo_async.sim.replicas import deal, merge_runs, replica_host
 from neo_async.sim.roofline import RooflineCosts
@@ -38,6 +38,8 @@ class Deployment:
     block_size: int = 16
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     cost_tables: str | None = None  # MeasuredCosts JSON (`neo-async profile`) replacing the roofline
+    # the pools cache by prefix (the engine's default is on; the paper's experiments ran without)
+    enable_prefix_caching: bool = False
 
     @classmethod
     def named(cls, model: str, gpu: str, host: str, directory: Path = HARDWARE_DIR, **kwargs) -> "Deployment":
@@ -92,6 +94,7 @@ class Deployment:
             "max_num_seqs": self.scheduler.max_num_seqs,
             "max_num_batched_tokens": self.scheduler.max_num_batched_tokens,
             "tpot_slo_ms": self.scheduler.tpot_slo_ms,
+            "enable_prefix_caching": self.enable_prefix_caching,
         }
 
     def run(
@@ -107,8 +110,9 @@ class Deployment:
         offsets = workload.offsets(specs, rate)
         shares = deal(len(specs), self.dp)
         runs = [
-            simulate([specs[i] for i in share], offsets[share], build_scheduler(self.scheduler, sizes, offload, costs),
-                     costs, keep_plans=keep_plans)
+            simulate([specs[i] for i in share], offsets[share],
+                     build_scheduler(self.scheduler, sizes, offload, costs, self.enable_prefix_caching),
+                     costs, keep_plans=keep_plans, prompts=prompt_builder(workload.options.seed) if self.enable_prefix_caching else None)
             for share in shares
         ]
         run = runs[0] if self.dp == 1 else merge_runs(runs, shares, len(specs))

@@ -58,9 +58,11 @@ def pool_sizes(
     return PoolSizes(max(1, int(device_kv_tokens) // block_size), host_blocks, block_size)
 
 
-def build_scheduler(config: SchedulerConfig, sizes: PoolSizes, offload: str, costs: CostModel | None) -> Scheduler:
+def build_scheduler(
+    config: SchedulerConfig, sizes: PoolSizes, offload: str, costs: CostModel | None, enable_prefix_caching: bool = False
+) -> Scheduler:
     """As the engine builds it: with offload off the scheduler gets no cost model (the engine
     loads none: there is nothing to decide), whatever prices the simulated iterations."""
-    device = BlockPool(sizes.device_blocks, sizes.block_size, "device")
-    host = BlockPool(sizes.host_blocks, sizes.block_size, "host")
+    device = BlockPool(sizes.device_blocks, sizes.block_size, "device", enable_caching=enable_prefix_caching)
+    host = BlockPool(sizes.host_blocks, sizes.block_size, "host", enable_caching=enable_prefix_caching)
     return Scheduler(config, device, host, offload, costs=None if offload == "off" else costs)

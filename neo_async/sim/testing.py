@@ -27,3 +27,12 @@ def poisson_offsets(n: int, rate: float, seed: int = 0) -> np.ndarray:
     if math.isinf(rate):
         return np.zeros(n)
     return np.concatenate([[0.0], np.cumsum(np.random.default_rng(seed).exponential(1 / rate, n - 1))])
+
+
+def prefix_specs(n: int, num_prefixes: int, prefix_len: int, suffix_len: int, output_len: int, seed: int = 0) -> list[RequestSpec]:
+    """vLLM's prefix_repetition workload (the load generator's loader)."""
+    from loadgen.datasets import DatasetOptions, load_dataset
+
+    options = DatasetOptions(num_prompts=n, seed=seed, prefix_len=prefix_len, suffix_len=suffix_len,
+                             num_prefixes=num_prefixes, output_len=output_len)
+    return load_dataset("prefix_repetition", None, options)

@@ -81,4 +81,23 @@ def result_of(
     result["num_preemptions"] = run.num_preemptions
     result["num_swapped_out"] = run.num_swapped_out
     result["num_swapped_in"] = run.num_swapped_in
+    result |= prefix_cache_summary(run)
     return result
+
+
+def prefix_cache_summary(run: SimRun) -> dict:
+    """Prefix-cache counters and hit rates (shares of the prompt tokens looked up), per pool; a
+    host hit copied to the device counts as a host hit and among the copied ones too."""
+    queries = run.num_prefix_query_tokens
+    share = lambda n: n / queries if queries else 0.0  # noqa: E731
+    return {
+        "prefix_cache_query_tokens": queries,
+        "prefix_cache_hit_tokens_device": run.num_prefix_hit_tokens["device"],
+        "prefix_cache_hit_tokens_host": run.num_prefix_hit_tokens["host"],
+        "prefix_cache_copied_tokens": run.num_prefix_copied_tokens,
+        "prefix_cache_demoted_blocks": run.num_demoted_blocks,
+        "prefix_cache_hit_rate": share(sum(run.num_prefix_hit_tokens.values())),
+        "prefix_cache_hit_rate_device": share(run.num_prefix_hit_tokens["device"]),
+        "prefix_cache_hit_rate_host": share(run.num_prefix_hit_tokens["host"]),
+        "prefix_cache_hit_rate_host_in_place": share(run.num_prefix_hit_tokens["host"] - run.num_prefix_copied_tokens),
+    }
