@@ -203,13 +203,17 @@ class StoredWeight:
     ggml_type: int
     nbytes: int
     def __init__(self, ggml_type: int, src: Any, rows: int, cols: int) -> None: ...
-    def matmul(self, x: Array, out: Array, offset: int = 0, isa: str | None = None, reference: bool = False) -> None:
+    def matmul(
+        self, x: Array, out: Array, offset: int = 0, isa: str | None = None, reference: bool = False, arith: str = "f32"
+    ) -> None:
         """out[m, offset + n] = sum_k x[m, k] * W[n, k], with the GIL released. x [M, cols] and
         out [M, stride] float32, float16 or bfloat16 (C-contiguous, disjoint), offset + rows <=
         stride; each weight value is ggml's dequantised f32 value, every product and sum f32,
         the result rounded once to out's dtype. Runs on the linear team (set_linear_threads)
         and the SIMD path `isa` (default: RUST_CPUATTN_ISA or the best); `reference`: the plain
-        oracle."""
+        oracle. arith="int8": for Q4_0/Q4_1/Q8_0 weights, each activation row quantised to 8-bit
+        blocks of 32 values (scale max|x|/127) and multiplied by integer dot products, one f32
+        scale per block (error per block at most max|x|/254 * sum|w|); other types run f32."""
 
 def set_linear_threads(num_threads: int) -> None:
     """The linear kernels' team size (default: RUST_CPUATTN_LINEAR_THREADS or every core)."""

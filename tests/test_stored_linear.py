@@ -23,6 +23,10 @@ from tests.seeds import stable_seed
 
 pytestmark = pytest.mark.skipif(not stored_linear.available(), reason="needs the rust_cpuattn extension")
 
+# The integer-dot path's effect on the embedded model's logits against transformers (max |diff| / max
+# |logit|), 0.057 measured (argmax equal); the exact path is within 1e-4 (test_embedded_model.py).
+INT8_LOGIT_REL_ERROR = 0.1
+
 # byte offsets of each block type's f16 scales (random bits there could be inf or NaN)
 _F16_FIELDS = {T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q8_0: (0,), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q2_K: (80, 82),
                T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
@@ -191,3 +195,79 @@ def test_embedded_model_projections_match_the_dense_ones():
         x = torch.randn(2, linear.in_features, generator=gen)
         ours, dense = linear.stored(x).double(), linear.dense(x).double()
         assert (ours - dense).abs().max() <= 1e-4 * dense.abs().max()
+
+
+def q8_error_bound(raw: np.ndarray, ggml_type: T, x: torch.Tensor) -> torch.Tensor:
+    """The integer-dot path's documented error per output: per 32-value block, max|x| / 254
+    times the block's sum of |d q| (the weight less its min)."""
+    w = np.asarray(dequantize(raw, ggml_type), dtype=np.float64)  # [rows, cols]
+    if ggml_type == T.Q4_1:  # the min carries no quantisation error (times the exact sum)
+        mins = raw.reshape(-1, 20)[:, 2:4].copy().view(np.float16).astype(np.float64).reshape(w.shape[0], -1)
+        w = w - np.repeat(mins, 32, axis=1)
+    rows, cols = w.shape
+    wabs = torch.from_numpy(np.abs(w).reshape(rows, cols // 32, 32).sum(-1))  # [rows, blocks]
+    amax = x.double().abs().reshape(x.shape[0], cols // 32, 32).amax(-1) / 254  # [M, blocks]
+    return amax @ wabs.T
+
+
+@pytest.mark.parametrize("ggml_type", [T.Q4_0, T.Q4_1, T.Q8_0], ids=lambda t: t.name)
+@pytest.mark.parametrize("num_rows", [1, 5, 16])
+def test_int8_path_is_within_its_documented_error(ggml_type, num_rows):
+    rows, cols = 37, 192
+    raw = random_weight(ggml_type, rows, cols, stable_seed("stored-int8", ggml_type.name, num_rows))
+    weight = rust_cpuattn.StoredWeight(int(ggml_type), raw, rows, cols)
+    gen = torch.Generator().manual_seed(stable_seed("stored-int8-x", num_rows))
+    x = torch.randn(num_rows, cols, generator=gen)
+    want, bound = float64_product(raw, ggml_type, x)
+    bound = bound + q8_error_bound(raw, ggml_type, x)
+    errors = []
+    for isa in rust_cpuattn.supported_isas():
+        out = torch.empty(num_rows, rows)
+        weight.matmul(x, out, isa=isa, arith="int8")
+        err = (out.double() - want).abs()
+        assert (err <= bound).all(), (isa, (err - bound).max().item())
+        errors.append(out)
+    # Every ISA computes the same integer dots: they differ only by f32 summation order.
+    for other in errors[1:]:
+        torch.testing.assert_close(other, errors[0], rtol=1e-5, atol=1e-6)
+
+
+def test_arith_is_checked_and_int8_is_the_16_bit_default(monkeypatch):
+    raw = random_weight(T.Q4_1, 4, 32, 0)
+    weight = rust_cpuattn.StoredWeight(int(T.Q4_1), raw, 4, 32)
+    with pytest.raises(ValueError, match="arithmetic"):
+        weight.matmul(torch.zeros(1, 32), torch.empty(1, 4), arith="int4")
+    monkeypatch.delenv(stored_linear.ARITH_ENV, raising=False)
+    assert stored_linear.build([(int(T.Q4_1), raw)], 32, torch.bfloat16).arith == "int8"
+    assert stored_linear.build([(int(T.Q4_1), raw)], 32, torch.float32).arith == "f32"
+    monkeypatch.setenv(stored_linear.ARITH_ENV, "f32")
+    assert stored_linear.build([(int(T.Q4_1), raw)], 32, torch.bfloat16).arith == "f32"
+    monkeypatch.setenv(stored_linear.ARITH_ENV, "fp8")
+    with pytest.raises(ValueError, match=stored_linear.ARITH_ENV):
+        stored_linear.build([(int(T.Q4_1), raw)], 32, torch.bfloat16)
+
+
+@pytest.mark.slow
+def test_int8_path_logits_against_transformers(monkeypatch):
+    """The embedded model with every projection on the integer-dot path (the prompt too): its
+    last-token logits against transformers' float32 forward on the same GGUF weights."""
+    import transformers
+
+    from neo_async import LLM, SamplingParams
+    from neo_async.model.registry import default_model_path
+
+    monkeypatch.setenv(stored_linear.ARITH_ENV, "int8")
+    monkeypatch.setenv(stored_linear.MAX_ROWS_ENV, "4096")
+    path = default_model_path()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    llm = LLM(dtype="float32", device_kv_tokens=1024)
+    engine = llm.engine
+    prompt = llm.tokenizer.encode(llm.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}]))
+    engine.worker.executor.keep_logits = True
+    engine.add_request(engine.make_request(prompt, SamplingParams(temperature=0.0, max_tokens=1), "p"))
+    ours = engine.worker.executor.execute(engine.scheduler.schedule()).logits["p"].cpu().double()  # [vocab]
+    with torch.no_grad():
+        ref = hf(torch.tensor([prompt])).logits[0, -1].double()
+    rel = ((ours - ref).abs().max() / ref.abs().max()).item()
+    assert rel < INT8_LOGIT_REL_ERROR, rel
+    assert ours.argmax() == ref.argmax()

@@ -3,8 +3,10 @@
 Two ways to run on the CPU, chosen per call by the number of rows:
 - few rows (decode): `rust_cpuattn.StoredWeight`, the weight kept in its stored format (a GGUF
   file's quantised blocks, or bf16/f16 values) and decoded inside the kernel, which reads each
-  weight byte once per call and is bound by read bandwidth. Exact: every weight value is
-  ggml's dequantised f32 value and every product f32 (`stored_linear.py`).
+  weight byte once per call and is bound by read bandwidth. Either exact (every weight value
+  ggml's dequantised f32 value, every product f32) or, for Q4_0/Q4_1/Q8_0 in 16-bit models,
+  integer dots against the activation quantised to Q8 blocks (`stored_linear.py`: the choice
+  and its documented error).
 - many rows (prefill): oneDNN on a dense copy packed once into its blocked layout
   (`onednn_weight.pack`): plain-layout bf16 weights are re-laid-out inside every call, which
   halves small-batch throughput. Where oneDNN refuses the reorder (bf16 on a CPU without

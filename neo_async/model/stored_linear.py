@@ -2,6 +2,14 @@
 `rust_cpuattn.StoredWeight` for the few-row (decode) calls, and the measured row count up to
 which that beats the dense (oneDNN) product.
 
+Arithmetic (`arith`): "f32" multiplies ggml's dequantised f32 weight values exactly (up to f32
+rounding); "int8" (Q4_0/Q4_1/Q8_0 runs only) quantises each activation row once per call to
+8-bit blocks of 32 values and multiplies with integer dots, as llama.cpp does: per 32-value
+block the error is at most max|x| / 254 times the block's sum of |w| (rust_cpuattn's
+linear/q8.rs), well under a bf16 activation's own rounding in practice. Default: "int8" for
+16-bit models (their activations already carry 8 significant bits), "f32" for float32 models
+(which ask for exactness); `NEO_ASYNC_STORED_ARITH` forces either.
+
 A fused projection (QKV, gate+up) is one run of rows per stored type: a file whose parts share
 a type (the common case) gives a single run, so one kernel call per projection. Each run
 writes its columns of one output.
@@ -26,10 +34,23 @@ log = structlog.get_logger("neo_async.model.stored_linear")
 KERNEL_TYPES = frozenset((0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30))
 GGML_F16, GGML_BF16 = 1, 30
 
+# Forces the arithmetic ("f32" or "int8") whatever the model's dtype.
+ARITH_ENV = "NEO_ASYNC_STORED_ARITH"
+ARITHS = ("f32", "int8")
 # Forces the crossover (rows up to which the stored weight runs; 0 = never) instead of measuring.
 MAX_ROWS_ENV = "NEO_ASYNC_STORED_MAX_ROWS"
 _CANDIDATE_ROWS = (1, 2, 4, 8, 16, 32, 64, 128)
-_crossovers: dict[tuple, int] = {}  # by (rows, cols, run types, activation dtype, threads)
+_crossovers: dict[tuple, int] = {}  # by (rows, cols, run types, activation dtype, arith, threads)
+
+
+def default_arith(act_dtype: torch.dtype) -> str:
+    """The arithmetic for a model whose activations are `act_dtype` (see the module doc)."""
+    forced = os.environ.get(ARITH_ENV, "").strip()
+    if forced:
+        if forced not in ARITHS:
+            raise ValueError(f"{ARITH_ENV}={forced!r}: expected one of {ARITHS}")
+        return forced
+    return "f32" if act_dtype == torch.float32 else "int8"
 
 
 def available() -> bool:
@@ -39,10 +60,15 @@ def available() -> bool:
 class StoredParts:
     """Row runs [start, start + w.rows) of one output, each a `StoredWeight` of its own type."""
 
-    def __init__(self, runs: Sequence[tuple[int, object]], rows: int, cols: int, act_dtype: torch.dtype) -> None:
+    def __init__(
+        self, runs: Sequence[tuple[int, object]], rows: int, cols: int, act_dtype: torch.dtype, arith: str | None = None
+    ) -> None:
         self.runs = list(runs)
         self.rows, self.cols = rows, cols
         self.act_dtype = act_dtype  # the activations' dtype (the model's), for calibration
+        self.arith = arith or default_arith(act_dtype)
+        if self.arith not in ARITHS:
+            raise ValueError(f"arith must be one of {ARITHS}, got {self.arith!r}")
         self.max_rows = 0  # calls with more rows go dense; set by `calibrate`
         if sum(w.rows for _, w in self.runs) != rows or any(w.cols != cols for _, w in self.runs):
             raise ValueError("stored runs do not tile the weight")
@@ -61,7 +87,7 @@ class StoredParts:
             x = x.contiguous()
         y = torch.empty(x.shape[0], self.rows, dtype=x.dtype)
         for start, w in self.runs:
-            w.matmul(x, y, start)
+            w.matmul(x, y, start, arith=self.arith)
         return y
 
     def calibrate(self, dense: Callable[[torch.Tensor], torch.Tensor]) -> None:
@@ -71,7 +97,7 @@ class StoredParts:
         if forced:
             self.max_rows = int(forced)
             return
-        key = (self.rows, self.cols, self.ggml_types, self.act_dtype, rust_cpuattn.get_linear_threads(), torch.get_num_threads())
+        key = (self.rows, self.cols, self.ggml_types, self.act_dtype, self.arith, rust_cpuattn.get_linear_threads(), torch.get_num_threads())
         if key not in _crossovers:
             _crossovers[key] = _measure(self, dense)
             log.debug("stored_linear_crossover", shape=[self.rows, self.cols], types=list(self.ggml_types), max_rows=_crossovers[key])

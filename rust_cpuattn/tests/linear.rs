@@ -7,7 +7,8 @@ mod common;
 use common::Rng;
 use rust_cpuattn::dequant::reference::dequantize_reference;
 use rust_cpuattn::dequant::GgmlType;
-use rust_cpuattn::linear::{linear_reference, linear_with, Out, Weight};
+use rust_cpuattn::linear::q8::Q8Acts;
+use rust_cpuattn::linear::{linear_arith_with, linear_reference, linear_with, Arith, Out, Weight};
 use rust_cpuattn::team::Team;
 use rust_cpuattn::{bf16, f16, Isa, KvElem, KvSlice, KvSliceMut};
 
@@ -196,5 +197,127 @@ fn bad_arguments_are_errors() {
         let w = Weight::new(GgmlType::Q4_1, &data, 2, 32).unwrap();
         let r = linear_with(&w, KvSlice::F32(&x), Out { y: KvSliceMut::F32(&mut y), stride: 2, offset: 0 }, isa, None);
         assert!(r.is_err());
+    }
+}
+
+// ---- the integer-dot path ------------------------------------------------------------------
+
+/// The integer-dot oracle, from the stored bytes: per output, the float64 sum over blocks of
+/// `dw * d * (exact integer dot)` (+ `mw * sum x` for Q4_1) with x quantised by `Q8Acts`, and
+/// the bound on an f32 evaluation of it; plus the documented bound of its distance from the
+/// float64 product of the dequantised weight.
+fn int8_oracle(ty: GgmlType, data: &[u8], rows: usize, cols: usize, x: &[f32]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut acts = Q8Acts::default();
+    acts.quantize(x, cols);
+    let (nb, bytes) = (cols / 32, ty.block().1);
+    let half = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32() as f64;
+    let u = f32::EPSILON as f64 / 2.0;
+    let m = x.len() / cols;
+    let (mut y, mut tol, mut qerr) = (vec![0f64; m * rows], vec![0f64; m * rows], vec![0f64; m * rows]);
+    for t in 0..m {
+        for n in 0..rows {
+            let (mut s, mut a, mut e) = (0f64, 0f64, 0f64);
+            for b in 0..nb {
+                let blk = &data[(n * nb + b) * bytes..][..bytes];
+                let (dw, mw, qw): (f64, f64, Vec<i64>) = match ty {
+                    GgmlType::Q4_0 => (half(&blk[0..2]), 0.0, (0..32).map(|j| ((blk[2 + j % 16] >> (4 * (j / 16))) & 15) as i64 - 8).collect()),
+                    GgmlType::Q4_1 => (half(&blk[0..2]), half(&blk[2..4]), (0..32).map(|j| ((blk[4 + j % 16] >> (4 * (j / 16))) & 15) as i64).collect()),
+                    _ => (half(&blk[0..2]), 0.0, (0..32).map(|j| blk[2 + j] as i8 as i64).collect()),
+                };
+                let xq = &acts.q[t * cols + 32 * b..][..32];
+                let idot: i64 = qw.iter().zip(xq).map(|(&w, &q)| w * q as i64).sum();
+                let xb = &x[t * cols + 32 * b..][..32];
+                let sum_x: f64 = xb.iter().map(|&v| v as f64).sum();
+                let d = acts.d[t * nb + b] as f64;
+                let term = dw * d * idot as f64;
+                let min_term = mw * sum_x;
+                s += term + min_term;
+                // The kernel's lanes hold partial integer sums (for Q4_0 of the unsigned
+                // nibbles, less the quant sum), which can exceed the block's total.
+                let lanes: i64 = qw.iter().zip(xq).map(|(&w, &q)| (w.abs() + 16) * (q as i64).abs()).sum();
+                a += (dw * d).abs() * lanes as f64 + min_term.abs() + mw.abs() * xb.iter().map(|v| v.abs() as f64).sum::<f64>();
+                let amax = xb.iter().fold(0f64, |z, v| z.max(v.abs() as f64));
+                e += amax / 254.0 * qw.iter().map(|&w| (dw * w as f64).abs()).sum::<f64>();
+            }
+            y[t * rows + n] = s;
+            tol[t * rows + n] = 4.0 * (nb as f64 + 16.0) * u * a + 1e-30;
+            qerr[t * rows + n] = e;
+        }
+    }
+    (y, tol, qerr)
+}
+
+fn run_int8_case(ty: GgmlType, rows: usize, cols: usize, m: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let data = random_weight(ty, rows * cols / 32, &mut rng);
+    let w = Weight::new(ty, &data, rows, cols).unwrap();
+    let x: Vec<f32> = (0..m * cols).map(|_| rng.unit() * 2.0).collect();
+    let (want, tol, qerr) = int8_oracle(ty, &data, rows, cols, &x);
+    let mut values = vec![0f32; rows * cols];
+    dequantize_reference(ty, &data, &mut values).unwrap();
+    let (exact, exact_tol) = oracle(&values, &x, rows, cols);
+    let (stride, offset) = (rows + 3, 2);
+    let teams = [None, Some(Team::new(3).unwrap())];
+    for isa in isas() {
+        for team in &teams {
+            let what = format!("int8 {ty:?} [{rows}, {cols}] m {m} {} team {:?}", isa.name(), team.as_ref().map(|t| t.num_threads()));
+            let mut y = vec![f32::NAN; m * stride];
+            let out = Out { y: KvSliceMut::F32(&mut y), stride, offset };
+            linear_arith_with(&w, KvSlice::F32(&x), out, isa, team.as_ref(), Arith::Int8).unwrap();
+            check_outputs(&y, stride, offset, &want, &tol, rows, &what);
+            for mi in 0..m {
+                assert!(y[mi * stride..mi * stride + offset].iter().all(|v| v.is_nan()), "{what}: wrote before offset");
+                assert!(y[mi * stride + offset + rows..(mi + 1) * stride].iter().all(|v| v.is_nan()), "{what}: wrote past rows");
+            }
+            // The documented error against the exact product.
+            let bound: Vec<f64> = qerr.iter().zip(&tol).zip(&exact_tol).map(|((q, t), e)| q + t + e).collect();
+            check_outputs(&y, stride, offset, &exact, &bound, rows, &format!("{what} vs float64"));
+        }
+    }
+}
+
+#[test]
+fn int8_path_matches_the_integer_reference() {
+    for (i, ty) in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0].into_iter().enumerate() {
+        for (j, m) in [1, 2, 3, 4, 5, 9, 16].into_iter().enumerate() {
+            for rows in [1, 7, 37] {
+                run_int8_case(ty, rows, 96, m, (1000 + i * 100 + j * 10 + rows) as u64);
+            }
+        }
+        run_int8_case(ty, 300, 1536, 16, 11);
+    }
+}
+
+#[test]
+fn int8_extreme_weights_do_not_saturate() {
+    // Q8_0 quants of -128 and 127 against activation quants of +-127: the largest pair sums.
+    for (fill, xv) in [(0x80u8, 1.0f32), (0x80, -1.0), (0x7f, 1.0), (0x7f, -1.0)] {
+        let mut data = vec![fill; 34 * 4];
+        for b in data.chunks_exact_mut(34) {
+            b[0..2].copy_from_slice(&f16::from_f32(1.0).to_le_bytes());
+        }
+        let w = Weight::new(GgmlType::Q8_0, &data, 1, 128).unwrap();
+        let x = vec![xv; 128];
+        let want = (fill as i8 as f64) * xv as f64 * 128.0;
+        for isa in isas() {
+            let mut y = vec![0f32; 1];
+            linear_arith_with(&w, KvSlice::F32(&x), Out { y: KvSliceMut::F32(&mut y), stride: 1, offset: 0 }, isa, None, Arith::Int8)
+                .unwrap();
+            assert_eq!(y[0] as f64, want, "{}", isa.name());
+        }
+    }
+}
+
+#[test]
+fn int8_non_finite_activations_reach_the_output() {
+    let mut rng = Rng::new(5);
+    let data = random_weight(GgmlType::Q4_1, 8 * 3, &mut rng);
+    let w = Weight::new(GgmlType::Q4_1, &data, 8, 96).unwrap();
+    let mut x: Vec<f32> = (0..96).map(|_| rng.unit()).collect();
+    x[40] = f32::INFINITY;
+    for isa in isas() {
+        let mut y = vec![0f32; 8];
+        linear_arith_with(&w, KvSlice::F32(&x), Out { y: KvSliceMut::F32(&mut y), stride: 8, offset: 0 }, isa, None, Arith::Int8).unwrap();
+        assert!(y.iter().all(|v| !v.is_finite()), "{}: {y:?}", isa.name());
     }
 }

@@ -9,7 +9,7 @@ use crate::array::{array, core_err, err, Elem, KV};
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::prelude::*;
 use rust_cpuattn::dequant::GgmlType;
-use rust_cpuattn::linear::{self, Out, Weight};
+use rust_cpuattn::linear::{self, Arith, Out, Weight};
 use rust_cpuattn::{bf16, f16, Isa, KvSlice, KvSliceMut};
 
 /// A weight `[rows, cols]` in its stored format (a ggml type id: GGUF blocks, or F32/F16/BF16
@@ -92,8 +92,11 @@ impl StoredWeight {
 
     /// `out[m, offset + n] = sum_k x[m, k] * W[n, k]`: x [M, cols] and out [M, stride]
     /// (float32, float16 or bfloat16, C-contiguous, disjoint), offset + rows <= stride.
-    /// `isa` forces a SIMD path (the CPU must have it); `reference` runs the plain oracle.
-    #[pyo3(signature = (x, out, offset=0, isa=None, reference=false))]
+    /// `isa` forces a SIMD path (the CPU must have it); `reference` runs the plain oracle;
+    /// `arith`: "f32" (exact up to f32 rounding) or "int8" (Q4_0/Q4_1/Q8_0 weights times the
+    /// activation quantised to Q8 blocks, integer dots; other types run f32).
+    #[pyo3(signature = (x, out, offset=0, isa=None, reference=false, arith="f32"))]
+    #[allow(clippy::too_many_arguments)]
     fn matmul(
         &self,
         py: Python<'_>,
@@ -102,7 +105,9 @@ impl StoredWeight {
         offset: usize,
         isa: Option<&str>,
         reference: bool,
+        arith: &str,
     ) -> PyResult<()> {
+        let arith = Arith::from_name(arith).map_err(core_err)?;
         let (xa, oa) = (array(x, "x")?, array(out, "out")?);
         xa.expect(2, KV)?;
         oa.expect(2, KV)?;
@@ -136,7 +141,7 @@ impl StoredWeight {
                 return py.detach(|| linear::linear_reference(&w, xs, out)).map_err(core_err);
             }
             let team = linear::team().map_err(core_err)?;
-            py.detach(|| linear::linear_with(&w, xs, out, isa, Some(&team))).map_err(core_err)
+            py.detach(|| linear::linear_arith_with(&w, xs, out, isa, Some(&team), arith)).map_err(core_err)
         }
     }
 }

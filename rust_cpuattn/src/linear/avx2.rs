@@ -344,3 +344,218 @@ pub(super) unsafe fn rows_range(
         }
     }
 }
+
+// ---- the integer-dot path (activations as Q8 blocks, see `q8.rs`) --------------------------
+
+/// One weight block type of the integer-dot path.
+trait IntBlock {
+    const BYTES: usize;
+    /// Q4_0: unsigned nibbles, the `- 8` applied through the activation's quant sum.
+    const OFFSET8: bool;
+    /// Q4_1: a min, times the activation block's f32 sum.
+    const HAS_MIN: bool;
+    /// Q8_0: signed quants (products through |w| and sign(x, w)).
+    const SIGNED: bool;
+    /// The 32 quants in value order (unsigned nibbles, or i8), d and min.
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32);
+}
+
+#[inline(always)]
+unsafe fn nibbles32(p: *const u8) -> __m256i {
+    // SAFETY (callers): p points at 16 readable bytes. Low nibbles are values 0..16, high
+    // nibbles values 16..32.
+    unsafe {
+        let raw = _mm_loadu_si128(p as *const __m128i);
+        let both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+        _mm256_and_si256(both, _mm256_set1_epi8(15))
+    }
+}
+
+struct IQ4_0;
+impl IntBlock for IQ4_0 {
+    const BYTES: usize = 18;
+    const OFFSET8: bool = true;
+    const HAS_MIN: bool = false;
+    const SIGNED: bool = false;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+        unsafe { (nibbles32(p.add(2)), half(p), 0.0) }
+    }
+}
+
+struct IQ4_1;
+impl IntBlock for IQ4_1 {
+    const BYTES: usize = 20;
+    const OFFSET8: bool = false;
+    const HAS_MIN: bool = true;
+    const SIGNED: bool = false;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+        unsafe { (nibbles32(p.add(4)), half(p), half(p.add(2))) }
+    }
+}
+
+struct IQ8_0;
+impl IntBlock for IQ8_0 {
+    const BYTES: usize = 34;
+    const OFFSET8: bool = false;
+    const HAS_MIN: bool = false;
+    const SIGNED: bool = true;
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
+        unsafe { (_mm256_loadu_si256(p.add(2) as *const __m256i), half(p), 0.0) }
+    }
+}
+
+/// Pointers to activation row t's Q8 data: quants, and per block d, sumq, sum_x8.
+#[derive(Clone, Copy)]
+struct QRow {
+    q: *const i8,
+    d: *const f32,
+    sumq: *const i32,
+    sx8: *const f32,
+}
+
+/// The dots of weight rows `w + r * row_bytes` (r < R) with Q8 activation rows `x[t]`
+/// (t < MT) over `num_blocks` blocks.
+///
+/// # Safety
+/// AVX2, FMA and F16C; each weight row holds `num_blocks` blocks of B, each activation row
+/// `32 * num_blocks` quants and `num_blocks` entries of d, sumq and sum_x8.
+#[inline(always)]
+unsafe fn qtile<B: IntBlock, const R: usize, const MT: usize>(
+    w: *const u8,
+    row_bytes: usize,
+    num_blocks: usize,
+    x: [QRow; MT],
+) -> [[f32; MT]; R] {
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); MT]; R];
+        for b in 0..num_blocks {
+            for r in 0..R {
+                let (q, dw, mw) = B::load(w.add(r * row_bytes + b * B::BYTES));
+                // Q8_0: |w| (unsigned; |-128| = 128 fits) times sign(x, w): the same products.
+                let qa = if B::SIGNED { _mm256_sign_epi8(q, q) } else { q };
+                for t in 0..MT {
+                    let xq = _mm256_loadu_si256(x[t].q.add(32 * b) as *const __m256i);
+                    let xs = if B::SIGNED { _mm256_sign_epi8(xq, q) } else { xq };
+                    // u8 x i8 pairs summed to i16 (|.| <= 2 * 128 * 127 < 2^15: no saturation),
+                    // then pairs of those to i32: eight exact partial sums.
+                    let mut dot = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, xs), ones);
+                    if B::OFFSET8 {
+                        // Each of the 8 lanes takes sumq: 8 * sumq in all.
+                        dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(*x[t].sumq.add(b)));
+                    }
+                    let scale = _mm256_set1_ps(dw * *x[t].d.add(b));
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r][t]);
+                    if B::HAS_MIN {
+                        // Each of the 8 lanes takes mw * sum / 8.
+                        acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(mw), _mm256_set1_ps(*x[t].sx8.add(b)), acc[r][t]);
+                    }
+                }
+            }
+        }
+        let mut out = [[0f32; MT]; R];
+        for r in 0..R {
+            for t in 0..MT {
+                out[r][t] = hsum(acc[r][t]);
+            }
+        }
+        out
+    }
+}
+
+/// Weight rows [n, n + R) against every Q8 activation row.
+#[inline(always)]
+unsafe fn qgroup<B: IntBlock, const R: usize>(
+    w: *const u8,
+    row_bytes: usize,
+    n: usize,
+    acts: &super::q8::Q8Acts,
+    store: &dyn Fn(usize, usize, f32),
+) {
+    let nb = acts.k / 32;
+    let row = |t: usize| QRow {
+        q: acts.q.as_ptr().wrapping_add(t * acts.k),
+        d: acts.d.as_ptr().wrapping_add(t * nb),
+        sumq: acts.sumq.as_ptr().wrapping_add(t * nb),
+        sx8: acts.sum_x8.as_ptr().wrapping_add(t * nb),
+    };
+    let mut t = 0;
+    // SAFETY (all tiles): the caller's contract; rows t.. < M of the activations exist.
+    unsafe {
+        while t < acts.m {
+            let left = acts.m - t;
+            if R <= 2 && left >= 4 {
+                let v = qtile::<B, R, 4>(w, row_bytes, nb, [0, 1, 2, 3].map(|i| row(t + i)));
+                emit(&v, n, t, store);
+                t += 4;
+            } else if left >= 2 {
+                let v = qtile::<B, R, 2>(w, row_bytes, nb, [row(t), row(t + 1)]);
+                emit(&v, n, t, store);
+                t += 2;
+            } else {
+                let v = qtile::<B, R, 1>(w, row_bytes, nb, [row(t)]);
+                emit(&v, n, t, store);
+                t += 1;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn qdirect<B: IntBlock>(
+    w: *const u8,
+    row_bytes: usize,
+    n0: usize,
+    n1: usize,
+    acts: &super::q8::Q8Acts,
+    store: &dyn Fn(usize, usize, f32),
+) {
+    let wide = acts.m >= 4;
+    let mut n = n0;
+    // SAFETY (all groups): rows n.. < n1 exist (the caller's contract).
+    unsafe {
+        while n < n1 {
+            let row = w.add((n - n0) * row_bytes);
+            let left = n1 - n;
+            if !wide && left >= 4 {
+                qgroup::<B, 4>(row, row_bytes, n, acts, store);
+                n += 4;
+            } else if left >= 2 {
+                qgroup::<B, 2>(row, row_bytes, n, acts, store);
+                n += 2;
+            } else {
+                qgroup::<B, 1>(row, row_bytes, n, acts, store);
+                n += 1;
+            }
+        }
+    }
+}
+
+/// Output columns [n0, n1) of every activation row, on the integer-dot path.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; `w` is checked, of a type `q8::supports`, and `acts`
+/// was quantised from activations of `w.cols` columns.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn rows_range_q8(
+    w: &Weight<'_>,
+    acts: &super::q8::Q8Acts,
+    n0: usize,
+    n1: usize,
+    store: &dyn Fn(usize, usize, f32),
+) {
+    let rb = w.row_bytes();
+    let base = w.data[n0 * rb..n1 * rb].as_ptr();
+    // SAFETY: the slice above holds rows [n0, n1) of the checked weight; `acts` matches it.
+    unsafe {
+        match w.ty {
+            GgmlType::Q4_0 => qdirect::<IQ4_0>(base, rb, n0, n1, acts, store),
+            GgmlType::Q4_1 => qdirect::<IQ4_1>(base, rb, n0, n1, acts, store),
+            GgmlType::Q8_0 => qdirect::<IQ8_0>(base, rb, n0, n1, acts, store),
+            _ => unreachable!("not an integer-dot type"),
+        }
+    }
+}

@@ -14,12 +14,18 @@
 //! float64 product of the dequantised values only by f32 rounding of the sums (no integer
 //! dot products, no quantisation of the activation).
 //!
+//! [`Arith::Int8`] selects the integer-dot path for Q4_0 / Q4_1 / Q8_0 weights instead: the
+//! activation rows quantised once per call to 8-bit blocks of 32 values (ggml's Q8 scheme),
+//! each weight block multiplied with exact integer dot products and one f32 scale per block;
+//! its error is documented in [`q8`]. Other types run the f32 path whatever the choice.
+//!
 //! Work items are ranges of weight rows (output columns), each computing all activation rows,
 //! so a weight byte is read once per call whatever the batch. Results do not depend on the
 //! team size.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod q8;
 mod scalar;
 
 use std::cell::RefCell;
@@ -31,6 +37,26 @@ use crate::dtype::{KvElem, KvSlice, KvSliceMut};
 use crate::error::{bail, Result};
 use crate::isa::Isa;
 use crate::team::Team;
+
+/// The arithmetic of a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arith {
+    /// f32 products of ggml's dequantised weight values (exact up to f32 rounding).
+    F32,
+    /// Integer dots against the activation quantised to Q8 blocks (Q4_0, Q4_1, Q8_0 weights;
+    /// the others run [`Arith::F32`]).
+    Int8,
+}
+
+impl Arith {
+    pub fn from_name(name: &str) -> Result<Arith> {
+        match name {
+            "f32" => Ok(Arith::F32),
+            "int8" => Ok(Arith::Int8),
+            _ => bail!("unknown arithmetic {name:?} (expected \"f32\" or \"int8\")"),
+        }
+    }
+}
 
 /// Environment variable giving the default size of the linear layers' team.
 pub const LINEAR_THREADS_ENV: &str = "RUST_CPUATTN_LINEAR_THREADS";
@@ -170,6 +196,7 @@ pub(crate) struct Activations<'a> {
 
 thread_local! {
     static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static Q8_SCRATCH: RefCell<Option<q8::Q8Acts>> = const { RefCell::new(None) };
 }
 
 /// Whether the direct kernels need the blocks' partial sums of x.
@@ -180,6 +207,18 @@ fn needs_sums(ty: GgmlType) -> bool {
 /// [`linear`] on an explicit ISA (which the CPU must support) and team (`None`: the calling
 /// thread only). The result does not depend on the team.
 pub fn linear_with(w: &Weight<'_>, x: KvSlice<'_>, out: Out<'_>, isa: Isa, team: Option<&Team>) -> Result<()> {
+    linear_arith_with(w, x, out, isa, team, Arith::F32)
+}
+
+/// [`linear_with`] in the given arithmetic.
+pub fn linear_arith_with(
+    w: &Weight<'_>,
+    x: KvSlice<'_>,
+    out: Out<'_>,
+    isa: Isa,
+    team: Option<&Team>,
+    arith: Arith,
+) -> Result<()> {
     if !isa.is_supported() {
         bail!("this CPU does not support {}", isa.name());
     }
@@ -198,6 +237,19 @@ pub fn linear_with(w: &Weight<'_>, x: KvSlice<'_>, out: Out<'_>, isa: Isa, team:
                 xbuf
             }
         };
+        if arith == Arith::Int8 && q8::supports(w.ty) {
+            return Q8_SCRATCH.with(|qcell| {
+                let mut qguard = qcell.borrow_mut();
+                let acts = qguard.get_or_insert_with(q8::Q8Acts::default);
+                acts.quantize(xf, w.cols);
+                let acts = &*acts;
+                match out.y {
+                    KvSliceMut::F32(y) => run_q8(w, acts, y, out.stride, out.offset, isa, team),
+                    KvSliceMut::F16(y) => run_q8(w, acts, y, out.stride, out.offset, isa, team),
+                    KvSliceMut::Bf16(y) => run_q8(w, acts, y, out.stride, out.offset, isa, team),
+                }
+            });
+        }
         let sums: &[f32] = if needs_sums(w.ty) && isa != Isa::Scalar {
             let blocks = w.cols / 32;
             sbuf.clear();
@@ -266,6 +318,40 @@ fn run<T: KvElem>(
             unsafe { *base.get().add(m * stride + offset + n) = T::from_f32(v) };
         };
         rows_range(w, acts, n0, n1, isa, &store);
+    };
+    match team {
+        Some(team) if num_items > 1 => team.run(num_items, &task),
+        _ => (0..num_items).for_each(task),
+    }
+}
+
+fn run_q8<T: KvElem>(
+    w: &Weight<'_>,
+    acts: &q8::Q8Acts,
+    y: &mut [T],
+    stride: usize,
+    offset: usize,
+    isa: Isa,
+    team: Option<&Team>,
+) {
+    let threads = team.map_or(1, Team::num_threads);
+    let per_item = item_rows(w, threads);
+    let num_items = w.rows.div_ceil(per_item);
+    let base = OutPtr(y.as_mut_ptr());
+    let task = |item: usize| {
+        let (n0, n1) = (item * per_item, ((item + 1) * per_item).min(w.rows));
+        let store = |m: usize, n: usize, v: f32| {
+            debug_assert!(m < acts.m && n0 <= n && n < n1);
+            // SAFETY: as in `run`: distinct in-bounds elements, disjoint n ranges per item.
+            unsafe { *base.get().add(m * stride + offset + n) = T::from_f32(v) };
+        };
+        #[cfg(target_arch = "x86_64")]
+        if isa != Isa::Scalar {
+            // SAFETY: as in `rows_range`; `acts` was quantised from x of w.cols columns.
+            return unsafe { avx2::rows_range_q8(w, acts, n0, n1, &store) };
+        }
+        let _ = isa;
+        q8::rows_range(w, acts, n0, n1, &store)
     };
     match team {
         Some(team) if num_items > 1 => team.run(num_items, &task),
