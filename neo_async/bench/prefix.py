@@ -8,12 +8,18 @@ default the one `off` without the cache just sustains: its request throughput wh
 is sent at once (a first calibration run). Reported per case: TTFT (median, p99), mean TPOT,
 output tokens/s, and the share of prompt tokens found in the cache, per pool (from the server's
 `/metrics`: `neo:prefix_cache_hits_total{location}` over `vllm:prefix_cache_queries_total`).
+
+NOTE: at the rate `off` without the cache just sustains, every case that keeps up finishes soon
+after the last arrival, so output tokens/s is bound by the arrivals (about rate x output_len)
+and cannot show a faster server; `--request-rate inf` (every request at once) compares the
+cases saturated.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import urllib.request
 from pathlib import Path
 
@@ -79,7 +85,7 @@ def run_case(mode: str, caching: bool, rate: float | None, args: argparse.Namesp
     result = json.loads((out_dir / f"{label}.json").read_text())
     queries = counters.get("queries", 0.0)
     return {
-        "mode": mode, "cache": "on" if caching else "off", "rate": rate,
+        "mode": mode, "cache": "on" if caching else "off", "rate": _json_rate(rate),
         "median_ttft_ms": result["median_ttft_ms"], "p99_ttft_ms": result["p99_ttft_ms"],
         "mean_tpot_ms": result["mean_tpot_ms"], "tok_s": result["output_throughput"],
         "req_s": result["request_throughput"], "failed": result["failed"],
@@ -88,6 +94,11 @@ def run_case(mode: str, caching: bool, rate: float | None, args: argparse.Namesp
         "demoted_blocks": counters.get("demotions", 0.0),
         "swap_in_mb": counters.get("swap_in_bytes", 0.0) / 2**20,
     }
+
+
+def _json_rate(rate: float | None) -> float | str | None:
+    """JSON has no infinity: every request at once is recorded as "inf"."""
+    return "inf" if rate is not None and math.isinf(rate) else rate
 
 
 def main(argv: list[str]) -> int:
@@ -122,6 +133,6 @@ def main(argv: list[str]) -> int:
                         "tok_s_x": on["tok_s"] / max(off["tok_s"], 1e-9)}
         print(f"{mode}: median TTFT {ratios[mode]['ttft_median_x']:.2f}x lower with the cache, "
               f"output tokens/s {ratios[mode]['tok_s_x']:.2f}x")
-    write_json(args.out_dir / "summary.json", {"bench": "prefix", "rate": rate, "rows": rows, "ratios": ratios,
+    write_json(args.out_dir / "summary.json", {"bench": "prefix", "rate": _json_rate(rate), "rows": rows, "ratios": ratios,
                                                "args": {k: str(v) for k, v in vars(args).items()}})
     return 0
