@@ -67,7 +67,9 @@ class LlamaModel:
         rank's heads) -> the layer's output [T, hidden] (the same tensor). Sharded: two
         all-reduces, of o's and of down's partial sums."""
         s, w = self.spec, self.weights.layers[layer]
-        o = self.shard.all_reduce_(w.o(attn_out.to(self.dtype)))  # [T, hidden]
+        if attn_out.dtype != self.dtype:
+            attn_out = attn_out.to(self.dtype)
+        o = self.shard.all_reduce_(w.o(attn_out))  # [T, hidden]
         x = ops.add_rms_norm(hidden, o, w.mlp_norm, s.rms_norm_eps)
         down = self.shard.all_reduce_(w.down(ops.silu_mul(w.gate_up(x))))  # [T, hidden]
         return hidden.add_(down)
