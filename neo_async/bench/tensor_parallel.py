@@ -71,17 +71,20 @@ def run_case(label: str, model: Path, serve_args: list[str], args: argparse.Name
 
 
 def time_collectives(rank: int, size: int, init_method: str, hidden: int, dtype: str, repeats: int, out: str) -> None:
-    """One gloo rank: median seconds of an all-reduce per row count, and of a plan broadcast."""
+    """One gloo rank: median seconds of the model's all-reduce (`Shard.all_reduce_`, as `post`
+    calls it) per row count, and of a plan broadcast."""
+    from neo_async.model.tensor_parallel import Shard
     from neo_async.profile.probes import StepShape, build_plan
     from neo_async.parallel.rank_group import lean
 
     os.sched_setaffinity(0, [sorted(os.sched_getaffinity(0))[rank % len(os.sched_getaffinity(0))]])
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=size)
+    shard = Shard(rank, size, dist.group.WORLD)
     result: dict[str, float] = {}
     for rows in ROWS:
         t = torch.randn(rows, hidden).to(getattr(torch, dtype))
-        result[f"all_reduce_{rows}"] = _median(lambda: dist.all_reduce(t), repeats)
+        result[f"all_reduce_{rows}"] = _median(lambda: shard.all_reduce_(t), repeats)
     plan = lean(build_plan(StepShape(device_decodes=64, kv_tokens=512), list(range(4096)), [], 16))  # as a step sends it
     result["broadcast_plan_64"] = _median(lambda: dist.broadcast_object_list([plan if rank == 0 else None], src=0), repeats)
     if rank == 0:
