@@ -33,19 +33,21 @@ class ServerProcess:
         self, log_path: Path, *args: str, wait_ready: bool = True, program: list[str] | None = None, cwd: Path = REPO_ROOT
     ) -> None:
         """program: the command that runs `neo-async` (default: this interpreter on the checkout)."""
-        self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         program = program or [sys.executable, "-m", "neo_async"]
-        cmd = [*program, "serve", "--port", "0", "--log-format", "json", "--device-threads", "1", *args]
-        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.spawn(log_path, [*program, "serve", "--port", "0", "--log-format", "json", "--device-threads", "1", *args], cwd)
         self.base_url = f"http://127.0.0.1:{self.wait_event('server_listening')['port']}"
         if wait_ready:
             self.wait_event("server_ready")
 
-    def wait_event(self, name: str) -> dict[str, Any]:
+    def spawn(self, log_path: Path, cmd: list[str], cwd: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def wait_event(self, name: str, timeout_s: float = START_TIMEOUT_S) -> dict[str, Any]:
         """The first log event called `name`; raises if the process exits or times out first."""
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for event in self.events():
                 if event.get("event") == name:
@@ -54,7 +56,7 @@ class ServerProcess:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_text()}")
             time.sleep(0.2)
         self.proc.kill()
-        raise RuntimeError(f"no {name} within {START_TIMEOUT_S}s:\n{self.log_text()}")
+        raise RuntimeError(f"no {name} within {timeout_s}s:\n{self.log_text()}")
 
     def log_text(self) -> str:
         return self.log_path.read_text()

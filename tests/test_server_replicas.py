@@ -12,70 +12,34 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import openai
 import pytest
+import sglang_router  # noqa: F401 - the router extra, which setup.sh installs: missing, the tests fail
 
-from tests.server_fixtures import REPO_ROOT, http, metrics, wait_until
+from tests.server_fixtures import REPO_ROOT, ServerProcess, http, metrics, wait_until
 
-pytest.importorskip("sglang_router", reason="needs the router extra: pip install 'neo-async[router]'")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 MODEL = "SmolLM2-135M-Instruct"
 LOAD_POLL_S = 1.0  # the router polls /get_load this often (router.RouterSettings.load_poll_interval_s)
 
 
-class Deployment:
+class Deployment(ServerProcess):
+    """The supervisor of two replicas and the router, with ServerProcess's log reading and stop."""
+
     def __init__(self, log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         cmd = [sys.executable, "-m", "neo_async", "serve", "--data-parallel-size", "2", "--router-policy", "power_of_two",
                "--port", "0", "--log-format", "json", "--cost-tables", "none", "--max-num-seqs", "16",
                "--shutdown-grace-s", "5"]
-        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.spawn(log_path, cmd, REPO_ROOT)
         ready = self.wait_event("data_parallel_ready", 240)
         self.url = ready["url"]
         self.replica_urls: list[str] = ready["replica_urls"]
         self.replica_pids = {e["index"]: e["pid"] for e in self.events() if e.get("event") == "replica_started"}
-
-    def events(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text().splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    pass
-        return out
-
-    def wait_event(self, name: str, timeout_s: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for event in self.events():
-                if event.get("event") == name:
-                    return event
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"exited with {self.proc.returncode}:\n{self.log_path.read_text()[-5000:]}")
-            time.sleep(0.2)
-        raise RuntimeError(f"no {name} within {timeout_s}s:\n{self.log_path.read_text()[-5000:]}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
 
 
 @pytest.fixture(scope="module")
