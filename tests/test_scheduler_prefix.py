@@ -305,7 +305,7 @@ def test_property_shared_prefixes_never_leak_a_block_or_read_a_stale_one(scenari
 COPY_INS = []  # copied-in blocks per example of the copy-in property test
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True, database=None)
 @given(scenarios(copy_ins=True))
 def test_property_copy_ins_never_leak_a_block_or_read_a_stale_one(scenario):
     s = run_scenario(scenario)
@@ -313,6 +313,7 @@ def test_property_copy_ins_never_leak_a_block_or_read_a_stale_one(scenario):
 
 
 def test_the_copy_in_property_test_copies():
+    COPY_INS.clear()
     test_property_copy_ins_never_leak_a_block_or_read_a_stale_one()
     assert sum(n > 0 for n in COPY_INS) >= 5, COPY_INS
 
