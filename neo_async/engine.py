@@ -183,6 +183,7 @@ class Engine:
             num_prefix_query_tokens_total=self.scheduler.num_prefix_query_tokens_total,
             num_prefix_hit_tokens_total={k.value: v for k, v in self.scheduler.num_prefix_hit_tokens_total.items()},
             num_demoted_blocks_total=self.scheduler.num_demoted_blocks_total,
+            num_prefix_copied_tokens_total=self.scheduler.num_prefix_copied_tokens_total,
             num_swap_out_bytes_total=self.recorder.num_swap_bytes_total["out"],
             num_swap_in_bytes_total=self.recorder.num_swap_bytes_total["in"],
             num_host_prefill_tokens_total=self.recorder.num_host_prefill_tokens_total,

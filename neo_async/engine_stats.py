@@ -62,6 +62,7 @@ class EngineStats:
     # of those, found cached (not computed), by pool: "device", "host"
     num_prefix_hit_tokens_total: dict[str, int] = field(default_factory=lambda: {"device": 0, "host": 0})
     num_demoted_blocks_total: int = 0  # cached device blocks copied to the host pool when evicted
+    num_prefix_copied_tokens_total: int = 0  # of the host hits, copied to the device pool (not read in place)
 
     @property
     def num_prefix_hits_total(self) -> int:

@@ -155,3 +155,4 @@ def test_a_host_hit_copied_in_for_a_device_placed_request_gives_the_same_tokens(
     s = engine.scheduler
     assert s.num_demoted_blocks_total >= 2 and s.num_prefix_copied_tokens_total == 32
     assert s.num_prefix_hit_tokens_total[HOST] == 32 and s.num_prefix_hit_tokens_total[DEVICE] == 32
+    assert engine.stats().num_prefix_copied_tokens_total == 32  # what /metrics reports

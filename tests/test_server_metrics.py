@@ -101,6 +101,7 @@ def test_prefix_cache_queries_hits_and_hits_by_pool():
         num_prefix_query_tokens_total=3000,
         num_prefix_hit_tokens_total={"device": 512, "host": 1024},
         num_demoted_blocks_total=6,
+        num_prefix_copied_tokens_total=256,
     )
     s = samples(ServerMetrics("m", lambda: stats))
     assert s[("vllm:prefix_cache_queries_total", ())] == 3000
@@ -108,3 +109,4 @@ def test_prefix_cache_queries_hits_and_hits_by_pool():
     assert s[("neo:prefix_cache_hits_total", (("location", "device"),))] == 512
     assert s[("neo:prefix_cache_hits_total", (("location", "host"),))] == 1024
     assert s[("neo:prefix_cache_demotions_total", ())] == 6
+    assert s[("neo:prefix_cache_copied_tokens_total", ())] == 256

@@ -47,6 +47,7 @@ ENGINE_COUNTERS: list[tuple[str, str, Callable[[EngineStats], float]]] = [
     ("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", lambda s: s.num_prefix_query_tokens_total),
     ("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache (not computed).", lambda s: s.num_prefix_hits_total),
     ("neo:prefix_cache_demotions", "Cached device KV blocks copied to the host pool when evicted.", lambda s: s.num_demoted_blocks_total),
+    ("neo:prefix_cache_copied_tokens", "Host-pool hit tokens copied to the device pool for a device-placed prompt (the rest of the host hits are read in place).", lambda s: s.num_prefix_copied_tokens_total),
 ]
 
 ITERATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
@@ -116,7 +117,7 @@ class _EngineCollector:
         yield used
         yield total
         hits = CounterMetricFamily(
-            "neo:prefix_cache_hits", "Prompt tokens found in the prefix cache, by the pool that held them (a host hit is read in place).", labels=["model_name", "location"]
+            "neo:prefix_cache_hits", "Prompt tokens found in the prefix cache, by the pool that held them (host hits: read in place, or copied in: neo:prefix_cache_copied_tokens).", labels=["model_name", "location"]
         )
         for location in ("device", "host"):
             hits.add_metric([self._model_name, location], float(s.num_prefix_hit_tokens_total.get(location, 0)))
