@@ -14,11 +14,10 @@ import argparse
 import json
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from neo_async.bench.common import machine_info, print_table, write_json
+from neo_async.bench.latency import wait_ready
 from neo_async.bench.processes import free_port, stop_process
 
 
@@ -50,21 +49,6 @@ def read_bandwidth(num_bytes: int = 512 << 20, reps: int = 5) -> float:
         return max(rust_cpuattn.read_bandwidth(buffer) for _ in range(reps))
     finally:
         rust_cpuattn.set_num_threads(before)
-
-
-def wait_ready(server: subprocess.Popen, port: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the server was not ready within {timeout_s} s")
 
 
 def server_command(name: str, port: int, args: argparse.Namespace, model: Path) -> list[str]:
