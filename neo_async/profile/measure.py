@@ -63,7 +63,7 @@ def borrowed(
     host_cache = worker.host_cache
     if host_cache is None:
         spec, bs = worker.spec, worker.block_size
-        num_blocks = max(8, SCRATCH_HOST_BYTES // worker.bytes_per_block)
+        num_blocks = max(8, SCRATCH_HOST_BYTES // worker.cache.bytes_per_block)
         host_cache = KVCache(spec.num_layers, num_blocks, spec.num_kv_heads, bs, spec.head_dim, worker.cache.k.dtype,
                              torch.device("cpu"), pin_for_cuda=worker.device.type == "cuda")
         wait_host_pools_populated()
