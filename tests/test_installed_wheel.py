@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from neo_async.cli import BENCHES
+
 from tests.server_fixtures import REPO_ROOT, ServerProcess, http
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-BENCH_KINDS = ("offline", "kernel", "offload", "latency", "serve", "load")
+BENCH_KINDS = tuple(BENCHES)  # every kind `neo-async bench` offers
 
 
 @pytest.fixture(scope="module")
