@@ -7,11 +7,13 @@
 
 use std::arch::x86_64::*;
 
+use super::super::prefetch::Paced;
 use super::super::CHUNK_ROWS;
 use super::elem::Wide8;
 
 /// `v`: rows `[n, d]` (native order); `pb`: `[g, 16, 8]` weights, each broadcast to 8 lanes;
 /// `alpha`: `[g]` rescale factors (read only when `rescale`); `acc`: `[g, d]` (native order).
+/// All lines of `pf` are prefetched, a few per row of each column slice.
 ///
 /// # Safety
 /// AVX2 + FMA + F16C; `d % 8 == 0`, `n <= 16`; the pointers cover those ranges.
@@ -26,26 +28,40 @@ pub(crate) unsafe fn accumulate<T: Wide8>(
     g: usize,
     rescale: bool,
     acc: *mut f32,
+    pf: &mut Paced,
 ) {
+    let slices = |u: usize| d / (16 * u) + d % (16 * u) / 16 + usize::from(d % 16 != 0);
+    let calls: usize = (0..g).step_by(4).map(|g0| slices(unroll(g - g0)) * n).sum();
+    pf.spread_over(calls);
     let mut g0 = 0;
     while g0 < g {
         let (p, alpha, acc) = (p.add(g0 * CHUNK_ROWS * 8), alpha.add(g0), acc.add(g0 * d));
         match (g - g0, rescale) {
-            (1, false) => heads::<T, 1, 4, false>(v, n, d, p, alpha, acc),
-            (2, false) => heads::<T, 2, 2, false>(v, n, d, p, alpha, acc),
-            (3, false) => heads::<T, 3, 1, false>(v, n, d, p, alpha, acc),
-            (_, false) => heads::<T, 4, 1, false>(v, n, d, p, alpha, acc),
-            (1, true) => heads::<T, 1, 4, true>(v, n, d, p, alpha, acc),
-            (2, true) => heads::<T, 2, 2, true>(v, n, d, p, alpha, acc),
-            (3, true) => heads::<T, 3, 1, true>(v, n, d, p, alpha, acc),
-            (_, true) => heads::<T, 4, 1, true>(v, n, d, p, alpha, acc),
+            (1, false) => heads::<T, 1, 4, false>(v, n, d, p, alpha, acc, pf),
+            (2, false) => heads::<T, 2, 2, false>(v, n, d, p, alpha, acc, pf),
+            (3, false) => heads::<T, 3, 1, false>(v, n, d, p, alpha, acc, pf),
+            (_, false) => heads::<T, 4, 1, false>(v, n, d, p, alpha, acc, pf),
+            (1, true) => heads::<T, 1, 4, true>(v, n, d, p, alpha, acc, pf),
+            (2, true) => heads::<T, 2, 2, true>(v, n, d, p, alpha, acc, pf),
+            (3, true) => heads::<T, 3, 1, true>(v, n, d, p, alpha, acc, pf),
+            (_, true) => heads::<T, 4, 1, true>(v, n, d, p, alpha, acc, pf),
         }
         g0 += 4;
     }
 }
 
+/// 16-element chunks per column slice for `ng` heads (the `U` of [`heads`]).
+fn unroll(ng: usize) -> usize {
+    match ng {
+        1 => 4,
+        2 => 2,
+        _ => 1,
+    }
+}
+
 /// `NG` heads, slices of `U` 16-element chunks, then single chunks, then an 8-element tail.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn heads<T: Wide8, const NG: usize, const U: usize, const RESCALE: bool>(
     v: *const T,
     n: usize,
@@ -53,14 +69,15 @@ unsafe fn heads<T: Wide8, const NG: usize, const U: usize, const RESCALE: bool>(
     p: *const f32,
     alpha: *const f32,
     acc: *mut f32,
+    pf: &mut Paced,
 ) {
     let mut c = 0;
     while c + 16 * U <= d {
-        slice::<T, NG, U, RESCALE>(v, n, d, c, p, alpha, acc);
+        slice::<T, NG, U, RESCALE>(v, n, d, c, p, alpha, acc, pf);
         c += 16 * U;
     }
     while c + 16 <= d {
-        slice::<T, NG, 1, RESCALE>(v, n, d, c, p, alpha, acc);
+        slice::<T, NG, 1, RESCALE>(v, n, d, c, p, alpha, acc, pf);
         c += 16;
     }
     if c < d {
@@ -71,6 +88,9 @@ unsafe fn heads<T: Wide8, const NG: usize, const U: usize, const RESCALE: bool>(
                 a = _mm256_mul_ps(a, _mm256_set1_ps(*alpha.add(gi)));
             }
             for t in 0..n {
+                if gi == 0 {
+                    pf.next();
+                }
                 a = _mm256_fmadd_ps(_mm256_loadu_ps(p.add((gi * CHUNK_ROWS + t) * 8)), T::load8(v.add(t * d + c)), a);
             }
             _mm256_storeu_ps(ap, a);
@@ -80,6 +100,7 @@ unsafe fn heads<T: Wide8, const NG: usize, const U: usize, const RESCALE: bool>(
 
 /// Columns `c..c + 16 * U` of `NG` heads.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn slice<T: Wide8, const NG: usize, const U: usize, const RESCALE: bool>(
     v: *const T,
     n: usize,
@@ -88,6 +109,7 @@ unsafe fn slice<T: Wide8, const NG: usize, const U: usize, const RESCALE: bool>(
     p: *const f32,
     alpha: *const f32,
     acc: *mut f32,
+    pf: &mut Paced,
 ) {
     let mut a = [[[_mm256_setzero_ps(); 2]; U]; NG];
     for (gi, a) in a.iter_mut().enumerate() {
@@ -102,6 +124,7 @@ unsafe fn slice<T: Wide8, const NG: usize, const U: usize, const RESCALE: bool>(
         }
     }
     for t in 0..n {
+        pf.next();
         let row = v.add(t * d + c);
         for u in 0..U {
             let x = T::load16(row.add(16 * u));

@@ -17,6 +17,7 @@ use std::ops::Range;
 
 pub(crate) use elem::Wide8;
 
+use super::prefetch::Paced;
 use super::{Job, Seq, State, CHUNK_ROWS, MAX_SLACK};
 use accumulate::accumulate;
 use elem::{from_evenodd, to_evenodd};
@@ -43,6 +44,8 @@ struct Pending<T> {
     /// Which half of the double-buffered weights.
     buf: usize,
     rescale: bool,
+    /// The same rows of the tiles `prefetch_distance` ahead.
+    pf: Paced,
 }
 
 #[inline(always)]
@@ -81,7 +84,6 @@ unsafe fn body<T: Wide8>(job: &Job<'_, T>, seq: &Seq<'_>, blocks: Range<usize>, 
         let n_blk = (seq.len - j * bs).min(bs);
         job.prefetch_ahead_tiles(seq, &range, j);
         for h in 0..job.layout.num_kv_heads {
-            job.prefetch_tile_ahead(seq, &range, j, h);
             // All `bs` rows of the K tile: a window of 8 rows past the length is read (in
             // bounds, the tile is the block's) and its extra lanes masked out.
             // SAFETY: `block` comes from the item's `Seq` and `n_blk <= bs`.
@@ -144,19 +146,20 @@ unsafe fn body<T: Wide8>(job: &Job<'_, T>, seq: &Seq<'_>, blocks: Range<usize>, 
                     m[hq] = m_new;
                     *abuf.add(gi) = a;
                 }
-                if let Some(w) = pending.take() {
+                if let Some(mut w) = pending.take() {
                     let (pw, aw) = (pb.add(w.buf * pb_len), alpha.add(w.buf * g));
-                    accumulate(w.v, w.n, d, pw, aw, g, w.rescale, w.acc);
+                    accumulate(w.v, w.n, d, pw, aw, g, w.rescale, w.acc, &mut w.pf);
                 }
-                pending = Some(Pending { v: vt.as_ptr().add(r0 * d), n, acc: acc_h, buf, rescale });
+                let pf = job.paced_ahead(seq, &range, j, h, r0, n);
+                pending = Some(Pending { v: vt.as_ptr().add(r0 * d), n, acc: acc_h, buf, rescale, pf });
                 buf ^= 1;
                 r0 += n;
             }
         }
     }
-    if let Some(w) = pending.take() {
+    if let Some(mut w) = pending.take() {
         let (pw, aw) = (pb.add(w.buf * pb_len), alpha.add(w.buf * g));
-        accumulate(w.v, w.n, d, pw, aw, g, w.rescale, w.acc);
+        accumulate(w.v, w.n, d, pw, aw, g, w.rescale, w.acc, &mut w.pf);
     }
     if T::EVENODD {
         from_evenodd(acc, d);
