@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from neo_async.model import ops
+from neo_async.model.fused_layer import fused_layer
 from neo_async.model.rope import rope_table
 from neo_async.model.spec import ModelSpec
 from neo_async.model.tensor_parallel import Shard
@@ -34,6 +35,9 @@ class LlamaModel:
         self.dtype = weights.embed.dtype
         self.device = weights.embed.device
         self.cos, self.sin = rope_table(spec, max_positions, self.device)  # [P, D/2] float32
+        self.fused = [fused_layer(spec, w, self.dtype) for w in weights.layers]
+        # post's fused half has no all-reduce between its projections: unsharded models only
+        self.fused_post = self.shard.size == 1
 
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
         """token_ids [T] int64 -> hidden [T, hidden]."""
@@ -49,12 +53,16 @@ class LlamaModel:
         """hidden [T, hidden], rope from `rope(positions)` -> q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, D],
         views of one [T, (Hq + 2 Hkv) D] projection (q and k rotated in place, together)."""
         s, w = self.spec, self.weights.layers[layer]
-        x = ops.rms_norm(hidden, w.attn_norm, s.rms_norm_eps)
-        qkv = w.qkv(x)  # [T, q_size + 2 * kv_size]
-        if w.qkv_bias is not None:
-            qkv = (qkv.float() + w.qkv_bias).to(qkv.dtype)
-        ops.rope_(qkv, *rope, s.num_heads + s.num_kv_heads)
-        num_tokens = qkv.shape[0]
+        fused = self.fused[layer]
+        num_tokens = hidden.shape[0]
+        if fused is not None and num_tokens <= fused.max_rows:
+            qkv = fused.pre(hidden, *rope)
+        else:
+            x = ops.rms_norm(hidden, w.attn_norm, s.rms_norm_eps)
+            qkv = w.qkv(x)  # [T, q_size + 2 * kv_size]
+            if w.qkv_bias is not None:
+                qkv = (qkv.float() + w.qkv_bias).to(qkv.dtype)
+            ops.rope_(qkv, *rope, s.num_heads + s.num_kv_heads)
         q, k, v = qkv.split([s.q_size, s.kv_size, s.kv_size], dim=-1)
         return (
             q.view(num_tokens, s.num_heads, s.head_dim),
@@ -67,6 +75,10 @@ class LlamaModel:
         rank's heads) -> the layer's output [T, hidden] (the same tensor). Sharded: two
         all-reduces, of o's and of down's partial sums."""
         s, w = self.spec, self.weights.layers[layer]
+        fused = self.fused[layer]
+        if fused is not None and self.fused_post and hidden.shape[0] <= fused.max_rows and attn_out.dtype == torch.float32:
+            fused.post(hidden, attn_out)
+            return hidden
         if attn_out.dtype != self.dtype:
             attn_out = attn_out.to(self.dtype)
         o = self.shard.all_reduce_(w.o(attn_out))  # [T, hidden]

@@ -34,10 +34,20 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     fn from_f32(x: f32) -> Self;
     /// The typed slice inside `s` when it holds this element type.
     fn view(s: KvSlice<'_>) -> Option<&[Self]>;
+    /// `s` tagged with this element type.
+    fn tag(s: &[Self]) -> KvSlice<'_>;
+    /// `s` tagged with this element type, writable.
+    fn tag_mut(s: &mut [Self]) -> KvSliceMut<'_>;
 }
 
 impl KvElem for f32 {
     const DTYPE: KvDtype = KvDtype::F32;
+    fn tag(s: &[Self]) -> KvSlice<'_> {
+        KvSlice::F32(s)
+    }
+    fn tag_mut(s: &mut [Self]) -> KvSliceMut<'_> {
+        KvSliceMut::F32(s)
+    }
     fn view(s: KvSlice<'_>) -> Option<&[Self]> {
         match s {
             KvSlice::F32(x) => Some(x),
@@ -56,6 +66,12 @@ impl KvElem for f32 {
 
 impl KvElem for f16 {
     const DTYPE: KvDtype = KvDtype::F16;
+    fn tag(s: &[Self]) -> KvSlice<'_> {
+        KvSlice::F16(s)
+    }
+    fn tag_mut(s: &mut [Self]) -> KvSliceMut<'_> {
+        KvSliceMut::F16(s)
+    }
     fn view(s: KvSlice<'_>) -> Option<&[Self]> {
         match s {
             KvSlice::F16(x) => Some(x),
@@ -74,6 +90,12 @@ impl KvElem for f16 {
 
 impl KvElem for bf16 {
     const DTYPE: KvDtype = KvDtype::Bf16;
+    fn tag(s: &[Self]) -> KvSlice<'_> {
+        KvSlice::Bf16(s)
+    }
+    fn tag_mut(s: &mut [Self]) -> KvSliceMut<'_> {
+        KvSliceMut::Bf16(s)
+    }
     fn view(s: KvSlice<'_>) -> Option<&[Self]> {
         match s {
             KvSlice::Bf16(x) => Some(x),

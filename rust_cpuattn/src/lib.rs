@@ -20,9 +20,11 @@
 //! - [`pack::pack_blocked`]: a row-major weight rewritten in a blocked (oneDNN-style) layout.
 //! - [`linear`]: `x @ W^T` with W as stored (GGUF blocks, f16/bf16), for decode-sized batches.
 //! - [`rowops`]: RMSNorm, residual add + RMSNorm, RoPE, SiLU-gated product over rows.
+//! - [`decoder`]: a decoder layer's halves around attention (rowops and projections), one call each.
 
 pub mod bandwidth;
 pub mod copy;
+pub mod decoder;
 pub mod dequant;
 mod error;
 

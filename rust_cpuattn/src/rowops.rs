@@ -150,6 +150,15 @@ pub fn add_rms_norm<T: KvElem>(residual: &mut [T], x: &[T], weight: &[f32], eps:
     Ok(())
 }
 
+/// `residual[t] += x[t]`, rounded to the element type (a residual connection).
+pub fn add<T: KvElem>(residual: &mut [T], x: &[T]) -> Result<()> {
+    if residual.len() != x.len() {
+        bail!("residual has {} elements, x has {}", residual.len(), x.len());
+    }
+    add_any(residual, x);
+    Ok(())
+}
+
 /// Rotates, in place, the first `num_heads` heads of each row of `x` (rows of `row_width`
 /// elements, heads of `head_dim = 2 * half` contiguous elements) by the row's angles:
 /// `(x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)` over the two halves of each head, with

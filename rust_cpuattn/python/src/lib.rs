@@ -16,6 +16,7 @@
 //!   slabs (l, dst_block_ids[i]) of dst_k and dst_v, for l in layers.
 
 mod array;
+mod decoder;
 mod dequant;
 mod lane;
 mod linear;
@@ -415,6 +416,7 @@ fn rust_cpuattn_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dequant::dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(pack::pack_blocked, m)?)?;
     m.add_class::<linear::StoredWeight>()?;
+    m.add_class::<decoder::DecoderLayer>()?;
     m.add_function(wrap_pyfunction!(linear::set_linear_threads, m)?)?;
     m.add_function(wrap_pyfunction!(linear::get_linear_threads, m)?)?;
     Ok(())

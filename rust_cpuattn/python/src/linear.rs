@@ -27,7 +27,7 @@ pub(crate) struct StoredWeight {
 }
 
 impl StoredWeight {
-    fn weight(&self) -> Weight<'_> {
+    pub(crate) fn weight(&self) -> Weight<'_> {
         // SAFETY: `words` holds at least `len` initialised bytes and is never written after
         // construction (the class is frozen and the field private).
         let bytes = unsafe { std::slice::from_raw_parts(self.words.as_ptr() as *const u8, self.len) };
