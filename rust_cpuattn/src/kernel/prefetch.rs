@@ -212,11 +212,11 @@ impl Paced {
     #[inline(always)]
     pub fn next(&mut self) {
         let end = (self.off + self.step).min(self.bytes);
-        while self.off < end {
-            prefetch_lines::<true>(self.k.wrapping_add(self.off), 64);
-            prefetch_lines::<true>(self.v.wrapping_add(self.off), 64);
-            self.off += 64;
-        }
+        let (k, v) = (self.k.wrapping_add(self.off), self.v.wrapping_add(self.off));
+        let n = end.saturating_sub(self.off);
+        prefetch_lines::<true>(k, n);
+        prefetch_lines::<true>(v, n);
+        self.off = end.max(self.off);
     }
 }
 
