@@ -114,8 +114,8 @@ pub(crate) struct State {
     /// Rescale factor of each head of the group for the current chunk (`[2, group]`: the
     /// AVX2 path keeps two chunks').
     pub alpha: Vec<f32>,
-    /// Each probability of a chunk broadcast to 8 lanes `[2, group, CHUNK_ROWS, 8]` (AVX2
-    /// path, two chunks: the weights of the V rows, read as FMA operands).
+    /// Probabilities of two chunks `[2, group, CHUNK_ROWS]` (AVX2 path: the weights of the V
+    /// rows of a chunk, used after the next chunk's softmax).
     pub pb: Vec<f32>,
 }
 
@@ -158,7 +158,7 @@ impl State {
         self.dots.resize(group * rows * 16, 0.0);
         self.p.resize(group * rows, 0.0);
         self.alpha.resize(2 * group, 0.0);
-        self.pb.resize(2 * group * rows * 8, 0.0);
+        self.pb.resize(2 * group * rows, 0.0);
     }
 }
 

@@ -193,30 +193,49 @@ pub(crate) struct Paced {
     v: *const u8,
     bytes: usize,
     off: usize,
-    step: usize,
+    /// Line pairs (K, V) per [`Paced::next`] call.
+    per_call: usize,
+    /// Calls are made every `mask + 1` steps of the caller's loop (a power of two).
+    pub mask: usize,
 }
 
 impl Paced {
     /// Nothing to prefetch.
     pub fn none() -> Self {
-        Paced { k: std::ptr::null(), v: std::ptr::null(), bytes: 0, off: 0, step: 64 }
+        Paced { k: std::ptr::null(), v: std::ptr::null(), bytes: 0, off: 0, per_call: 1, mask: usize::MAX >> 1 }
     }
 
-    /// Sets the number of [`Paced::next`] calls over which all lines are spread.
+    /// Spreads all lines over a loop of `steps` steps that calls [`Paced::next`] on each step
+    /// `i` with `i & mask == 0`: as few lines per call as possible, calls as far apart as the
+    /// lines allow.
     #[inline(always)]
-    pub fn spread_over(&mut self, calls: usize) {
-        self.step = (self.bytes.div_ceil(64).div_ceil(calls.max(1)) * 64).max(64);
+    pub fn spread_over(&mut self, steps: usize) {
+        let lines = self.bytes.div_ceil(64);
+        if lines == 0 {
+            return;
+        }
+        let every = 1 << (steps / lines).max(1).ilog2();
+        self.mask = every - 1;
+        self.per_call = lines.div_ceil((steps / every).max(1)).max(1);
     }
 
-    /// Prefetches the next lines of both regions; a hint that never faults.
+    /// Prefetches the next `per_call` lines of both regions (the last line again once all
+    /// are done, or the first when there is nothing to prefetch: no branch); a hint that
+    /// never faults.
     #[inline(always)]
     pub fn next(&mut self) {
-        let end = (self.off + self.step).min(self.bytes);
-        let (k, v) = (self.k.wrapping_add(self.off), self.v.wrapping_add(self.off));
-        let n = end.saturating_sub(self.off);
-        prefetch_lines::<true>(k, n);
-        prefetch_lines::<true>(v, n);
-        self.off = end.max(self.off);
+        self.pair();
+        for _ in 1..self.per_call {
+            self.pair();
+        }
+    }
+
+    #[inline(always)]
+    fn pair(&mut self) {
+        let off = self.off.min(self.bytes.saturating_sub(64));
+        prefetch_lines::<true>(self.k.wrapping_add(off), 1);
+        prefetch_lines::<true>(self.v.wrapping_add(off), 1);
+        self.off += 64;
     }
 }
 
@@ -231,7 +250,7 @@ impl<'a, T> Job<'a, T> {
                 // Rows of a validated block id lie inside the pool: `wrapping_add` never wraps.
                 let (k, v) = (self.k.as_ptr().wrapping_add(start), self.v.as_ptr().wrapping_add(start));
                 let bytes = n * self.layout.head_dim * std::mem::size_of::<T>();
-                Paced { k: k.cast(), v: v.cast(), bytes, off: 0, step: 64 }
+                Paced { k: k.cast(), v: v.cast(), bytes, off: 0, per_call: 0, mask: 0 }
             }
             None => Paced::none(),
         }

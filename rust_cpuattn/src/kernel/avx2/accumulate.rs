@@ -11,13 +11,11 @@ use super::super::prefetch::Paced;
 use super::super::CHUNK_ROWS;
 use super::elem::Wide8;
 
-/// Rows of a column slice between two steps of the prefetch (a step per row cost ~10% more
-/// instructions; a step per slice issued bursts of up to 32 lines, and K/V in DRAM came slower).
-const PF_ROWS: usize = 4;
-
-/// `v`: rows `[n, d]` (native order); `pb`: `[g, 16, 8]` weights, each broadcast to 8 lanes;
+/// `v`: rows `[n, d]` (native order); `p`: `[g, 16]` weights (each broadcast from memory as
+/// its row starts: a load, where a shuffle would compete with the FMAs);
 /// `alpha`: `[g]` rescale factors (read only when `rescale`); `acc`: `[g, d]` (native order).
-/// All lines of `pf` are prefetched, a few every `PF_ROWS` rows of each column slice.
+/// All lines of `pf` are prefetched, a few at a time over the rows of the column slices
+/// (one step per slice issued bursts of up to 32 lines, and K/V in DRAM came slower).
 ///
 /// # Safety
 /// AVX2 + FMA + F16C; `d % 8 == 0`, `n <= 16`; the pointers cover those ranges.
@@ -35,11 +33,11 @@ pub(crate) unsafe fn accumulate<T: Wide8>(
     pf: &mut Paced,
 ) {
     let slices = |u: usize| d / (16 * u) + d % (16 * u) / 16 + usize::from(d % 16 != 0);
-    let calls: usize = (0..g).step_by(4).map(|g0| slices(unroll(g - g0)) * n.div_ceil(PF_ROWS)).sum();
-    pf.spread_over(calls);
+    let steps: usize = (0..g).step_by(4).map(|g0| slices(unroll(g - g0)) * n).sum();
+    pf.spread_over(steps);
     let mut g0 = 0;
     while g0 < g {
-        let (p, alpha, acc) = (p.add(g0 * CHUNK_ROWS * 8), alpha.add(g0), acc.add(g0 * d));
+        let (p, alpha, acc) = (p.add(g0 * CHUNK_ROWS), alpha.add(g0), acc.add(g0 * d));
         match (g - g0, rescale) {
             (1, false) => heads::<T, 1, 4, false>(v, n, d, p, alpha, acc, pf),
             (2, false) => heads::<T, 2, 2, false>(v, n, d, p, alpha, acc, pf),
@@ -85,8 +83,10 @@ unsafe fn heads<T: Wide8, const NG: usize, const U: usize, const RESCALE: bool>(
         c += 16;
     }
     if c < d {
-        for _ in 0..n.div_ceil(PF_ROWS) {
-            pf.next();
+        for t in 0..n {
+            if t & pf.mask == 0 {
+                pf.next();
+            }
         }
         for gi in 0..NG {
             let ap = acc.add(gi * d + c);
@@ -95,7 +95,7 @@ unsafe fn heads<T: Wide8, const NG: usize, const U: usize, const RESCALE: bool>(
                 a = _mm256_mul_ps(a, _mm256_set1_ps(*alpha.add(gi)));
             }
             for t in 0..n {
-                a = _mm256_fmadd_ps(_mm256_loadu_ps(p.add((gi * CHUNK_ROWS + t) * 8)), T::load8(v.add(t * d + c)), a);
+                a = _mm256_fmadd_ps(_mm256_broadcast_ss(&*p.add(gi * CHUNK_ROWS + t)), T::load8(v.add(t * d + c)), a);
             }
             _mm256_storeu_ps(ap, a);
         }
@@ -129,19 +129,23 @@ unsafe fn slice<T: Wide8, const NG: usize, const U: usize, const RESCALE: bool>(
     }
     let (mut row, mut w) = (v.add(c), p);
     for t in 0..n {
-        if t % PF_ROWS == 0 {
+        if t & pf.mask == 0 {
             pf.next();
+        }
+        let mut wv = [_mm256_setzero_ps(); NG];
+        for (gi, wv) in wv.iter_mut().enumerate() {
+            *wv = _mm256_broadcast_ss(&*w.add(gi * CHUNK_ROWS));
         }
         for u in 0..U {
             let x = T::load16(row.add(16 * u));
             for (gi, a) in a.iter_mut().enumerate() {
-                let w = _mm256_loadu_ps(w.add(gi * CHUNK_ROWS * 8));
+                let w = wv[gi];
                 a[u][0] = _mm256_fmadd_ps(w, x[0], a[u][0]);
                 a[u][1] = _mm256_fmadd_ps(w, x[1], a[u][1]);
             }
         }
         row = row.add(d);
-        w = w.add(8);
+        w = w.add(1);
     }
     for (gi, a) in a.iter().enumerate() {
         for (u, a) in a.iter().enumerate() {

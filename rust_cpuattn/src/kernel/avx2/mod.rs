@@ -57,8 +57,8 @@ unsafe fn body<T: Wide8>(job: &Job<'_, T>, seq: &Seq<'_>, blocks: Range<usize>, 
     let g = job.group;
     let State { q, q_evenodd, m, l, l_lanes, acc, dots, pb, alpha, .. } = st;
     debug_assert!(d % 8 == 0 && q.len() == job.num_q_heads * d && acc.len() == q.len());
-    // Weights and rescale factors are double-buffered: `[2, g, 16, 8]` and `[2, g]`.
-    let pb_len = g * CHUNK_ROWS * 8;
+    // Weights and rescale factors are double-buffered: `[2, g, 16]` and `[2, g]`.
+    let pb_len = g * CHUNK_ROWS;
     assert!(dots.len() >= g * CHUNK_ROWS && pb.len() >= 2 * pb_len && alpha.len() >= 2 * g);
     assert!(l_lanes.len() >= job.num_q_heads * ROWS);
     let qn: *const f32 = if T::EVENODD {
@@ -127,10 +127,8 @@ unsafe fn body<T: Wide8>(job: &Job<'_, T>, seq: &Seq<'_>, blocks: Range<usize>, 
                     let mv = _mm256_set1_ps(m_new);
                     let p0 = exp8(_mm256_sub_ps(s0, mv));
                     let p1 = if n > ROWS { exp8(_mm256_sub_ps(s1, mv)) } else { _mm256_setzero_ps() };
-                    broadcast_lanes(p0, pbuf.add(gi * CHUNK_ROWS * 8));
-                    if n > ROWS {
-                        broadcast_lanes(p1, pbuf.add((gi * CHUNK_ROWS + ROWS) * 8));
-                    }
+                    _mm256_storeu_ps(pbuf.add(gi * CHUNK_ROWS), p0);
+                    _mm256_storeu_ps(pbuf.add(gi * CHUNK_ROWS + ROWS), p1);
                     let ps = _mm256_add_ps(p0, p1);
                     let lp = l_lanes.add(hq * ROWS);
                     let a = if m_old == m_new {
@@ -167,19 +165,4 @@ unsafe fn body<T: Wide8>(job: &Job<'_, T>, seq: &Seq<'_>, blocks: Range<usize>, 
     for (hq, l) in l.iter_mut().enumerate() {
         *l = hadd8(_mm256_loadu_ps(l_lanes.add(hq * ROWS)));
     }
-}
-
-/// Writes lane t of `x` to all 8 lanes of `out[8 t..8 t + 8]`, t < 8.
-#[inline(always)]
-unsafe fn broadcast_lanes(x: __m256, out: *mut f32) {
-    let lo = _mm256_permute2f128_ps::<0x00>(x, x);
-    let hi = _mm256_permute2f128_ps::<0x11>(x, x);
-    _mm256_storeu_ps(out, _mm256_shuffle_ps::<0x00>(lo, lo));
-    _mm256_storeu_ps(out.add(8), _mm256_shuffle_ps::<0x55>(lo, lo));
-    _mm256_storeu_ps(out.add(16), _mm256_shuffle_ps::<0xAA>(lo, lo));
-    _mm256_storeu_ps(out.add(24), _mm256_shuffle_ps::<0xFF>(lo, lo));
-    _mm256_storeu_ps(out.add(32), _mm256_shuffle_ps::<0x00>(hi, hi));
-    _mm256_storeu_ps(out.add(40), _mm256_shuffle_ps::<0x55>(hi, hi));
-    _mm256_storeu_ps(out.add(48), _mm256_shuffle_ps::<0xAA>(hi, hi));
-    _mm256_storeu_ps(out.add(56), _mm256_shuffle_ps::<0xFF>(hi, hi));
 }
