@@ -40,6 +40,16 @@ unsafe fn half(p: *const u8) -> f32 {
     unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const u16) as i32))) }
 }
 
+/// The two halves at p and p + 2, converted together.
+#[inline(always)]
+unsafe fn half_pair(p: *const u8) -> (f32, f32) {
+    // SAFETY (callers): p points at 4 readable bytes.
+    unsafe {
+        let both = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const u32) as i32));
+        (_mm_cvtss_f32(both), _mm_cvtss_f32(_mm_movehdup_ps(both)))
+    }
+}
+
 /// Eight bytes at p, zero- or sign-extended, as f32.
 #[inline(always)]
 unsafe fn u8x8(v: __m128i) -> __m256 {
@@ -168,6 +178,30 @@ impl Block32 for Bf16Rows {
     }
 }
 
+/// The lines of the next row tile (rows are contiguous, so it starts where this one ends),
+/// prefetched a share per block while this tile runs: a single thread's hardware prefetcher
+/// alone leaves these loads waiting on memory. Prefetches are hints: lines past the weight's
+/// end are never read.
+struct Ahead {
+    next: *const u8,
+    lines_per_block: usize,
+}
+
+impl Ahead {
+    #[inline(always)]
+    fn new(tile: *const u8, tile_bytes: usize, num_blocks: usize) -> Self {
+        Ahead { next: tile.wrapping_add(tile_bytes), lines_per_block: tile_bytes.div_ceil(64).div_ceil(num_blocks.max(1)) }
+    }
+
+    #[inline(always)]
+    unsafe fn at(&self, b: usize) {
+        for i in 0..self.lines_per_block {
+            // SAFETY: a prefetch never faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(self.next.wrapping_add((b * self.lines_per_block + i) * 64) as *const i8) };
+        }
+    }
+}
+
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -192,7 +226,9 @@ unsafe fn tile<B: Block32, const R: usize, const MT: usize>(
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); MT]; R];
         let num_blocks = cols / 32;
+        let ahead = Ahead::new(w, R * row_bytes, num_blocks);
         for b in 0..num_blocks {
+            ahead.at(b);
             for r in 0..R {
                 let (q, d, m) = B::decode(w.add(r * row_bytes + b * B::BYTES));
                 let (dv, mv) = (_mm256_set1_ps(d), _mm256_set1_ps(m));
@@ -391,7 +427,10 @@ impl IntBlock for IQ4_1 {
     const SIGNED: bool = false;
     #[inline(always)]
     unsafe fn load(p: *const u8) -> (__m256i, f32, f32) {
-        unsafe { (nibbles32(p.add(4)), half(p), half(p.add(2))) }
+        unsafe {
+            let (d, m) = half_pair(p);
+            (nibbles32(p.add(4)), d, m)
+        }
     }
 }
 
@@ -432,7 +471,9 @@ unsafe fn qtile<B: IntBlock, const R: usize, const MT: usize>(
     unsafe {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); MT]; R];
+        let ahead = Ahead::new(w, R * row_bytes, num_blocks);
         for b in 0..num_blocks {
+            ahead.at(b);
             for r in 0..R {
                 let (q, dw, mw) = B::load(w.add(r * row_bytes + b * B::BYTES));
                 // Q8_0: |w| (unsigned; |-128| = 128 fits) times sign(x, w): the same products.
@@ -450,7 +491,8 @@ unsafe fn qtile<B: IntBlock, const R: usize, const MT: usize>(
                     let scale = _mm256_set1_ps(dw * *x[t].d.add(b));
                     acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r][t]);
                     if B::HAS_MIN {
-                        // Each of the 8 lanes takes mw * sum / 8.
+                        // Each of the 8 lanes takes mw * sum / 8: the min term cancels most of
+                        // the block's dot term (mw is about -8 dw) in the same accumulator.
                         acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(mw), _mm256_set1_ps(*x[t].sx8.add(b)), acc[r][t]);
                     }
                 }

@@ -199,6 +199,13 @@ thread_local! {
     static Q8_SCRATCH: RefCell<Option<q8::Q8Acts>> = const { RefCell::new(None) };
 }
 
+/// `x` widened to f32 into `buf` (reused).
+fn widen<'b, T: KvElem>(x: &[T], buf: &'b mut Vec<f32>) -> &'b [f32] {
+    buf.clear();
+    buf.extend(x.iter().map(|v| v.to_f32()));
+    buf
+}
+
 /// Whether the direct kernels need the blocks' partial sums of x.
 fn needs_sums(ty: GgmlType) -> bool {
     matches!(ty, GgmlType::Q4_1)
@@ -231,11 +238,8 @@ pub fn linear_arith_with(
         let (xbuf, sbuf) = &mut *guard;
         let xf: &[f32] = match x {
             KvSlice::F32(v) => v,
-            _ => {
-                xbuf.clear();
-                xbuf.extend((0..x.len()).map(|i| x.get_f32(i)));
-                xbuf
-            }
+            KvSlice::F16(v) => widen(v, xbuf),
+            KvSlice::Bf16(v) => widen(v, xbuf),
         };
         if arith == Arith::Int8 && q8::supports(w.ty) {
             return Q8_SCRATCH.with(|qcell| {

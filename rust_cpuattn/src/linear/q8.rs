@@ -47,30 +47,61 @@ impl Q8Acts {
         }
         self.sumq.clear();
         self.sumq.resize(m * nb, 0);
-        for (b, (xb, qb)) in x.chunks_exact(32).zip(self.q.chunks_exact_mut(32)).enumerate() {
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let finite = xb.iter().all(|v| v.is_finite());
-            let d = if finite { amax / 127.0 } else { f32::NAN };
-            let id = if finite && d != 0.0 { 1.0 / d } else { 0.0 };
-            let mut sumq = 0i32;
-            for (q, &v) in qb.iter_mut().zip(xb) {
-                // |v * id| <= 127 up to rounding of id; the clamp keeps it a valid i8 anyway.
-                let r = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
-                *q = r;
-                sumq += r as i32;
-            }
-            // Lanes summed in the order the AVX2 kernel's partial sums would: any fixed order
-            // is fine, the min term is an f32 sum either way.
-            let mut s = [0f32; 8];
-            for (j, &v) in xb.iter().enumerate() {
-                s[j % 8] += v;
-            }
-            let sum = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-            self.d[b] = d;
-            self.sumq[b] = sumq;
-            self.sum_x8[b] = sum / 8.0;
+        quantize_any(x, &mut self.q, &mut self.d, &mut self.sumq, &mut self.sum_x8);
+    }
+}
+
+/// Rounds to the nearest integer, ties to even, for |v| < 2^22 (the quants' range): adding
+/// 1.5 * 2^23 leaves no fraction bits, and the sum rounds as the FPU does (to even). Unlike
+/// `round_ties_even` it needs no SSE4.1, so the block loop vectorizes on every x86-64.
+#[inline(always)]
+fn round_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
+}
+
+#[inline(always)]
+fn quantize_blocks(x: &[f32], q: &mut [i8], d: &mut [f32], sumq: &mut [i32], sum_x8: &mut [f32]) {
+    for (b, (xb, qb)) in x.chunks_exact(32).zip(q.chunks_exact_mut(32)).enumerate() {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let finite = xb.iter().all(|v| v.is_finite());
+        let scale = if finite { amax / 127.0 } else { f32::NAN };
+        let id = if finite && scale != 0.0 { 1.0 / scale } else { 0.0 };
+        let mut total = 0i32;
+        for (qv, &v) in qb.iter_mut().zip(xb) {
+            // |v * id| <= 127 up to rounding of id; the clamp keeps it a valid i8 anyway.
+            let r = round_small(v * id).clamp(-127.0, 127.0) as i8;
+            *qv = r;
+            total += r as i32;
+        }
+        // Lanes summed in the order the AVX2 kernel's partial sums would: any fixed order
+        // is fine, the min term is an f32 sum either way.
+        let mut lanes = [0f32; 8];
+        for (j, &v) in xb.iter().enumerate() {
+            lanes[j % 8] += v;
+        }
+        let sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+        d[b] = scale;
+        sumq[b] = total;
+        sum_x8[b] = sum / 8.0;
+    }
+}
+
+/// `quantize_blocks` compiled for AVX2 when the CPU has it (the same arithmetic: no FMA
+/// contraction), else for the baseline.
+fn quantize_any(x: &[f32], q: &mut [i8], d: &mut [f32], sumq: &mut [i32], sum_x8: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn wide(x: &[f32], q: &mut [i8], d: &mut [f32], sumq: &mut [i32], sum_x8: &mut [f32]) {
+            quantize_blocks(x, q, d, sumq, sum_x8)
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { wide(x, q, d, sumq, sum_x8) };
         }
     }
+    quantize_blocks(x, q, d, sumq, sum_x8)
 }
 
 /// Whether the integer-dot path takes weights of `ty` (the others run the f32 path).
