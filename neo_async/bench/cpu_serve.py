@@ -69,20 +69,25 @@ def run_server(name: str, args: argparse.Namespace, model: Path, out_dir: Path) 
     server = subprocess.Popen(server_command(name, port, args, model), stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
     rows = []
+
+    def load(streams: int, num_prompts: int, output_len: int, filename: str) -> dict:
+        code = loadgen_cli.main([
+            "--port", str(port), "--tokenizer", str(model), "--dataset-name", "synthetic",
+            "--input-len", str(args.input_len), "--output-len", str(output_len), "--range-ratio", "0",
+            "--num-prompts", str(num_prompts), "--request-rate", "inf",
+            "--max-concurrency", str(streams), "--ignore-eos", "--seed", str(args.seed),
+            "--save-result", "--result-dir", str(out_dir), "--result-filename", filename, "--disable-tqdm",
+        ])
+        if code != 0:
+            raise RuntimeError(f"the load generator failed with exit code {code} on {name}, {streams} streams")
+        return json.loads((out_dir / filename).read_text())
+
     try:
         wait_ready(server, port, args.ready_timeout)
+        if args.warmup:  # first-call costs (kernel JIT, page faults, caches) stay out of the timed runs
+            load(min(args.streams), args.warmup, 16, f"{name}-warmup.json")
         for streams in args.streams:
-            filename = f"{name}-{streams}.json"
-            code = loadgen_cli.main([
-                "--port", str(port), "--tokenizer", str(model), "--dataset-name", "synthetic",
-                "--input-len", str(args.input_len), "--output-len", str(args.output_len), "--range-ratio", "0",
-                "--num-prompts", str(max(args.min_prompts, args.rounds * streams)), "--request-rate", "inf",
-                "--max-concurrency", str(streams), "--ignore-eos", "--seed", str(args.seed),
-                "--save-result", "--result-dir", str(out_dir), "--result-filename", filename, "--disable-tqdm",
-            ])
-            if code != 0:
-                raise RuntimeError(f"the load generator failed with exit code {code} on {name}, {streams} streams")
-            result = json.loads((out_dir / filename).read_text())
+            result = load(streams, max(args.min_prompts, args.rounds * streams), args.output_len, f"{name}-{streams}.json")
             rows.append({"server": name, "streams": streams, "out_tok_s": result["output_throughput"],
                          "tpot_p50_ms": result["median_tpot_ms"], "ttft_p50_ms": result.get("median_ttft_ms"),
                          "completed": result.get("completed")})
@@ -104,6 +109,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--output-len", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2, help="requests per stream")
     parser.add_argument("--min-prompts", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed requests (16 output tokens) sent to each server first")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     parser.add_argument("--seed", type=int, default=0)

@@ -51,6 +51,7 @@ class KVCache:
         self.kernels = cuda_lane.attention_kernels(device)
         self.host_staging: Staging | None = None  # host decode inputs from a GPU, made on first use
         self.host_stores: HostStores | None = None  # prefill K/V from a GPU, made on first use
+        self._rows_by_count: dict[int, torch.Tensor] = {}
 
     @property
     def bytes_per_block(self) -> int:
@@ -76,6 +77,12 @@ class KVCache:
         """
         if not self.use_rust_decode:  # run now: no copy of the inputs
             self._torch_decode(layer, q, block_tables, seq_lens, scale, k_new, v_new, out)
+            return
+        if q.is_cpu:  # the CPU device's own pool: one kernel call, inputs converted only where needed
+            rust_cpuattn.paged_decode_attention(
+                q.to(torch.float32).contiguous(), self.k, self.v, block_tables, self._rows(q.shape[0]), seq_lens, layer,
+                scale, out=out, k_new=k_new.to(self.k.dtype).contiguous(), v_new=v_new.to(self.v.dtype).contiguous(),
+            )
             return
         job = self._job(layer, q, block_tables, seq_lens, scale, k_new, v_new, out, fresh=False)
         job.run()
@@ -130,7 +137,7 @@ class KVCache:
             self.k,
             self.v,
             block_tables,
-            torch.arange(q.shape[0], dtype=torch.int32),  # request b reads table row b
+            self._rows(q.shape[0]),
             seq_lens,
             layer,
             scale,
@@ -145,6 +152,14 @@ class KVCache:
 
         return DecodeJob(run_rust, None if staged is out else lambda: out.copy_(staged), submit)
 
+    def _rows(self, num_requests: int) -> torch.Tensor:
+        """[0, 1, .., num_requests - 1] int32 (request b reads block table row b), made once per
+        count and never written."""
+        rows = self._rows_by_count.get(num_requests)
+        if rows is None:
+            rows = self._rows_by_count[num_requests] = torch.arange(num_requests, dtype=torch.int32)
+        return rows
+
     def _staged_decode_job(
         self, layer: int, q: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
         k_new: torch.Tensor, v_new: torch.Tensor, out: torch.Tensor,
@@ -154,7 +169,7 @@ class KVCache:
             self.host_staging = cuda_lane.host_staging(q.device, self.k.dtype)
         staging = self.host_staging
         slot = staging.stage_in(q, k_new, v_new)
-        rows = torch.arange(q.shape[0], dtype=torch.int32)  # request b reads table row b
+        rows = self._rows(q.shape[0])
 
         def run_rust() -> None:
             slot.wait_for_host()

@@ -93,6 +93,7 @@ fn torch_dtypes(py: Python<'_>) -> PyResult<&'static [(Py<PyAny>, Elem)]> {
 /// (data_ptr/shape/stride) without copying.
 pub(crate) fn array(obj: &Bound<'_, PyAny>, name: &'static str) -> PyResult<Array> {
     static NDARRAY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    static TENSOR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     let py = obj.py();
     let (addr, shape, strides, elem, writable, dtype_name);
     let mut buffer = None;
@@ -115,7 +116,7 @@ pub(crate) fn array(obj: &Bound<'_, PyAny>, name: &'static str) -> PyResult<Arra
         addr = buf.buf_ptr() as usize;
         writable = !buf.readonly();
         buffer = Some(buf);
-    } else if !is_ndarray && obj.hasattr(intern!(py, "data_ptr"))? {
+    } else if !is_ndarray && obj.is_instance(TENSOR.import(py, "torch", "Tensor")?)? {
         if !obj.getattr(intern!(py, "is_cpu"))?.extract::<bool>()? {
             let device = obj.getattr(intern!(py, "device"))?.str()?.to_string();
             return Err(err(format!("{name} must be on the CPU, got device {device:?}")));
@@ -129,7 +130,8 @@ pub(crate) fn array(obj: &Bound<'_, PyAny>, name: &'static str) -> PyResult<Arra
         }
         let dtype = obj.getattr(intern!(py, "dtype"))?;
         elem = known[..6].iter().chain(&known[7..]).find(|(d, _)| dtype.is(d)).map(|(_, e)| *e);
-        dtype_name = dtype.str()?.to_string();
+        // Named only for the error below (formatting it costs as much as a check).
+        dtype_name = if elem.is_none() { dtype.str()?.to_string() } else { String::new() };
         shape = obj.getattr(intern!(py, "shape"))?.extract::<Vec<usize>>()?;
         strides = obj.call_method0(intern!(py, "stride"))?.extract::<Vec<isize>>()?;
         addr = obj.call_method0(intern!(py, "data_ptr"))?.extract::<usize>()?;
@@ -165,7 +167,7 @@ pub(crate) fn array(obj: &Bound<'_, PyAny>, name: &'static str) -> PyResult<Arra
         return Err(err(format!("{name} must be C-contiguous (shape {shape:?}, strides {strides:?})")));
     }
     if numel > 0 && (addr == 0 || addr % elem.size() != 0) {
-        return Err(err(format!("{name} data pointer is null or misaligned for {dtype_name}")));
+        return Err(err(format!("{name} data pointer is null or misaligned for {elem:?}")));
     }
     Ok(Array { name, addr, shape, elem, writable, _buffer: buffer })
 }
