@@ -104,6 +104,29 @@ fn forced_split_equals_unsplit_and_runs_repeat_bitwise() {
     }
 }
 
+/// One long request on two threads: the automatic partition splits it over several items
+/// (split-KV), for every group size the AVX2 path handles apart (1, 3, 4 and 4 + 3 heads),
+/// both head dims, lengths ending inside a block and on its boundary.
+#[test]
+fn batch_one_split_over_threads_every_group_size() {
+    let team2 = team(2);
+    for isa in Isa::supported() {
+        for (i, dtype) in DTYPES.into_iter().enumerate() {
+            for (hq, hkv) in [(8, 8), (9, 3), (8, 2), (7, 1)] {
+                for d in [64, 128] {
+                    for len in [4097, 4096, 1000] {
+                        let mut spec = Spec::new(&[len], hq, hkv, d, 16, dtype);
+                        spec.q_bf16_exact = i % 2 == 0;
+                        let p = Problem::new(&spec, (len + hq * 13 + d) as u64);
+                        let what = format!("{isa:?} {dtype:?} hq={hq} hkv={hkv} d={d} len={len}");
+                        check(&p, &KernelConfig { isa: Some(isa), team: Some(&team2), max_item_blocks: None }, &what);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn extreme_logits_stay_finite_and_accurate() {
     for isa in Isa::supported() {

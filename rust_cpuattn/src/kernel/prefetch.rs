@@ -256,3 +256,31 @@ impl<'a, T> Job<'a, T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Paced;
+
+    /// Every line of both regions is prefetched by the end of the caller's loop, whatever the
+    /// ratio of lines to loop steps.
+    #[test]
+    fn paced_covers_every_line() {
+        let (k, v) = ([0u8; 1], [0u8; 1]);
+        for bytes in [0, 64, 100, 1024, 2048, 4096, 8192, 16384] {
+            for steps in [1, 3, 16, 32, 64, 128, 200] {
+                let mut pf = Paced { k: k.as_ptr(), v: v.as_ptr(), bytes, off: 0, per_call: 0, mask: 0 };
+                pf.spread_over(steps);
+                for i in 0..steps {
+                    if i & pf.mask == 0 {
+                        pf.next();
+                    }
+                }
+                assert!(pf.off >= bytes, "bytes {bytes} steps {steps}: {} prefetched", pf.off);
+                let lines = bytes.div_ceil(64);
+                if lines > 0 && steps >= lines {
+                    assert_eq!(pf.per_call, 1, "bytes {bytes} steps {steps}");
+                }
+            }
+        }
+    }
+}
