@@ -161,6 +161,23 @@ def test_a_changed_setting_never_reuses_a_table(profiled, checkpoint, change, fi
     assert cache.load_cached(key) is None
 
 
+def test_tables_measured_on_other_code_are_not_reused(profiled, monkeypatch):
+    """The key holds a digest of the data plane's sources and the native extension: a table
+    stored by other code (a rebuilt kernel) is a miss, the same code a hit."""
+    engine, costs, _, _ = profiled
+    cache.store(costs)
+    assert costs.key["code"] == key.code_fingerprint() and len(costs.key["code"]) == 16
+    assert cache.load_cached(cache.profile_key(engine.worker, engine.config)) == costs
+    key.code_fingerprint.cache_clear()
+    monkeypatch.setattr(key, "_TIMED_PACKAGES", key._TIMED_PACKAGES[:-1])  # other sources
+    try:
+        changed = cache.profile_key(engine.worker, engine.config)
+        assert changed["code"] != costs.key["code"]
+        assert cache.load_cached(changed) is None
+    finally:
+        key.code_fingerprint.cache_clear()
+
+
 class _Recorder:
     """Stands in for the module's logger (structlog may cache loggers configured by other
     tests, which capture_logs then misses)."""

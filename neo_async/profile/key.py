@@ -3,6 +3,8 @@ grids."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +55,7 @@ def profile_key(worker: Worker, config: Config) -> dict[str, Any]:
         "linear_dtype": str(worker.model.weights.lm_head.compute_dtype),
         "max_model_len": worker.max_model_len,
         "version": package_version(),
+        "code": code_fingerprint(),
         "torch": torch.__version__,
         "native_kernel": rust_cpuattn is not None,
     }
@@ -82,6 +85,28 @@ def cpu_name(cpuinfo: str | None = None) -> str:
     parts += [f"{k}={fields[k]}" for k in ("cpu family", "model", "stepping", "cache size") if k in fields]
     parts.append("isa=" + ",".join(f for f in ISA_FLAGS if f in flags))
     return "; ".join(parts)
+
+
+# the code the measured timings depend on (the data plane); the rest of the package prices
+# nothing the tables hold
+_TIMED_PACKAGES = ("model", "runner", "kernels", "platform")
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """A digest of the data plane's sources and the native extension's file: tables measured on
+    other code (a rebuilt kernel, a changed layer) are measured again, whatever the version."""
+    digest = hashlib.sha256()
+    root = Path(neo_async.__file__).parent
+    files = sorted(f for name in _TIMED_PACKAGES for f in (root / name).glob("*.py"))
+    if rust_cpuattn is not None:
+        files += [Path(f) for f in (getattr(rust_cpuattn, "__file__", None),) if f]
+        native = getattr(rust_cpuattn, "rust_cpuattn", None)  # the compiled module inside the package
+        files += [Path(f) for f in (getattr(native, "__file__", None),) if f]
+    for f in files:
+        digest.update(f.name.encode())
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def package_version() -> str:
