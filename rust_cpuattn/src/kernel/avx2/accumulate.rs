@@ -2,8 +2,9 @@
 //! heads of a group, as rank-1 updates of accumulators held in registers.
 //!
 //! Columns go in slices of `16 * U` elements; per slice the accumulators of up to 4 heads
-//! (8 vectors: 8 independent FMA chains) stay in registers over all rows, and each V row slice
-//! is widened once and used by every head.
+//! stay in registers over all rows (8 to 12 vectors, as many independent FMA chains: the FMA
+//! latency times its throughput is 8 on the reference Zen 3), each V row slice is widened once
+//! and used by every head, and each head's weight is broadcast from memory once per row.
 
 use std::arch::x86_64::*;
 

@@ -5,7 +5,8 @@
 //! on two 8-lane score vectors per head, then the weighted V rows as rank-1 updates of
 //! accumulators held in registers (see [`accumulate`]). q and the accumulators are kept in the
 //! element order rows widen to (see [`elem`]); the accumulators are put back in order when the
-//! item ends.
+//! item ends. The lines of the tiles some 16 KiB ahead are prefetched a pair at a time over the
+//! weighted V rows (see `Paced`), so memory and arithmetic overlap.
 
 mod accumulate;
 mod elem;
