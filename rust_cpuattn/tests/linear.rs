@@ -285,6 +285,10 @@ fn int8_path_matches_the_integer_reference() {
             }
         }
         run_int8_case(ty, 300, 1536, 16, 11);
+        // one activation row over many blocks (a decode stream), block counts odd and even
+        for (k, cols) in [256, 576, 1536, 32 * 17].into_iter().enumerate() {
+            run_int8_case(ty, 37, cols, 1, (2000 + i * 100 + k) as u64);
+        }
     }
 }
 
