@@ -281,3 +281,31 @@ impl Array {
 }
 
 pub(crate) const KV: &[Elem] = &[Elem::F32, Elem::F16, Elem::Bf16];
+
+/// An error naming the first of `others` that `written` overlaps in memory.
+pub(crate) fn disjoint(written: &Array, others: &[&Array]) -> PyResult<()> {
+    match others.iter().find(|o| written.overlaps(o)) {
+        Some(o) => Err(err(format!("{} overlaps {} in memory", written.name, o.name))),
+        None => Ok(()),
+    }
+}
+
+/// Runs `$body` with `$T` bound to the Rust element type of `$elem` (one of KV).
+macro_rules! with_elem {
+    ($elem:expr, $T:ident => $body:expr) => {
+        match $elem {
+            Elem::F32 => {
+                type $T = f32;
+                $body
+            }
+            Elem::F16 => {
+                type $T = f16;
+                $body
+            }
+            _ => {
+                type $T = bf16;
+                $body
+            }
+        }
+    };
+}

@@ -5,12 +5,12 @@
 //! Contract with callers: until a call returns, no other thread frees, resizes, reads or
 //! writes its arguments.
 
-use crate::array::{array, core_err, err, Array, Elem};
+use crate::array::{array, core_err, disjoint, err, Array, Elem};
 use crate::linear::StoredWeight;
 use pyo3::prelude::*;
 use rust_cpuattn::decoder::{self, Exec, LayerWeights, Projection};
 use rust_cpuattn::linear::{self, Arith};
-use rust_cpuattn::{bf16, Isa};
+use rust_cpuattn::{bf16, f16, Isa};
 
 /// Runs of one projection: (first output column, weight).
 type Runs = Vec<(usize, Py<StoredWeight>)>;
@@ -47,13 +47,6 @@ fn rows(obj: &Bound<'_, PyAny>, name: &'static str, elems: &[Elem]) -> PyResult<
     Ok(a)
 }
 
-fn disjoint(written: &Array, others: &[&Array]) -> PyResult<()> {
-    match others.iter().find(|o| written.overlaps(o)) {
-        Some(o) => Err(err(format!("{} overlaps {} in memory", written.name, o.name))),
-        None => Ok(()),
-    }
-}
-
 impl DecoderLayer {
     fn weights(&self) -> PyResult<LayerWeights<'_>> {
         let w = LayerWeights {
@@ -70,22 +63,6 @@ impl DecoderLayer {
         w.check().map_err(core_err)?;
         Ok(w)
     }
-}
-
-/// Runs `$body` with `$T` bound to the element type of `$elem` (f32 or bf16).
-macro_rules! with_act {
-    ($elem:expr, $T:ident => $body:expr) => {
-        match $elem {
-            Elem::F32 => {
-                type $T = f32;
-                $body
-            }
-            _ => {
-                type $T = bf16;
-                $body
-            }
-        }
-    };
 }
 
 const ACTS: &[Elem] = &[Elem::F32, Elem::Bf16];
@@ -153,7 +130,7 @@ impl DecoderLayer {
         let exec = Exec { isa: Isa::selected().map_err(core_err)?, team: Some(&team), arith: self.arith };
         // SAFETY: the objects are borrowed until this function returns; qkv, the only array
         // written, is disjoint from the others (checked above).
-        with_act!(ha.elem, T => unsafe {
+        with_elem!(ha.elem, T => unsafe {
             let (hs, cs, ss, qs) = (ha.slice::<T>(ha.elem), ca.slice::<f32>(Elem::F32), sa.slice::<f32>(Elem::F32), qa.slice_mut::<T>(qa.elem)?);
             py.detach(|| decoder::pre(&w, hs, cs, ss, qs, &exec)).map_err(core_err)
         })
@@ -171,7 +148,7 @@ impl DecoderLayer {
         let team = linear::team().map_err(core_err)?;
         let exec = Exec { isa: Isa::selected().map_err(core_err)?, team: Some(&team), arith: self.arith };
         // SAFETY: as in `pre`; hidden, the only array written, is disjoint from attn.
-        with_act!(ha.elem, T => unsafe {
+        with_elem!(ha.elem, T => unsafe {
             let (hs, at) = (ha.slice_mut::<T>(ha.elem)?, aa.slice::<f32>(Elem::F32));
             py.detach(|| decoder::post(&w, hs, at, &exec)).map_err(core_err)
         })

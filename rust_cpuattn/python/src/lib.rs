@@ -15,6 +15,7 @@
 //! - copy_blocks: reads the slabs (l, src_block_ids[i]) of src_k and src_v and writes the
 //!   slabs (l, dst_block_ids[i]) of dst_k and dst_v, for l in layers.
 
+#[macro_use]
 mod array;
 mod decoder;
 mod dequant;

@@ -1,29 +1,9 @@
 //! Bindings of the core crate's row operations: 2-D row arrays (f32, f16 or bf16) and f32
 //! parameter vectors, checked here; results are written into caller-provided arrays.
 
-use crate::array::{array, core_err, err, Array, Elem, KV};
+use crate::array::{array, core_err, disjoint, err, Array, Elem, KV};
 use pyo3::prelude::*;
 use rust_cpuattn::{self as core, bf16, f16};
-
-/// Runs `$body` with `$T` bound to the Rust element type of `$elem` (one of KV).
-macro_rules! with_elem {
-    ($elem:expr, $T:ident => $body:expr) => {
-        match $elem {
-            Elem::F32 => {
-                type $T = f32;
-                $body
-            }
-            Elem::F16 => {
-                type $T = f16;
-                $body
-            }
-            _ => {
-                type $T = bf16;
-                $body
-            }
-        }
-    };
-}
 
 fn rows<'py>(obj: &Bound<'py, PyAny>, name: &'static str) -> PyResult<Array> {
     let a = array(obj, name)?;
@@ -50,12 +30,6 @@ fn same(a: &Array, b: &Array) -> PyResult<()> {
     Ok(())
 }
 
-fn disjoint(written: &Array, others: &[&Array]) -> PyResult<()> {
-    match others.iter().find(|o| written.overlaps(o)) {
-        Some(o) => Err(err(format!("{} overlaps {} in memory", written.name, o.name))),
-        None => Ok(()),
-    }
-}
 
 /// `out = x * rsqrt(mean(x^2, -1) + eps) * weight`; x, out [T, H]; weight [H] float32.
 #[pyfunction]
