@@ -15,7 +15,9 @@ from loadgen.runner import RunOptions
 from loadgen.schema import check_result
 from loadgen.workload import RequestSpec
 
-TOL = 0.06
+# the runner's send times against the plan: wide enough for a loaded 2-core machine (a time slice
+# lost to another process), far below the 0.2 s between planned offsets
+TOL = 0.1
 
 
 async def run_fake(aiohttp_server, plan, offsets, options=None, output_lens=None, progress=None):
